@@ -66,6 +66,31 @@ ACTIVATIONS = {
 }
 
 
+def dropout(x, p, training):
+    """Inverted dropout, as F.dropout, but with the mask drawn by torch.rand.
+
+    Same distribution (keep with probability 1 - p, scale by 1 / (1 - p)); on CPU, torch's
+    bernoulli sampler behind F.dropout took a quarter of a training step here.
+    """
+    if not training or p == 0.0:
+        return x
+    return x * (torch.rand_like(x) >= p) * (1.0 / (1.0 - p))
+
+
+def attention(q, k, v, mask, dropout_p=0.0):
+    """softmax(q k^T / sqrt(d) + mask) v over heads: (B, nh, T, hd) -> (B, nh, T, hd).
+
+    mask (B, 1, 1, T) is True for real tokens. Without dropout this is PyTorch's fused
+    scaled_dot_product_attention; with it, the same steps written out, so that the attention
+    weights go through `dropout` above.
+    """
+    if dropout_p == 0.0:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])   # (B, nh, T, T)
+    scores = scores.masked_fill(~mask, float("-inf"))
+    return dropout(scores.softmax(-1), dropout_p, True) @ v
+
+
 class LoRALinear(nn.Linear):
     """A linear layer `W0 x + b` that can carry a low-rank update `s * B(A x)`.
 
@@ -97,7 +122,7 @@ class LoRALinear(nn.Linear):
     def forward(self, x):
         out = F.linear(x, self.weight, self.bias)  # W0 x + b
         if self.A is not None:
-            x = F.dropout(x, self.lora_dropout, self.training)
+            x = dropout(x, self.lora_dropout, self.training)
             out = out + self.scale * F.linear(F.linear(x, self.A), self.B)  # + s * B(A x)
         return out
 
@@ -109,14 +134,14 @@ class Embeddings(nn.Module):
         self.position_embeddings = nn.Embedding(c.max_position_embeddings, c.hidden_size)
         self.token_type_embeddings = nn.Embedding(c.type_vocab_size, c.hidden_size)
         self.norm = nn.LayerNorm(c.hidden_size, eps=c.layer_norm_eps)
-        self.dropout = nn.Dropout(c.hidden_dropout_prob)
+        self.dropout_p = c.hidden_dropout_prob
 
     def forward(self, input_ids, token_type_ids):
         T = input_ids.shape[1]
         positions = torch.arange(T, device=input_ids.device)
         x = (self.word_embeddings(input_ids) + self.position_embeddings(positions)
              + self.token_type_embeddings(token_type_ids))
-        return self.dropout(self.norm(x))
+        return dropout(self.norm(x), self.dropout_p, self.training)
 
 
 class Block(nn.Module):
@@ -134,18 +159,18 @@ class Block(nn.Module):
         self.ffn_norm = nn.LayerNorm(H, eps=c.layer_norm_eps)
         self.act = ACTIVATIONS[c.hidden_act]
         self.attn_dropout = c.attention_probs_dropout_prob
-        self.dropout = nn.Dropout(c.hidden_dropout_prob)
+        self.dropout_p = c.hidden_dropout_prob
 
     def forward(self, x, mask):
         B, T, H = x.shape  # batch size, sequence length, hidden size
         heads = lambda t: t.view(B, T, self.n_head, H // self.n_head).transpose(1, 2)  # (B, nh, T, hd)
         q, k, v = heads(self.query(x)), heads(self.key(x)), heads(self.value(x))
         # mask (B, 1, 1, T): every query may look at every real token of its own sequence
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
-                                           dropout_p=self.attn_dropout if self.training else 0.0)
+        y = attention(q, k, v, mask, self.attn_dropout if self.training else 0.0)
         y = y.transpose(1, 2).reshape(B, T, H)  # heads side by side again
-        x = self.attn_norm(x + self.dropout(self.attn_out(y)))
-        return self.ffn_norm(x + self.dropout(self.ffn_out(self.act(self.ffn_in(x)))))
+        drop = lambda t: dropout(t, self.dropout_p, self.training)
+        x = self.attn_norm(x + drop(self.attn_out(y)))
+        return self.ffn_norm(x + drop(self.ffn_out(self.act(self.ffn_in(x)))))
 
 
 class BertEncoder(nn.Module):
@@ -184,7 +209,7 @@ class ClassificationHead(nn.Module):
             self.pooler = nn.Linear(hidden_size, hidden_size)
             if pooler is not None:
                 self.pooler.load_state_dict(pooler.state_dict())
-        self.dropout = nn.Dropout(dropout)
+        self.dropout_p = dropout
         self.classifier = nn.Linear(hidden_size, num_labels)
 
     def forward(self, hidden, attention_mask):
@@ -193,7 +218,7 @@ class ClassificationHead(nn.Module):
             pooled = (hidden * m).sum(1) / m.sum(1)                    # (B, H)
         else:
             pooled = torch.tanh(self.pooler(hidden[:, 0]))              # (B, H)
-        return self.classifier(self.dropout(pooled))                    # (B, num_labels)
+        return self.classifier(dropout(pooled, self.dropout_p, self.training))  # (B, num_labels)
 
 
 def add_lora(encoder, targets, rank, alpha, dropout=0.0, A_init=None, seed=0):

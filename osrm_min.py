@@ -195,7 +195,7 @@ class Config:
     lr: float = 2e-3
     epochs: int = 2
     batch_size: int = 16
-    train_samples: int = 6000
+    train_samples: int = 8000
     max_length: int = 128
     weight_decay: float = 0.0
     warmup: float = 0.06
@@ -409,7 +409,7 @@ def parse_args(argv=None):
     p.add_argument("--full", action="store_true",
                    help="the paper's protocol for a GPU: all training rows (QQP, MNLI capped at "
                         "105k), 10 epochs, batch 64, lr 4e-4")
-    p.add_argument("--train-samples", type=int, default=6000,
+    p.add_argument("--train-samples", type=int, default=8000,
                    help="training rows per task, a seeded random subset (ignored with --full)")
     p.add_argument("--epochs", type=int, default=None, help="default 2, or 10 with --full")
     p.add_argument("--lr", type=float, default=None, help="default 2e-3, or 4e-4 with --full")

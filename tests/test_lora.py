@@ -104,3 +104,24 @@ def test_mean_pooling_ignores_padding():
     mask = torch.tensor([[True, True, False]])
     pooled = torch.tensor([[2.0, 3, 4, 5]])
     assert torch.allclose(head(hidden, mask), head.classifier(pooled))
+
+
+def test_dropout_keeps_1_minus_p_and_rescales():
+    torch.manual_seed(0)
+    y = lora.dropout(torch.ones(200_000), 0.25, training=True)
+    kept = y != 0
+    assert abs(kept.float().mean().item() - 0.75) < 0.005
+    assert torch.allclose(y[kept], torch.full_like(y[kept], 1 / 0.75))
+    x = torch.randn(5)
+    assert lora.dropout(x, 0.25, training=False) is x
+
+
+def test_written_out_attention_equals_the_fused_kernel(monkeypatch):
+    """With dropout switched off, the explicit path used in training is PyTorch's SDPA."""
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 5, 4, generator=g) for _ in range(3))
+    mask = torch.tensor([[True] * 5, [True, True, True, False, False]])[:, None, None, :]
+    fused = lora.attention(q, k, v, mask)
+    monkeypatch.setattr(lora, "dropout", lambda x, p, training: x)
+    written_out = lora.attention(q, k, v, mask, dropout_p=0.1)
+    assert torch.allclose(written_out, fused, atol=1e-6)
