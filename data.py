@@ -137,26 +137,29 @@ def load_split(task: Task, split: str, data_dir, limit=None) -> tuple:
     # utf-8-sig drops the BOM that MRPC starts with; newline="\n" ends lines at "\n" only, so that a
     # stray "\r" or other line-break character inside a sentence stays in its field. Fields are split
     # on tabs with no quote handling: quotes are text, as GLUE is read with csv.QUOTE_NONE.
-    with open(path, encoding="utf-8-sig", newline="\n") as f:
-        rows = (line.removesuffix("\n").removesuffix("\r").split("\t") for line in f)
-        if task.header:
-            header = next(rows, None)
-            if header is None:
-                raise DataError(f"{path} is empty")
-            n_fields = len(header)
-        else:
-            header, n_fields = None, 4  # CoLA: source, label, original label, sentence
-        text_cols = [_column(header, c, path) for c in task.text_columns]
-        label_col = _column(header, task.label_column, path)
-        for fields in rows:
-            if limit is not None and len(examples) >= limit:
-                break
-            label = _parse_label(task, fields[label_col]) if len(fields) == n_fields else None
-            if label is None:
-                n_skipped += 1
-                continue
-            texts = [fields[c] for c in text_cols]
-            examples.append(Example(texts[0], texts[1] if len(texts) > 1 else None, label))
+    try:
+        with open(path, encoding="utf-8-sig", newline="\n") as f:
+            rows = (line.removesuffix("\n").removesuffix("\r").split("\t") for line in f)
+            if task.header:
+                header = next(rows, None)
+                if header is None:
+                    raise DataError(f"{path} is empty")
+                n_fields = len(header)
+            else:
+                header, n_fields = None, 4  # CoLA: source, label, original label, sentence
+            text_cols = [_column(header, c, path) for c in task.text_columns]
+            label_col = _column(header, task.label_column, path)
+            for fields in rows:
+                if limit is not None and len(examples) >= limit:
+                    break
+                label = _parse_label(task, fields[label_col]) if len(fields) == n_fields else None
+                if label is None:
+                    n_skipped += 1
+                    continue
+                texts = [fields[c] for c in text_cols]
+                examples.append(Example(texts[0], texts[1] if len(texts) > 1 else None, label))
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path} is not UTF-8 text ({e.reason} at byte {e.start}); is it a GLUE file?")
     if not examples and limit != 0:
         raise DataError(f"{path}: no usable rows ({n_skipped} malformed)")
     return examples, n_skipped
@@ -216,8 +219,15 @@ class WordPieceTokenizer:
         if tokens[-1] == "":
             tokens.pop()
         vocab = {tok.rstrip("\r"): i for i, tok in enumerate(tokens)}
+        missing = [t for t in ("[CLS]", "[SEP]", "[PAD]", "[UNK]") if t not in vocab]
+        if missing:
+            raise DataError(f"{vocab_file} lacks the special tokens {', '.join(missing)}; "
+                            f"is this a BERT WordPiece vocabulary?")
         config_file = model_dir / "tokenizer_config.json"
-        config = json.loads(config_file.read_text(encoding="utf-8")) if config_file.is_file() else {}
+        try:
+            config = json.loads(config_file.read_text(encoding="utf-8")) if config_file.is_file() else {}
+        except json.JSONDecodeError as e:
+            raise DataError(f"{config_file} is not valid JSON ({e})")
         return cls(vocab, do_lower_case=config.get("do_lower_case", True),
                    strip_accents=config.get("strip_accents"),
                    tokenize_chinese_chars=config.get("tokenize_chinese_chars", True))

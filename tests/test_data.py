@@ -1,6 +1,5 @@
 """GLUE tasks, the TSV reader, the WordPiece tokenizer and batching, on small files written here."""
 
-import os
 from pathlib import Path
 
 import pytest
@@ -9,8 +8,7 @@ import torch
 from data import (TASKS, DataError, Example, WordPieceTokenizer, encode_examples, find_data_dir,
                   load_split, make_batches, parse_tasks)
 
-# The real GLUE copy: $GLUE_DIR, else ../shared/glue beside the repository.
-REAL_GLUE = Path(os.environ.get("GLUE_DIR") or Path(__file__).resolve().parents[1].parent / "shared" / "glue")
+from conftest import REAL_GLUE
 
 
 def write(path: Path, text: str, bom=False) -> Path:
@@ -167,6 +165,19 @@ def test_tokenizer_config_can_keep_case(tmp_path):
 def test_missing_vocab(tmp_path):
     with pytest.raises(DataError, match="vocab.txt"):
         WordPieceTokenizer.from_dir(tmp_path)
+
+
+def test_vocab_without_special_tokens(tmp_path):
+    write(tmp_path / "vocab.txt", "the\nmovie\n")
+    with pytest.raises(DataError, match=r"lacks the special tokens \[CLS\], \[SEP\], \[PAD\], \[UNK\]"):
+        WordPieceTokenizer.from_dir(tmp_path)
+
+
+def test_file_that_is_not_utf8(tmp_path):
+    (tmp_path / "SST-2").mkdir()
+    (tmp_path / "SST-2" / "dev.tsv").write_bytes(b"sentence\tlabel\ncaf\xe9\t1\n")  # Latin-1
+    with pytest.raises(DataError, match="not UTF-8"):
+        load_split(TASKS["sst2"], "dev", tmp_path)
 
 
 def test_encode_single_and_pair(tok):

@@ -1,6 +1,5 @@
 """The LoRA layer, the encoder's checkpoint loading, and the merged-weights context."""
 
-import json
 
 import pytest
 import torch
@@ -95,6 +94,14 @@ def test_folder_lacking_files(tmp_path, remove, message):
     write_tiny_checkpoint(tmp_path / "m")
     (tmp_path / "m" / remove).unlink()
     with pytest.raises(lora.CheckpointError, match=message):
+        lora.load_checkpoint(tmp_path / "m")
+
+
+def test_corrupt_weights_are_a_checkpoint_error(tmp_path):
+    write_tiny_checkpoint(tmp_path / "m")
+    weights = tmp_path / "m" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])  # truncated download
+    with pytest.raises(lora.CheckpointError, match="cannot read .*model.safetensors"):
         lora.load_checkpoint(tmp_path / "m")
 
 

