@@ -278,8 +278,8 @@ def remove_lora(encoder):
 def merged_into_weights(encoder, deltas):
     """Within the block, each named layer's weight is `W0 + deltas[name]` and LoRA is off.
 
-    This is the merged model of the paper's interference equation: the pretrained encoder plus the merged
-    task updates. The pretrained weights are restored exactly afterwards.
+    This is the merged model of the paper's interference equation: the pretrained encoder plus
+    the merged task updates. The pretrained weights are restored exactly afterwards.
     """
     saved = {}
     layers = dict(encoder.named_modules())

@@ -350,9 +350,11 @@ def run(cfg, encoder, tokenizer):
         lora.remove_lora(encoder)
         names = list(lora.target_layers(encoder, cfg.targets))
         t0 = time.time()
-        stats = {n: collect_statistics(encoder, [to_device(b, cfg.device) for b in data.make_batches(
-                     p["stats"], cfg.eval_batch_size, pad_id=pad_id)], names)
-                 for n, p in prepared.items()}
+        stats = {}
+        for n, p in prepared.items():
+            batches = data.make_batches(p["stats"], cfg.eval_batch_size, pad_id=pad_id)
+            stats[n] = collect_statistics(encoder, [to_device(b, cfg.device) for b in batches],
+                                          names)
         print(f"OSRM statistics: {cfg.osrm_samples} examples per task, {len(names)} layers, "
               f"{time.time() - t0:.1f}s")
 
@@ -429,11 +431,14 @@ def parse_args(argv=None):
     p.add_argument("--full", action="store_true",
                    help="the paper's protocol for a GPU: all training rows (QQP, MNLI capped at "
                         "105k), 10 epochs, batch 64, lr 4e-4")
-    p.add_argument("--train-samples", type=int, default=8000,
+    p.add_argument("--train-samples", type=int, default=Config.train_samples,
                    help="training rows per task, a seeded random subset (ignored with --full)")
-    p.add_argument("--epochs", type=int, default=None, help="default 2, or 10 with --full")
-    p.add_argument("--lr", type=float, default=None, help="default 2e-3, or 4e-4 with --full")
-    p.add_argument("--batch-size", type=int, default=None, help="default 16, or 64 with --full")
+    p.add_argument("--epochs", type=int, default=None,
+                   help=f"default {Config.epochs}, or 10 with --full")
+    p.add_argument("--lr", type=float, default=None,
+                   help=f"default {Config.lr:g}, or 4e-4 with --full")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help=f"default {Config.batch_size}, or 64 with --full")
     p.add_argument("--rank", type=int, default=8, help="LoRA rank r")
     p.add_argument("--alpha", type=float, default=16.0, help="LoRA alpha; scale s = alpha / r")
     p.add_argument("--targets", default="query,value", help="layers that get LoRA")
@@ -467,23 +472,25 @@ def make_config(args):
     if len(tasks) < 2:
         raise ExperimentError("--tasks needs at least two tasks to merge, e.g. --tasks sst2,mrpc")
     data_dir = data.find_data_dir(args.data_dir)
-    for flag, given, valid in (("--inits", split_list(args.inits), ("lora", "osrm")),
-                               ("--merges", split_list(args.merges), ("ta", "ties", "avg")),
-                               ("--targets", split_list(args.targets), LORA_TARGETS)):
+    inits, merges, targets = split_list(args.inits), split_list(args.merges), split_list(args.targets)
+    for flag, given, valid in (("--inits", inits, ("lora", "osrm")),
+                               ("--merges", merges, ("ta", "ties", "avg")),
+                               ("--targets", targets, LORA_TARGETS)):
         bad = [x for x in given if x not in valid] or ([] if given else ["(empty)"])
         if bad:
             raise ExperimentError(f"{flag}: unknown value {bad[0]!r}; valid: {', '.join(valid)}")
     full = args.full
+    # the CPU defaults are Config's; --full switches to the paper's
     pick = lambda value, cpu, paper: value if value is not None else (paper if full else cpu)
     cfg = Config(
         tasks=tasks,
         model=str(Path(args.model).resolve() if args.model else default_model_dir()),
         data_dir=str(data_dir),
         out=args.out or os.path.join("runs", "-".join(tasks)),
-        inits=split_list(args.inits), merges=split_list(args.merges), rank=args.rank,
-        alpha=args.alpha, targets=tuple(split_list(args.targets)), lora_dropout=args.lora_dropout,
-        lr=pick(args.lr, 2e-3, 4e-4), epochs=pick(args.epochs, 2, 10),
-        batch_size=pick(args.batch_size, 16, 64),
+        inits=inits, merges=merges, rank=args.rank, alpha=args.alpha, targets=tuple(targets),
+        lora_dropout=args.lora_dropout,
+        lr=pick(args.lr, Config.lr, 4e-4), epochs=pick(args.epochs, Config.epochs, 10),
+        batch_size=pick(args.batch_size, Config.batch_size, 64),
         train_samples=0 if full else args.train_samples,
         max_length=args.max_length, weight_decay=args.weight_decay, seed=args.seed,
         osrm_samples=args.osrm_samples, osrm_stat=args.osrm_stat, lam_ta=args.lam_ta,
