@@ -11,8 +11,10 @@ caller adds the result to the pretrained weights.
 - Simple averaging: the same with lam = 1/T.
 - TIES (Yadav et al. 2023): trim each task vector to its top-k fraction by magnitude, elect a
   sign per entry by total mass, average only the values that agree with it, scale by lam.
-  Trimming here is per tensor, as in PEFT and mergekit (the TIES paper trims over the whole
-  flattened model).
+  Trimming is per tensor by default, as in PEFT and mergekit; scope="global" trims over the
+  whole flattened task vector, as the TIES paper does.
+- DARE (Yu et al. 2024): drop each entry with probability p, rescale the survivors by 1/(1-p)
+  (so each entry keeps its expected value), then Task Arithmetic or TIES.
 """
 
 import torch
@@ -58,22 +60,51 @@ def disjoint_mean(trimmed, sign):
 
 def ties(deltas, lam, k=0.2):
     """TIES-Merging: trim to the top-k fraction, elect signs, disjoint mean, then lam."""
-    trimmed = torch.stack([trim(d, k) for d in deltas])  # (T, d_out, d_in)
+    return ties_merge(torch.stack([trim(d, k) for d in deltas]), lam)
+
+
+def ties_merge(trimmed, lam):
+    """TIES steps 2 and 3 and the scale, on already trimmed task vectors (T, d_out, d_in)."""
     return lam * disjoint_mean(trimmed, elect_sign(trimmed))
 
 
-def merge_task_vectors(task_vectors, method, lam=None, k=0.2):
+def trim_global(task_vector, k):
+    """TIES step 1 over a whole task vector {layer name: delta_w}: keep the top-k fraction of
+    all its entries by magnitude, wherever they are, zero the rest."""
+    names = list(task_vector)
+    flat = torch.cat([task_vector[n].flatten() for n in names])
+    kept = trim(flat, k)
+    sizes = [task_vector[n].numel() for n in names]
+    return {n: part.view_as(task_vector[n]) for n, part in zip(names, kept.split(sizes))}
+
+
+def dare(delta, p, generator):
+    """DARE: drop each entry with probability p, multiply the survivors by 1 / (1 - p)."""
+    keep = torch.rand(delta.shape, generator=generator) >= p
+    return delta * keep.to(delta.device) / (1.0 - p)
+
+
+def merge_task_vectors(task_vectors, method, lam=None, k=0.2, scope="tensor", p=0.5, seed=0):
     """Merge [{layer name: delta_w}, ...] (one dict per task) into {layer name: merged delta}.
 
-    method: "ta" (Task Arithmetic), "avg" (simple averaging) or "ties".
+    method: "ta" (Task Arithmetic), "avg" (simple averaging), "ties", or "dare-ta" /
+    "dare-ties" (DARE with drop rate p first, task t's draws seeded with seed + t).
+    scope: where TIES trims to its top-k fraction, "tensor" (each layer) or "global".
     """
-    names = task_vectors[0].keys()
+    names = list(task_vectors[0])
+    if method.startswith("dare-"):
+        gens = [torch.Generator().manual_seed(seed + t) for t in range(len(task_vectors))]
+        task_vectors = [{n: dare(tv[n], p, g) for n in names} for tv, g in zip(task_vectors, gens)]
+        method = method[len("dare-"):]
+    if method == "ties" and scope == "global":
+        trimmed = [trim_global(tv, k) for tv in task_vectors]
+        return {n: ties_merge(torch.stack([tv[n] for tv in trimmed]), lam) for n in names}
     if method == "ta":
         fn = lambda ds: task_arithmetic(ds, lam)
     elif method == "avg":
         fn = average
-    elif method == "ties":
+    elif method == "ties" and scope == "tensor":
         fn = lambda ds: ties(ds, lam, k)
     else:
-        raise ValueError(f"unknown merging method {method!r}")
+        raise ValueError(f"unknown merging method {method!r} or TIES scope {scope!r}")
     return {name: fn([tv[name] for tv in task_vectors]) for name in names}

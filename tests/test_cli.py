@@ -5,7 +5,7 @@ import subprocess
 import sys
 
 import pytest
-
+import torch
 
 import osrm_min
 from conftest import ROOT
@@ -41,16 +41,18 @@ def test_end_to_end_writes_results_and_resumes(tmp_path, tiny_model, capsys):
     first = json.loads((tmp_path / "out" / "results.json").read_text())
     rows = first["rows"]
     assert len(rows) == 2 * 3 * 2  # inits x (individual, ta, ties) x tasks
-    assert {(r["init"], r["merge"]) for r in rows} == {
-        (i, m) for i in ("lora", "osrm") for m in ("none", "ta", "ties")}
+    assert {(r["init"], r["merge"], r["lambda"]) for r in rows} == {
+        (i, m, lam) for i in ("lora", "osrm") for m, lam in (("none", None), ("ta", 0.7), ("ties", 1.0))}
+    assert {r["seed"] for r in rows} == {42}
     assert all(0 <= r["score"] <= 100 for r in rows)
     mrpc = next(r for r in rows if r["task"] == "mrpc" and r["merge"] == "none")
     assert set(mrpc["metrics"]) == {"accuracy", "f1"}
     assert first["config"]["lam_ta"] == 0.7 and first["config"]["pooling"] == "cls"
     assert sorted(p.name for p in (tmp_path / "out" / "adapters").iterdir()) == [
-        "lora-mrpc.pt", "lora-sst2.pt", "osrm-mrpc.pt", "osrm-sst2.pt"]
+        "lora-mrpc-seed42.pt", "lora-sst2-seed42.pt", "osrm-mrpc-seed42.pt", "osrm-sst2-seed42.pt"]
     out = capsys.readouterr().out
-    assert "normalised" in out and "osrm:ties" in out
+    assert "normalised" in out and "interference" in out
+    assert (tmp_path / "out" / "summary.txt").read_text().strip() in out
 
     # The same command again trains nothing and reproduces every score.
     assert osrm_min.main(tiny_args(tmp_path, tiny_model)) == 0
@@ -64,18 +66,44 @@ def test_end_to_end_writes_results_and_resumes(tmp_path, tiny_model, capsys):
     out = capsys.readouterr().out
     assert out.count("loaded the adapter trained earlier") == 2
     assert "osrm/sst2: settings changed" in out and "osrm/mrpc: settings changed" in out
-    assert osrm_min.main(tiny_args(tmp_path, tiny_model, "--seed", "7")) == 0
-    assert capsys.readouterr().out.count("settings changed") == 4
+    assert osrm_min.main(tiny_args(tmp_path, tiny_model, "--seeds", "7")) == 0
+    assert capsys.readouterr().out.count("loaded the adapter trained earlier") == 0
 
 
 def test_mean_statistic_averaging_and_pooling_override(tmp_path, tiny_model):
     write_tiny_glue(tmp_path / "glue")
-    args = tiny_args(tmp_path, tiny_model, "--osrm-stat", "mean", "--merges", "avg",
+    args = tiny_args(tmp_path, tiny_model, "--inits", "lora,osrm-mean", "--merges", "avg",
                      "--pooling", "mean")
     assert osrm_min.main(args) == 0
     results = json.loads((tmp_path / "out" / "results.json").read_text())
     assert results["config"]["pooling"] == "mean"
     assert {r["lambda"] for r in results["rows"] if r["merge"] == "avg"} == {0.5}
+
+
+def test_lambda_grid_seeds_and_ablations(tmp_path, tiny_model, capsys):
+    write_tiny_glue(tmp_path / "glue")
+    args = tiny_args(tmp_path, tiny_model, "--inits", "lora,osrm,osrm-frozen,osrm-post",
+                     "--merges", "ta,dare-ties", "--lams", "0.5,1.0", "--seeds", "1,2",
+                     "--ties-scope", "global")
+    assert osrm_min.main(args) == 0
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    rows = results["rows"]
+    # per seed and init: 2 individual scores, and 2 merges x 2 lambdas x 2 tasks
+    assert len(rows) == 2 * 4 * (2 + 2 * 2 * 2)
+    assert {r["lambda"] for r in rows if r["merge"] != "none"} == {0.5, 1.0}
+    # osrm-post trains nothing: no adapter file of its own
+    files = sorted(p.name for p in (tmp_path / "out" / "adapters").iterdir())
+    assert len(files) == 3 * 2 * 2 and not any(f.startswith("osrm-post") for f in files)
+    # osrm-frozen's A is still OSRM's (orthonormal rows); trained osrm's has moved
+    for init, frozen in (("osrm-frozen", True), ("osrm", False)):
+        A = torch.load(tmp_path / "out" / "adapters" / f"{init}-sst2-seed1.pt")["lora"]["layers.0.query.A"]
+        assert torch.allclose(A @ A.T, torch.eye(len(A)), atol=1e-5) == frozen
+    matrices = [e for e in results["interference"]]
+    assert len(matrices) == 2 * 4
+    assert all(e["matrix"][0][0] == e["matrix"][1][1] == 1.0 for e in matrices)
+    out = capsys.readouterr().out
+    assert "±" in out  # two seeds: mean and standard deviation
+    assert "figures" in out
 
 
 def run_cli(*args, env=None):
@@ -135,6 +163,8 @@ def test_malformed_rows_are_skipped_and_reported(tmp_path, tiny_model, capsys):
     ("--rank", "0", "--rank"), ("--ties-k", "1.5", "--ties-k"), ("--targets", "foo", "valid: query"),
     ("--osrm-samples", "0", "--osrm-samples"), ("--inits", "lora,foo", "--inits"),
     ("--max-length", "1000", "positions"), ("--device", "tpu", "--device"),
+    ("--inits", "osrm-post", "list lora before it"), ("--seeds", "a,b", "--seeds"),
+    ("--dare-p", "1", "--dare-p"), ("--lams", "0.5,x", "--lams"), ("--merges", "dare", "--merges"),
 ])
 def test_bad_settings_are_one_line_errors(tmp_path, tiny_model, capsys, flag, value, phrase):
     write_tiny_glue(tmp_path / "glue")

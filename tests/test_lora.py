@@ -123,12 +123,42 @@ def test_dropout_keeps_1_minus_p_and_rescales():
     assert lora.dropout(x, 0.25, training=False) is x
 
 
-def test_written_out_attention_equals_the_fused_kernel(monkeypatch):
-    """With dropout switched off, the explicit path used in training is PyTorch's SDPA."""
+def test_attention_equals_pytorchs_fused_kernel():
+    """Our written-out attention with a -inf padding bias is F.scaled_dot_product_attention
+    with a boolean mask, forward and backward."""
     g = torch.Generator().manual_seed(0)
-    q, k, v = (torch.randn(2, 3, 5, 4, generator=g) for _ in range(3))
+    q, k, v = (torch.randn(2, 3, 5, 4, generator=g, requires_grad=True) for _ in range(3))
     mask = torch.tensor([[True] * 5, [True, True, True, False, False]])[:, None, None, :]
-    fused = lora.attention(q, k, v, mask)
-    monkeypatch.setattr(lora, "dropout", lambda x, p, training: x)
-    written_out = lora.attention(q, k, v, mask, dropout_p=0.1)
-    assert torch.allclose(written_out, fused, atol=1e-6)
+    bias = torch.zeros(mask.shape).masked_fill(~mask, float("-inf"))
+    ours = lora.attention(q, k, v, bias)
+    grads = torch.autograd.grad(ours.sum(), (q, k, v))
+    fused = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    fused_grads = torch.autograd.grad(fused.sum(), (q, k, v))
+    assert torch.allclose(ours, fused, atol=1e-6)
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(grads, fused_grads))
+
+
+def test_skipping_padding_changes_nothing(minilm_dir):
+    """The fast path (linear layers on real tokens only) against the plain one (every padded
+    position): the same hidden states on real tokens and the same LoRA gradients."""
+    encoder, _ = lora.load_checkpoint(minilm_dir)
+    lora.add_lora(encoder, ("query", "value"), rank=8, alpha=16, seed=0)
+    for m in lora.lora_layers(encoder).values():
+        torch.nn.init.normal_(m.B, std=0.02, generator=torch.Generator().manual_seed(1))
+    g = torch.Generator().manual_seed(0)
+    lengths = torch.tensor([11, 3, 7, 11, 5])
+    mask = torch.arange(11)[None, :] < lengths[:, None]  # (5, 11), padding on the right
+    ids = torch.randint(1000, 20000, (5, 11), generator=g) * mask
+    types = (torch.arange(11)[None, :] >= 4).long() * mask
+    results = {}
+    for unpad in (True, False):
+        encoder.unpad = unpad
+        encoder.eval()  # no dropout, so both paths compute the same function
+        hidden = encoder(ids, types, mask)
+        loss = (hidden[mask] ** 2).mean()
+        grads = torch.autograd.grad(loss, [p for p in encoder.parameters() if p.requires_grad])
+        results[unpad] = hidden[mask].detach(), grads
+    (h_fast, g_fast), (h_plain, g_plain) = results[True], results[False]
+    assert (h_fast - h_plain).abs().max() < 1e-5
+    assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-7) for a, b in zip(g_fast, g_plain))
+    assert mask.sum() < mask.numel()  # the batch really has padding

@@ -3,7 +3,8 @@
 import torch
 
 import lora
-from osrm_min import collect_statistics, osrm_init, osrm_subspace
+from osrm_min import (collect_statistics, interference, osrm_init, osrm_post, osrm_subspace,
+                      project_rows)
 
 
 def random_second_moment(d, n, seed):
@@ -64,14 +65,63 @@ def test_statistics_equal_the_direct_computation(tiny_model):
     encoder, _ = lora.load_checkpoint(tiny_model)
     ids = torch.tensor([[2, 7, 8, 3], [2, 9, 3, 0]])
     mask = ids != 0
+    encoder.unpad = False  # the plain path: the layer sees every position, padding included
     seen = []
     handle = encoder.layers[1].query.register_forward_hook(lambda m, i, o: seen.append(i[0]))
     with torch.no_grad():
         encoder.eval()
         encoder(ids, torch.zeros_like(ids), mask)
     handle.remove()
-    H = seen[0][mask].double()  # (7 real tokens, 32)
+    encoder.unpad = True  # the statistics below go through the fast path
+    H = seen[0][mask.reshape(-1)].double()  # (7 real tokens, 32)
     stats = collect_statistics(encoder, [{"input_ids": ids, "token_type_ids": torch.zeros_like(ids),
                                           "attention_mask": mask}], ["layers.1.query"])
     assert torch.allclose(stats["layers.1.query"]["S"], H.T @ H / 7)
     assert torch.allclose(stats["layers.1.query"]["mu"], H.mean(0))
+
+
+def orthonormal_rows(r, d, seed):
+    Q, _ = torch.linalg.qr(torch.randn(d, r, generator=torch.Generator().manual_seed(seed)))
+    return Q.T  # (r, d), A A^T = I
+
+
+def test_post_hoc_projection_is_idempotent_and_lands_in_the_row_space():
+    g = torch.Generator().manual_seed(0)
+    A_osrm = orthonormal_rows(3, 10, seed=1)
+    A, B = torch.randn(3, 10, generator=g), torch.randn(6, 3, generator=g)
+    delta_w = 2.0 * B @ A  # s = 2
+    projected = project_rows(delta_w, A_osrm)
+    assert torch.allclose(project_rows(projected, A_osrm), projected, atol=1e-5)  # idempotent
+    # nothing left outside A_osrm's row space: projected (I - A^T A) = 0
+    assert (projected @ (torch.eye(10) - A_osrm.T @ A_osrm)).abs().max() < 1e-5
+    # the factored form used on real adapters: s B' A' with (A', B') = osrm_post(A, B, A_osrm)
+    A_new, B_new = osrm_post(A, B, A_osrm)
+    assert torch.equal(A_new, A_osrm)
+    assert torch.allclose(2.0 * B_new @ A_new, projected, atol=1e-5)
+
+
+def test_interference_is_zero_when_the_update_reads_nothing_of_the_data():
+    # task j's inputs live in the first 4 coordinates; adapter t only reads the last 4
+    g = torch.Generator().manual_seed(0)
+    H_j = torch.cat([torch.randn(50, 4, generator=g), torch.zeros(50, 4)], 1).double()
+    H_t = torch.randn(50, 8, generator=g).double()
+    stats = {"t": {"l": {"S": H_t.T @ H_t / 50}}, "j": {"l": {"S": H_j.T @ H_j / 50}}}
+    dW_t = torch.cat([torch.zeros(5, 4), torch.randn(5, 4, generator=g)], 1)
+    dW_j = torch.randn(5, 8, generator=g)
+    matrix = interference({"t": {"l": dW_t}, "j": {"l": dW_j}}, stats)
+    assert matrix[0][1] == 0.0  # adapter t on task j's inputs
+    assert matrix[0][0] == matrix[1][1] == 1.0
+    assert matrix[1][0] > 0
+
+
+def test_interference_equals_the_direct_computation_on_activations():
+    g = torch.Generator().manual_seed(0)
+    H = {task: {layer: torch.randn(n, 6, generator=g).double() for layer in ("l0", "l1")}
+         for task, n in (("a", 20), ("b", 30))}
+    dW = {task: {layer: torch.randn(4, 6, generator=g) for layer in ("l0", "l1")} for task in H}
+    stats = {task: {layer: {"S": h.T @ h / len(h)} for layer, h in layers.items()}
+             for task, layers in H.items()}
+    norm = lambda t, j, layer: torch.linalg.norm(dW[t][layer].double() @ H[j][layer].T)
+    direct = [[sum((norm(t, j, layer) / norm(j, j, layer)).item() for layer in ("l0", "l1")) / 2
+               for j in ("a", "b")] for t in ("a", "b")]
+    assert torch.allclose(torch.tensor(interference(dW, stats)), torch.tensor(direct), rtol=1e-10)

@@ -1,0 +1,208 @@
+"""Turning results.json into what a reader looks at: the headline table, lambda curves, the
+interference matrices, and (with matplotlib installed) two figures.
+
+Everything here reads the dict that `osrm_min.run` returns and that results.json holds:
+`config`, `rows` (one score per seed, init, merge, lambda and task) and `interference`
+(one matrix per seed and init). Nothing is recomputed from a model.
+
+    python report.py runs/cola-sst2-mrpc-stsb-rte/results.json   # print it again, redraw figures
+"""
+
+import json
+import statistics
+import sys
+from pathlib import Path
+
+
+def mean_std(values):
+    """'85.21' for one value, '85.21±0.40' (sample standard deviation) for several."""
+    if len(values) == 1:
+        return f"{values[0]:.2f}"
+    return f"{statistics.mean(values):.2f}±{statistics.stdev(values):.2f}"
+
+
+def scores(results):
+    """{(seed, init, merge, lambda): {task: score}}; lambda is None for the individual ones."""
+    out = {}
+    for r in results["rows"]:
+        out.setdefault((r["seed"], r["init"], r["merge"], r["lambda"]), {})[r["task"]] = r["score"]
+    return out
+
+
+def average(by_task):
+    return sum(by_task.values()) / len(by_task)
+
+
+def normalised(merged, alone):
+    """The mean over tasks of merged / individual score, x100: the share each task keeps.
+    Undefined (nan) when an individual score is not positive (e.g. CoLA's Matthews at 0)."""
+    ratios = [merged[t] / alone[t] if alone[t] > 0 else float("nan") for t in merged]
+    return 100 * sum(ratios) / len(ratios)
+
+
+def lambda_curves(results):
+    """{(init, merge): {lambda: [merged average score per seed]}}, every merge and lambda run."""
+    curves = {}
+    for (seed, init, merge, lam), by_task in scores(results).items():
+        if merge != "none":
+            curves.setdefault((init, merge), {}).setdefault(lam, []).append(average(by_task))
+    return curves
+
+
+def best_lambdas(results):
+    """{(init, merge): lambda} with the best merged average on dev, over the seeds' mean. The
+    paper picks lambda the same way: on the GLUE dev sets that it also reports."""
+    return {key: max(curve, key=lambda lam: statistics.mean(curve[lam]))
+            for key, curve in lambda_curves(results).items()}
+
+
+def headline(results):
+    """[(init, merge, lambda, {task: [scores per seed]}, [average per seed], [normalised per
+    seed])] for each init alone and under each merge at its best lambda."""
+    cfg, s = results["config"], scores(results)
+    best = best_lambdas(results)
+    out = []
+    for init in cfg["inits"]:
+        for merge in ["none"] + cfg["merges"]:
+            lam = best.get((init, merge))
+            per_seed = [s[seed, init, merge, lam] for seed in cfg["seeds"]]
+            alone = [s[seed, init, "none", None] for seed in cfg["seeds"]]
+            out.append((init, merge, lam, {t: [p[t] for p in per_seed] for t in cfg["tasks"]},
+                        [average(p) for p in per_seed],
+                        [normalised(p, a) for p, a in zip(per_seed, alone)]))
+    return out
+
+
+def format_table(results):
+    """The headline table: a row per init and merge (at its best lambda), a column per task."""
+    cfg = results["config"]
+    width = 13 if len(cfg["seeds"]) > 1 else 8
+    cols = cfg["tasks"] + ["average", "normalised"]
+    lines = [f"{'init':<12}{'merge':<10}{'lambda':>7}" + "".join(f"{c:>{width}}" for c in cols)]
+    for init, merge, lam, by_task, avg, norm in headline(results):
+        cells = [mean_std(by_task[t]) for t in cfg["tasks"]] + [mean_std(avg), mean_std(norm)]
+        lam_text = "-" if lam is None else f"{lam:g}"
+        lines.append(f"{init:<12}{'indiv' if merge == 'none' else merge:<10}{lam_text:>7}"
+                     + "".join(f"{c:>{width}}" for c in cells))
+    return "\n".join(lines)
+
+
+def format_curves(results):
+    """Merged average score against lambda, a row per init and merge (mean over seeds)."""
+    curves = lambda_curves(results)
+    lams = sorted({lam for c in curves.values() for lam in c})
+    lines = [f"{'init':<12}{'merge':<10}" + "".join(f"{lam:>8g}" for lam in lams)]
+    for (init, merge), curve in curves.items():
+        cells = [f"{statistics.mean(curve[lam]):>8.2f}" if lam in curve else f"{'':>8}"
+                 for lam in lams]
+        lines.append(f"{init:<12}{merge:<10}" + "".join(cells))
+    return "\n".join(lines)
+
+
+def interference_matrices(results):
+    """{init: (tasks, T x T matrix averaged over seeds)}; entry [t][j] is adapter t's output on
+    task j's inputs relative to task j's own adapter's."""
+    by_init = {}
+    for entry in results["interference"]:
+        by_init.setdefault(entry["init"], []).append(entry)
+    out = {}
+    for init, entries in by_init.items():
+        tasks = entries[0]["tasks"]
+        n = len(tasks)
+        out[init] = (tasks, [[statistics.mean(e["matrix"][t][j] for e in entries)
+                              for j in range(n)] for t in range(n)])
+    return out
+
+
+def format_interference(results):
+    lines = []
+    for init, (tasks, m) in interference_matrices(results).items():
+        off = [m[t][j] for t in range(len(tasks)) for j in range(len(tasks)) if t != j]
+        lines.append(f"{init}: adapter (row) on task's inputs (column); mean off-diagonal "
+                     f"{statistics.mean(off):.3f}")
+        lines.append(f"{'':<8}" + "".join(f"{t:>8}" for t in tasks))
+        for t, row in zip(tasks, m):
+            lines.append(f"{t:<8}" + "".join(f"{v:>8.3f}" for v in row))
+    return "\n".join(lines)
+
+
+def summary(results):
+    """Everything printed at the end of a run, as one text (saved next to results.json)."""
+    cfg = results["config"]
+    parts = [f"tasks {','.join(cfg['tasks'])}; seeds {','.join(map(str, cfg['seeds']))}; "
+             f"scores x100 on GLUE dev; merges at their best lambda on dev (mean over seeds)",
+             format_table(results), "", "merged average score against lambda:",
+             format_curves(results), "", "interference ||dW_t H_j|| / ||dW_j H_j||, mean over "
+             "layers and seeds:", format_interference(results)]
+    if "wall_time_s" in results:
+        parts += ["", f"wall time {results['wall_time_s']:.0f}s"]
+    return "\n".join(parts)
+
+
+def write_figures(results, out):
+    """lambda.png and interference.png in `out`; returns their paths, or a note if matplotlib
+    is missing (it is optional: pip install -r requirements-figures.txt)."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return "figures skipped: matplotlib is not installed (pip install -r requirements-figures.txt)"
+    out = Path(out)
+    curves = lambda_curves(results)
+    merges = [m for m in results["config"]["merges"] if m != "avg"]
+    fig, axes = plt.subplots(1, max(1, len(merges)), figsize=(4.2 * max(1, len(merges)), 3.4),
+                             squeeze=False, sharey=True)
+    for ax, merge in zip(axes[0], merges):
+        for init in results["config"]["inits"]:
+            curve = curves.get((init, merge), {})
+            lams = sorted(curve)
+            means = [statistics.mean(curve[lam]) for lam in lams]
+            ax.plot(lams, means, marker="o", label=init)
+            if all(len(curve[lam]) > 1 for lam in lams) and lams:
+                sd = [statistics.stdev(curve[lam]) for lam in lams]
+                ax.fill_between(lams, [m - d for m, d in zip(means, sd)],
+                                [m + d for m, d in zip(means, sd)], alpha=0.15)
+        ax.set_title(merge)
+        ax.set_xlabel("lambda")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("merged average score (dev)")
+    axes[0][-1].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "lambda.png", dpi=120)
+    plt.close(fig)
+
+    matrices = interference_matrices(results)
+    fig, axes = plt.subplots(1, len(matrices), figsize=(3.6 * len(matrices), 3.4), squeeze=False)
+    vmax = max(v for _, m in matrices.values() for row in m for v in row)
+    for ax, (init, (tasks, m)) in zip(axes[0], matrices.items()):
+        ax.imshow(m, vmin=0, vmax=vmax, cmap="viridis")
+        ax.set_xticks(range(len(tasks)), tasks, rotation=45, fontsize=7)
+        ax.set_yticks(range(len(tasks)), tasks, fontsize=7)
+        for t in range(len(tasks)):
+            for j in range(len(tasks)):
+                ax.text(j, t, f"{m[t][j]:.2f}", ha="center", va="center", fontsize=6,
+                        color="white" if m[t][j] < vmax / 2 else "black")
+        ax.set_title(init, fontsize=9)
+        ax.set_xlabel("inputs of task j", fontsize=7)
+    axes[0][0].set_ylabel("adapter of task t", fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "interference.png", dpi=120)
+    plt.close(fig)
+    return [str(out / "lambda.png"), str(out / "interference.png")]
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1 or not Path(argv[0]).is_file():
+        print("usage: python report.py PATH/results.json", file=sys.stderr)
+        return 2
+    results = json.loads(Path(argv[0]).read_text())
+    print(summary(results))
+    figures = write_figures(results, Path(argv[0]).parent)
+    print(figures if isinstance(figures, str) else "figures: " + ", ".join(figures))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
