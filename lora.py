@@ -193,6 +193,12 @@ def padding_bias(mask, dtype):
     return bias.masked_fill(~mask[:, None, None, :], float("-inf"))
 
 
+# Packing tokens costs gathers, scatters and a loop over attention groups. Measured on 2 CPU
+# cores (training steps, batch 16): 0.88x at 4% padding (length-grouped batches), 1.08x at 30%,
+# 1.6x at 47%; so batches are packed only when at least a quarter of them is padding.
+PACK_ABOVE_PADDING = 0.25
+
+
 @dataclass
 class Layout:
     """Where a batch's tokens go for attention.
@@ -238,14 +244,14 @@ class BertEncoder(nn.Module):
         self.layers = nn.ModuleList(Block(config) for _ in range(config.num_hidden_layers))
         # The pretrained [CLS] pooler (dense + tanh). Heads copy it; the encoder never uses it.
         self.pooler = nn.Linear(config.hidden_size, config.hidden_size)
-        # True: skip padding (fast). False: compute every position, as a plain transformer
-        # does (the reference the tests hold the fast path to).
+        # True: skip padding where there is enough of it to pay (fast). False: compute every
+        # position, as a plain transformer does (the reference the tests hold the fast path to).
         self.unpad = True
 
     def forward(self, input_ids, token_type_ids, attention_mask):
         B, T = input_ids.shape  # batch size, padded sequence length
         x = self.embeddings(input_ids, token_type_ids).reshape(B * T, -1)  # (B*T, H)
-        if self.unpad and not attention_mask.all():
+        if self.unpad and attention_mask.sum() <= (1 - PACK_ABOVE_PADDING) * attention_mask.numel():
             # Padding is most of a randomly drawn batch. The linear layers, nearly all of the
             # work, see only the N real tokens, and attention pads each group of similar
             # lengths only to its own longest (bench.py measures what this saves).

@@ -382,10 +382,12 @@ def train_or_load(encoder, name, init, cfg, prepared, A_init, pad_id):
                                               seed=seed + epoch, group_by_length=cfg.group_by_length,
                                               pad_id=pad_id)
     torch.manual_seed(seed)  # dropout masks
+    t0 = time.time()
     finetune(encoder, head, batches, cfg.epochs, cfg.lr, cfg.weight_decay, cfg.warmup,
              cfg.max_grad_norm, cfg.device, desc=f"{init}/{name}")
     save_atomic({"config": config, "lora": lora.lora_state(encoder),
                  "head": head.state_dict()}, path)
+    print(f"{init}/{name}: trained in {time.time() - t0:.0f}s")
     return head
 
 
@@ -477,7 +479,7 @@ def run_seed(cfg, encoder, tokenizer, results):
             for lam in lambdas(cfg, method):
                 merged = merge.merge_task_vectors(list(task_vectors.values()), method, lam,
                                                   cfg.ties_k, cfg.ties_scope, cfg.dare_p, cfg.seed)
-                merged_scores = {}
+                merged_scores, t0 = {}, time.time()
                 with lora.merged_into_weights(encoder, merged):
                     for name in cfg.tasks:
                         score, metrics = evaluate_task(name, heads[name])
@@ -485,7 +487,7 @@ def run_seed(cfg, encoder, tokenizer, results):
                         results["rows"].append(
                             result_row(cfg.seed, init, method, lam, name, score, metrics))
                 print(f"{init}/{method} (lambda {lam:g}): average "
-                      f"{report.average(merged_scores):.2f}")
+                      f"{report.average(merged_scores):.2f} ({time.time() - t0:.0f}s)")
 
 
 # The command line

@@ -178,3 +178,11 @@ def test_only_malformed_rows_is_an_error(tmp_path, tiny_model, capsys):
     (glue / "SST-2" / "train.tsv").write_text("sentence\tlabel\nno tab here\n")
     assert osrm_min.main(tiny_args(tmp_path, tiny_model)) == 2
     assert capsys.readouterr().err.startswith("error: ")
+
+
+def test_figures_are_drawn_when_matplotlib_is_installed(tmp_path, tiny_model):
+    pytest.importorskip("matplotlib")
+    write_tiny_glue(tmp_path / "glue")
+    assert osrm_min.main(tiny_args(tmp_path, tiny_model, "--lams", "0.5,1.0")) == 0
+    for name in ("lambda.png", "interference.png"):
+        assert (tmp_path / "out" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -161,4 +161,4 @@ def test_skipping_padding_changes_nothing(minilm_dir):
     (h_fast, g_fast), (h_plain, g_plain) = results[True], results[False]
     assert (h_fast - h_plain).abs().max() < 1e-5
     assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-7) for a, b in zip(g_fast, g_plain))
-    assert mask.sum() < mask.numel()  # the batch really has padding
+    assert mask.sum() <= (1 - lora.PACK_ABOVE_PADDING) * mask.numel()  # so the fast path packs
