@@ -76,14 +76,14 @@ def headline(results):
 def format_table(results):
     """The headline table: a row per init and merge (at its best lambda), a column per task."""
     cfg = results["config"]
-    width = 13 if len(cfg["seeds"]) > 1 else 8
     cols = cfg["tasks"] + ["average", "normalised"]
-    lines = [f"{'init':<12}{'merge':<10}{'lambda':>7}" + "".join(f"{c:>{width}}" for c in cols)]
+    widths = [max(len(c), 13 if len(cfg["seeds"]) > 1 else 7) + 2 for c in cols]
+    lines = [f"{'init':<12}{'merge':<10}{'lambda':>7}" + "".join(f"{c:>{w}}" for c, w in zip(cols, widths))]
     for init, merge, lam, by_task, avg, norm in headline(results):
         cells = [mean_std(by_task[t]) for t in cfg["tasks"]] + [mean_std(avg), mean_std(norm)]
         lam_text = "-" if lam is None else f"{lam:g}"
         lines.append(f"{init:<12}{'indiv' if merge == 'none' else merge:<10}{lam_text:>7}"
-                     + "".join(f"{c:>{width}}" for c in cells))
+                     + "".join(f"{c:>{w}}" for c, w in zip(cells, widths)))
     return "\n".join(lines)
 
 
