@@ -397,6 +397,47 @@ def result_row(seed, init, merge_method, lam, task, score, metrics):
             "score": score, "metrics": metrics}
 
 
+# Settings that say which evaluations a run makes, not what any one of them scores
+WORK_KEYS = ("seeds", "seed", "inits", "merges", "lams", "lam_ta", "lam_ties", "out", "device",
+             "eval_batch_size")
+
+
+class Evaluations:
+    """Scores computed earlier with the same settings, kept in <out>/evaluations.json, so that
+    an interrupted run resumes its evaluations (merges at every lambda), not only its training.
+
+    A row is reused only if every setting that shapes a score matches (all but WORK_KEYS) and
+    its seed, init, merge, lambda and task are the ones asked for.
+    """
+
+    def __init__(self, path, cfg):
+        self.path = Path(path)
+        self.settings = json.loads(json.dumps(
+            {k: v for k, v in asdict(cfg).items() if k not in WORK_KEYS}))
+        saved = {}
+        if self.path.exists():
+            try:
+                saved = json.loads(self.path.read_text())
+            except ValueError:
+                print(f"note: cannot read {self.path}; evaluating again")
+        same = saved.get("settings") == self.settings
+        self.rows = {self.key(r): r for r in saved.get("rows", [])} if same else {}
+        if self.rows:
+            print(f"note: reusing {len(self.rows)} scores of an earlier run with the same "
+                  f"settings ({self.path})")
+
+    @staticmethod
+    def key(row):
+        return (row["seed"], row["init"], row["merge"], row["lambda"], row["task"])
+
+    def get(self, seed, init, merge_method, lam, task):
+        return self.rows.get((seed, init, merge_method, lam, task))
+
+    def add(self, rows):
+        self.rows.update({self.key(r): r for r in rows})
+        write_json_atomic({"settings": self.settings, "rows": list(self.rows.values())}, self.path)
+
+
 def lambdas(cfg, method):
     """The lambdas a merge is evaluated at: --lams, else the method's default; avg has 1/T."""
     if method == "avg":
@@ -444,13 +485,14 @@ def run(cfg, encoder, tokenizer):
     encoder.to(cfg.device)
     (Path(cfg.out) / "adapters").mkdir(parents=True, exist_ok=True)
     results = {"config": asdict(cfg), "rows": [], "interference": []}
+    done = Evaluations(Path(cfg.out) / "evaluations.json", cfg)
     for seed in cfg.seeds:
         print(f"seed {seed}")
-        run_seed(replace(cfg, seed=seed), encoder, tokenizer, results)
+        run_seed(replace(cfg, seed=seed), encoder, tokenizer, results, done)
     return results
 
 
-def run_seed(cfg, encoder, tokenizer, results):
+def run_seed(cfg, encoder, tokenizer, results, done):
     """Train (or load) every init's adapters for one seed, measure their interference, merge
     them at every lambda and evaluate; rows and matrices are appended to `results`."""
     prepared = prepare_tasks(cfg, tokenizer)
@@ -459,15 +501,25 @@ def run_seed(cfg, encoder, tokenizer, results):
     dev_batches = {n: data.make_batches(p["dev"], cfg.eval_batch_size, group_by_length=True,
                                         pad_id=pad_id)
                    for n, p in prepared.items()}
-    evaluate_task = lambda name, head: evaluate(encoder, head, prepared[name]["task"],
-                                                dev_batches[name], cfg.device)
+
+    def scores(init, method, lam, heads):
+        """One row per task for the adapters or merge now in the encoder: earlier or new."""
+        rows = [done.get(cfg.seed, init, method, lam, name) for name in heads]
+        if None in rows:
+            rows = [result_row(cfg.seed, init, method, lam, name,
+                               *evaluate(encoder, head, prepared[name]["task"],
+                                         dev_batches[name], cfg.device))
+                    for name, head in heads.items()]
+            done.add(rows)
+        results["rows"] += rows
+        return {r["task"]: r["score"] for r in rows}
+
     stats = layer_statistics(encoder, cfg, prepared, pad_id)  # OSRM's, and for interference
     plain = {}
     for init in cfg.inits:
         task_vectors, heads = {}, {}
         for name, head in adapters(encoder, init, cfg, prepared, stats, plain, pad_id):
-            score, metrics = evaluate_task(name, head)
-            results["rows"].append(result_row(cfg.seed, init, "none", None, name, score, metrics))
+            score = scores(init, "none", None, {name: head})[name]
             print(f"{init}/{name}: individual score {score:.2f}")
             task_vectors[name], heads[name] = lora.delta_weights(encoder), head
             if init == "lora":
@@ -477,15 +529,11 @@ def run_seed(cfg, encoder, tokenizer, results):
                                         "matrix": interference(task_vectors, stats)})
         for method in cfg.merges:
             for lam in lambdas(cfg, method):
+                t0 = time.time()
                 merged = merge.merge_task_vectors(list(task_vectors.values()), method, lam,
                                                   cfg.ties_k, cfg.ties_scope, cfg.dare_p, cfg.seed)
-                merged_scores, t0 = {}, time.time()
                 with lora.merged_into_weights(encoder, merged):
-                    for name in cfg.tasks:
-                        score, metrics = evaluate_task(name, heads[name])
-                        merged_scores[name] = score
-                        results["rows"].append(
-                            result_row(cfg.seed, init, method, lam, name, score, metrics))
+                    merged_scores = scores(init, method, lam, heads)
                 print(f"{init}/{method} (lambda {lam:g}): average "
                       f"{report.average(merged_scores):.2f} ({time.time() - t0:.0f}s)")
 

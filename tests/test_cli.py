@@ -186,3 +186,25 @@ def test_figures_are_drawn_when_matplotlib_is_installed(tmp_path, tiny_model):
     assert osrm_min.main(tiny_args(tmp_path, tiny_model, "--lams", "0.5,1.0")) == 0
     for name in ("lambda.png", "interference.png"):
         assert (tmp_path / "out" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_rerun_reuses_earlier_scores_and_evaluates_only_what_is_new(tmp_path, tiny_model,
+                                                                       monkeypatch):
+    write_tiny_glue(tmp_path / "glue")
+    args = tiny_args(tmp_path, tiny_model, "--merges", "ta", "--lams", "0.5")
+    assert osrm_min.main(args) == 0
+    first = json.loads((tmp_path / "out" / "results.json").read_text())["rows"]
+    calls = []
+    evaluate = osrm_min.evaluate
+    monkeypatch.setattr(osrm_min, "evaluate", lambda *a, **k: calls.append(a[2].name) or evaluate(*a, **k))
+    assert osrm_min.main(args) == 0  # everything was scored before: nothing is evaluated
+    assert calls == []
+    assert json.loads((tmp_path / "out" / "results.json").read_text())["rows"] == first
+    # one more lambda: only its merged scores are new (2 inits x 2 tasks)
+    args[args.index("--lams") + 1] = "0.5,1.0"
+    assert osrm_min.main(args) == 0
+    assert len(calls) == 2 * 2
+    # a changed setting of the experiment (even one that ta ignores, like TIES's k: the check
+    # is conservative) starts the evaluations afresh
+    assert osrm_min.main(args + ["--ties-k", "0.5"]) == 0
+    assert len(calls) == 4 + 2 * (1 + 2) * 2
