@@ -70,8 +70,9 @@ def dropout(x, p, training):
 
     As F.dropout, with a cheaper mask: each random 64-bit integer gives four 16-bit uniform
     draws, kept where they clear the p-quantile, so p is rounded to a multiple of 1/65536
-    (0.1 -> 0.100006). On CPU, drawing the mask was a quarter of a training step with
-    F.dropout's sampler and is about a tenth of that now (see bench.py).
+    (0.1 -> 0.100006). On CPU, F.dropout's sampler took a quarter of a training step; this
+    mask takes half the time of one drawn with torch.rand (2.1 against 4.1 ms for the 645k
+    attention weights of a batch), which saved 6% of a step.
     """
     if not training or p == 0.0:
         return x
@@ -87,8 +88,9 @@ def attention(q, k, v, bias, dropout_p=0.0):
 
     bias (B, 1, 1, T) is 0 at real tokens and -inf at padding, so that no query attends to
     padding. Written out rather than F.scaled_dot_product_attention: at these sequence lengths
-    PyTorch's fused CPU kernel took 1.5x as long forward and backward (bench.py), and the
-    written-out form lets the attention weights go through dropout.
+    PyTorch's fused CPU kernel took about 1.5x as long forward and backward (timed separately,
+    batch 32 x 12 heads x 41 tokens), and the written-out form lets the attention weights go
+    through dropout.
     """
     scores = (q * (1.0 / math.sqrt(q.shape[-1]))) @ k.transpose(-2, -1)  # (B, nh, T, T)
     scores += bias  # in place: the product's backward needs q and k, not its output

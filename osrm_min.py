@@ -745,7 +745,7 @@ def main(argv=None):
         return 130
     print()
     print(text)
-    print(figures if isinstance(figures, str) else "figures: " + ", ".join(figures))
+    print(figures)
     print(f"results in {Path(cfg.out) / 'results.json'} and summary.txt")
     return 0
 

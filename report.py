@@ -140,8 +140,9 @@ def summary(results):
 
 
 def write_figures(results, out):
-    """lambda.png and interference.png in `out`; returns their paths, or a note if matplotlib
-    is missing (it is optional: pip install -r requirements-figures.txt)."""
+    """Draw lambda.png and interference.png in `out`; returns a line saying where they are, or
+    that they were skipped because matplotlib is missing (it is optional:
+    pip install -r requirements-figures.txt)."""
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -189,7 +190,7 @@ def write_figures(results, out):
     fig.tight_layout()
     fig.savefig(out / "interference.png", dpi=120)
     plt.close(fig)
-    return [str(out / "lambda.png"), str(out / "interference.png")]
+    return f"figures: {out / 'lambda.png'}, {out / 'interference.png'}"
 
 
 def main(argv=None):
@@ -199,8 +200,7 @@ def main(argv=None):
         return 2
     results = json.loads(Path(argv[0]).read_text())
     print(summary(results))
-    figures = write_figures(results, Path(argv[0]).parent)
-    print(figures if isinstance(figures, str) else "figures: " + ", ".join(figures))
+    print(write_figures(results, Path(argv[0]).parent))
     return 0
 
 
