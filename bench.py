@@ -284,7 +284,7 @@ def machine():
 
 
 def run(args, model_dir, data_dir):
-    tokenizer = data.WordPieceTokenizer.from_dir(model_dir)
+    tokenizer = data.load_tokenizer(model_dir)
     config = lora.load_checkpoint(model_dir)[0].config
     batches = sst2_batches(tokenizer, data_dir, "train", 32 * (args.warmup + args.steps), 32, True)
     warm, train_batches = batches[:args.warmup], batches[args.warmup:]

@@ -1,5 +1,5 @@
-"""The model: a BERT encoder written out in plain PyTorch, LoRA layers, per-task heads,
-and loading of real Hugging Face format checkpoints.
+"""The model: a BERT (or RoBERTa) encoder written out in plain PyTorch, LoRA layers, per-task
+heads, and loading of real Hugging Face format checkpoints.
 
 Everything OSRM needs from the model is here:
 
@@ -8,9 +8,13 @@ Everything OSRM needs from the model is here:
 - `BertEncoder` is the post-LayerNorm transformer of Devlin et al. 2019 with exact GELU, token
   type embeddings and the padding mask; its parameter names follow Hugging Face's `BertModel`
   through a small rename table, so a real checkpoint loads tensor for tensor.
+- RoBERTa (Liu et al. 2019, the paper's main backbone) is the same network with three changes,
+  all read from `config.json`: position ids count real tokens starting after the padding index
+  (`pad_token_id` + 1), a single token type, and LayerNorm eps 1e-5. `model_type` chooses.
 - `ClassificationHead` is one head per task, pooling either the mean of the real tokens (what a
-  sentence-transformers folder declares in `1_Pooling/config.json`) or [CLS] through the
-  pretrained pooler, as `BertForSequenceClassification` does.
+  sentence-transformers folder declares in `1_Pooling/config.json`), [CLS] through the
+  pretrained pooler, as `BertForSequenceClassification` does, or the first token through a
+  fresh dense + tanh, as `RobertaForSequenceClassification` does.
 - `load_checkpoint(folder)` reads `config.json` and `model.safetensors` (with the small reader
   below, no extra package) or `pytorch_model.bin`.
 
@@ -39,6 +43,7 @@ class CheckpointError(Exception):
 
 @dataclass
 class BertConfig:
+    model_type: str = "bert"             # "bert" or "roberta"
     vocab_size: int = 30522
     hidden_size: int = 384               # H, the width of every token's hidden state
     num_hidden_layers: int = 6           # L, transformer blocks
@@ -50,11 +55,19 @@ class BertConfig:
     hidden_act: str = "gelu"             # "gelu" is the exact erf form in Hugging Face's BERT
     hidden_dropout_prob: float = 0.1
     attention_probs_dropout_prob: float = 0.1
+    pad_token_id: int = 0                # RoBERTa: 1, and positions start at 2
 
     @classmethod
     def from_dict(cls, d):
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in known})
+
+    @property
+    def max_length(self):
+        """The longest input the position table covers (RoBERTa spends pad_token_id + 1 rows)."""
+        if self.model_type == "roberta":
+            return self.max_position_embeddings - self.pad_token_id - 1
+        return self.max_position_embeddings
 
 
 ACTIVATIONS = {
@@ -141,10 +154,17 @@ class Embeddings(nn.Module):
         self.token_type_embeddings = nn.Embedding(c.type_vocab_size, c.hidden_size)
         self.norm = nn.LayerNorm(c.hidden_size, eps=c.layer_norm_eps)
         self.dropout_p = c.hidden_dropout_prob
+        self.roberta_positions = c.model_type == "roberta"
+        self.pad_id = c.pad_token_id
 
     def forward(self, input_ids, token_type_ids):
-        T = input_ids.shape[1]
-        positions = torch.arange(T, device=input_ids.device)
+        if self.roberta_positions:
+            # RoBERTa (fairseq's make_positions): the i-th real token has position pad_id + i,
+            # i = 1, 2, ...; padding keeps position pad_id.
+            real = (input_ids != self.pad_id).long()
+            positions = real.cumsum(1) * real + self.pad_id  # (B, T)
+        else:
+            positions = torch.arange(input_ids.shape[1], device=input_ids.device)  # (T,)
         x = (self.word_embeddings(input_ids) + self.position_embeddings(positions)
              + self.token_type_embeddings(token_type_ids))
         return dropout(self.norm(x), self.dropout_p, self.training)
@@ -237,7 +257,8 @@ class Layout:
 
 
 class BertEncoder(nn.Module):
-    """Token ids -> contextual hidden states (B, T, H), as Hugging Face's BertModel."""
+    """Token ids -> contextual hidden states (B, T, H), as Hugging Face's BertModel (or
+    RobertaModel when config.model_type is "roberta")."""
 
     def __init__(self, config):
         super().__init__()
@@ -275,15 +296,17 @@ class ClassificationHead(nn.Module):
     pooling="cls": the [CLS] state through a dense + tanh pooler initialised from the
     checkpoint's, as in BertForSequenceClassification. The pooler copy belongs to the head, so
     it is trained with it and stays task-specific after merging.
+    pooling="roberta": RobertaClassificationHead: the first token (<s>) through dropout, a
+    freshly initialised dense + tanh, dropout and the classifier (`out_proj` there).
     """
 
     def __init__(self, hidden_size, num_labels, pooling, dropout, pooler=None):
         super().__init__()
         self.pooling = pooling
         self.pooler = None
-        if pooling == "cls":
+        if pooling in ("cls", "roberta"):
             self.pooler = nn.Linear(hidden_size, hidden_size)
-            if pooler is not None:
+            if pooler is not None and pooling == "cls":
                 self.pooler.load_state_dict(pooler.state_dict())
         self.dropout_p = dropout
         self.classifier = nn.Linear(hidden_size, num_labels)
@@ -292,6 +315,9 @@ class ClassificationHead(nn.Module):
         if self.pooling == "mean":
             m = attention_mask.unsqueeze(-1).to(hidden.dtype)         # (B, T, 1)
             pooled = (hidden * m).sum(1) / m.sum(1)                    # (B, H)
+        elif self.pooling == "roberta":
+            first = dropout(hidden[:, 0], self.dropout_p, self.training)
+            pooled = torch.tanh(self.pooler(first))                      # (B, H)
         else:
             pooled = torch.tanh(self.pooler(hidden[:, 0]))              # (B, H)
         return self.classifier(dropout(pooled, self.dropout_p, self.training))  # (B, num_labels)
@@ -373,7 +399,8 @@ def merged_into_weights(encoder, deltas):
             layers[name].A, layers[name].B = A, B
 
 
-# Checkpoint loading. Hugging Face BertModel names -> ours (prefix "bert." optional).
+# Checkpoint loading. Hugging Face BertModel / RobertaModel names -> ours (the prefix "bert." or
+# "roberta." is optional; both models name their blocks alike).
 HF_BLOCK_NAMES = {
     "attention.self.query": "query",
     "attention.self.key": "key",
@@ -386,12 +413,13 @@ HF_BLOCK_NAMES = {
 }
 # Tensors a checkpoint may carry that the encoder does not use: the position-id buffer and the
 # pre-training or fine-tuning heads of BertForPreTraining / BertForSequenceClassification.
-IGNORED_PREFIXES = ("embeddings.position_ids", "cls.", "classifier.", "qa_outputs.")
+IGNORED_PREFIXES = ("embeddings.position_ids", "cls.", "classifier.", "qa_outputs.", "lm_head.")
+MODEL_TYPES = ("bert", "roberta")
 
 
 def hf_to_ours(name):
     """'bert.encoder.layer.3.attention.self.query.weight' -> 'layers.3.query.weight'."""
-    name = name.removeprefix("bert.")
+    name = name.removeprefix("bert.").removeprefix("roberta.")
     name = name.replace(".gamma", ".weight").replace(".beta", ".bias")  # old TF-converted names
     if name.startswith("encoder.layer."):
         i, rest = name[len("encoder.layer."):].split(".", 1)
@@ -450,16 +478,18 @@ def write_safetensors(tensors, path):
     os.replace(tmp, path)
 
 
-def checkpoint_pooling(folder):
-    """'mean' if a sentence-transformers `1_Pooling/config.json` says so, otherwise 'cls'."""
+def checkpoint_pooling(folder, model_type="bert"):
+    """'mean' if a sentence-transformers `1_Pooling/config.json` says so, otherwise the
+    architecture's own sequence-classification head: 'cls' (BERT) or 'roberta'."""
     cfg = Path(folder) / "1_Pooling" / "config.json"
     if cfg.exists() and json.loads(cfg.read_text()).get("pooling_mode_mean_tokens"):
         return "mean"
-    return "cls"
+    return "roberta" if model_type == "roberta" else "cls"
 
 
 def load_checkpoint(folder):
-    """Build a BertEncoder from a Hugging Face format folder; returns (encoder, pooling).
+    """Build a BertEncoder from a Hugging Face format BERT or RoBERTa folder; returns
+    (encoder, pooling).
 
     The folder needs `config.json` and `model.safetensors` or `pytorch_model.bin`. A missing
     pooler is allowed (heads then start with a fresh one); any other missing or unexpected
@@ -468,14 +498,15 @@ def load_checkpoint(folder):
     folder = Path(folder)
     if not (folder / "config.json").exists():
         raise CheckpointError(f"{folder} has no config.json; --model needs a Hugging Face "
-                              f"format BERT folder (config.json, model.safetensors, vocab.txt)")
+                              f"format BERT or RoBERTa folder (config.json, model.safetensors, "
+                              f"and vocab.txt or vocab.json + merges.txt)")
     try:
         config_dict = json.loads((folder / "config.json").read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{folder}/config.json is not valid JSON ({e})")
-    if config_dict.get("model_type", "bert") != "bert":
+    if config_dict.get("model_type", "bert") not in MODEL_TYPES:
         raise CheckpointError(f"{folder}: model_type '{config_dict['model_type']}' is not "
-                              f"supported; osrm-min loads BERT-style encoders")
+                              f"supported; osrm-min loads {' and '.join(MODEL_TYPES)} encoders")
     config = BertConfig.from_dict(config_dict)
     if config.hidden_act not in ACTIVATIONS:
         raise CheckpointError(f"{folder}: hidden_act '{config.hidden_act}' is not supported "
@@ -496,7 +527,7 @@ def load_checkpoint(folder):
     encoder = BertEncoder(config)
     expected = encoder.state_dict()
     state = {hf_to_ours(k): v for k, v in raw.items()
-             if not k.removeprefix("bert.").startswith(IGNORED_PREFIXES)}
+             if not k.removeprefix("bert.").removeprefix("roberta.").startswith(IGNORED_PREFIXES)}
     unexpected = sorted(set(state) - set(expected))
     missing = sorted(k for k in set(expected) - set(state) if not k.startswith("pooler."))
     if missing or unexpected:
@@ -508,7 +539,7 @@ def load_checkpoint(folder):
                                   f"config.json implies {tuple(expected[k].shape)}")
     encoder.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)
     encoder.has_pretrained_pooler = "pooler.weight" in state
-    return encoder, checkpoint_pooling(folder)
+    return encoder, checkpoint_pooling(folder, config.model_type)
 
 
 def _short(names, n=5):

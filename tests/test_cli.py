@@ -125,9 +125,18 @@ def test_unknown_task_lists_the_valid_ones(tmp_path):
                           "foo", "cola", "rte")
 
 
-def test_missing_data_folder_says_where_to_get_it(tmp_path):
+def test_missing_data_folder_offline_says_where_to_get_it(tmp_path):
+    # No --data-dir and no GLUE_DIR: GLUE is downloaded, here from a mirror that is not there.
     env = {k: v for k, v in __import__("os").environ.items() if k != "GLUE_DIR"}
-    assert_one_line_error(run_cli("--tasks", "sst2,mrpc", env=env), "GLUE_DIR")
+    env.update(XDG_CACHE_HOME=str(tmp_path / "cache"), GLUE_BASE_URL="http://127.0.0.1:9/glue")
+    assert_one_line_error(run_cli("--tasks", "sst2,mrpc", env=env), "--data-dir", "GLUE_DIR")
+
+
+def test_hub_model_offline_says_what_to_do(tmp_path):
+    write_tiny_glue(tmp_path / "glue")
+    env = dict(__import__("os").environ, HF_HOME=str(tmp_path / "hf"), HF_ENDPOINT="http://127.0.0.1:9")
+    result = run_cli(*tiny_args(tmp_path, "FacebookAI/roberta-large"), env=env)
+    assert_one_line_error(result, "--model", "HF_ENDPOINT")
 
 
 def test_model_folder_lacking_files(tmp_path, tiny_model):
