@@ -98,3 +98,24 @@ def test_roberta_folder_runs_the_whole_experiment(tmp_path, tiny_roberta):
     assert len(rows) == 2 * 3 * 2  # inits x (individual, ta, ties) x tasks
     assert all(0 <= r["score"] <= 100 for r in rows)
     assert osrm_min.main(args + ["--max-length", "65"]) == 2  # past the 64 usable positions
+
+
+def test_a_training_step_under_bf16_autocast_keeps_fp32_gradients():
+    """--device cuda trains under bf16 autocast; CPU autocast stands in for it here, to check that
+    the written-out attention, dropout and heads accept bf16 activations and that the adapters'
+    gradients stay float32."""
+    from lora import add_lora
+    ref = np.load(FIXTURES / "roberta_tiny.npz")
+    encoder, _ = load_checkpoint(TINY)
+    add_lora(encoder, ("query", "value"), rank=2, alpha=4)
+    head = ClassificationHead(16, 3, "roberta", dropout=0.1)
+    ids, mask = torch.from_numpy(ref["input_ids"]), torch.from_numpy(ref["attention_mask"])
+    for unpad in (True, False):
+        encoder.unpad = unpad
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            logits = head(encoder(ids, torch.zeros_like(ids), mask), mask)
+            loss = torch.nn.functional.cross_entropy(logits, torch.arange(8) % 3)
+        assert logits.dtype == torch.bfloat16 and torch.isfinite(loss)
+        loss.backward()
+    grads = [p.grad for p in encoder.parameters() if p.requires_grad]
+    assert grads and all(g.dtype == torch.float32 and torch.isfinite(g).all() for g in grads)
