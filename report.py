@@ -9,13 +9,17 @@ Everything here reads the dict that `osrm_min.run` returns and that results.json
 """
 
 import json
+import math
 import statistics
 import sys
 from pathlib import Path
 
 
 def mean_std(values):
-    """'85.21' for one value, '85.21±0.40' (sample standard deviation) for several."""
+    """'85.21' for one value, '85.21±0.40' (sample standard deviation) for several; 'n/a' if a
+    value is undefined (nan: a normalised score whose individual score was not positive)."""
+    if any(math.isnan(v) for v in values):
+        return "n/a"
     if len(values) == 1:
         return f"{values[0]:.2f}"
     return f"{statistics.mean(values):.2f}±{statistics.stdev(values):.2f}"

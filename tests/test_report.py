@@ -1,0 +1,33 @@
+"""The report from results.json: worked values, and a normalised score that is undefined."""
+
+import report
+
+
+def results_with(cola_alone_by_seed):
+    """Two tasks, two seeds, plain LoRA alone and under TA at one lambda."""
+    rows = []
+    for seed, cola_alone in zip((1, 2), cola_alone_by_seed):
+        for merge, lam, cola, sst2 in (("none", None, cola_alone, 80.0), ("ta", 0.5, 5.0, 70.0)):
+            rows += [dict(seed=seed, init="lora", merge=merge, lam=lam, task="cola", score=cola),
+                     dict(seed=seed, init="lora", merge=merge, lam=lam, task="sst2", score=sst2)]
+    for r in rows:
+        r["lambda"] = r.pop("lam")
+    config = dict(tasks=["cola", "sst2"], seeds=[1, 2], inits=["lora"], merges=["ta"])
+    return {"config": config, "rows": rows, "interference": []}
+
+
+def test_table_gives_mean_and_sample_std_over_seeds():
+    lines = report.format_table(results_with([10.0, 20.0])).splitlines()
+    ta = lines[2].split()
+    assert ta[:3] == ["lora", "ta", "0.5"]
+    assert ta[3:5] == ["5.00±0.00", "70.00±0.00"]
+    # normalised: seed 1 (5/10 + 70/80) / 2 = 68.75; seed 2 (5/20 + 70/80) / 2 = 56.25
+    assert ta[-1] == "62.50±8.84"
+    assert lines[1].split()[3] == "15.00±7.07"  # CoLA alone: 10 and 20
+
+
+def test_normalised_is_na_when_an_individual_score_is_not_positive():
+    # CoLA's Matthews correlation can be exactly 0 for an adapter that predicts one class
+    lines = report.format_table(results_with([10.0, 0.0])).splitlines()
+    assert lines[2].split()[-1] == "n/a"
+    assert lines[2].split()[-2] == "37.50±0.00"  # the plain average is still defined
