@@ -153,6 +153,22 @@ def interference(task_vectors, stats):
     return matrix
 
 
+def subspace_energy(A_init, stats, task):
+    """(own, others): the share of the input energy that the OSRM subspace A_t reads, of task
+    t's own inputs and of the other tasks', tr(A S A^T) / tr(S) averaged over layers.
+
+    OSRM makes `others` small by construction. If the tasks' inputs to a shared encoder look
+    alike, `own` is small too: the adapter then starts blind to its own task as well. For
+    scale, a random r-dimensional subspace reads r / d_in of any isotropic input.
+    """
+    share = lambda A, S: (torch.einsum("ij,jk,ik->", A.double(), S, A.double()) / S.trace()).item()
+    own, others = [], []
+    for name, A in A_init.items():
+        own.append(share(A, stats[task][name]["S"]))
+        others.append(share(A, sum(stats[j][name]["S"] for j in stats if j != task)))
+    return sum(own) / len(own), sum(others) / len(others)
+
+
 # 5. Fine-tuning and evaluation
 
 def to_device(batch, device):
@@ -494,7 +510,7 @@ def run(cfg, encoder, tokenizer):
     """The whole experiment, seed by seed; returns the results dict written to results.json."""
     encoder.to(cfg.device)
     (Path(cfg.out) / "adapters").mkdir(parents=True, exist_ok=True)
-    results = {"config": asdict(cfg), "rows": [], "interference": []}
+    results = {"config": asdict(cfg), "rows": [], "interference": [], "subspace_energy": []}
     done = Evaluations(Path(cfg.out) / "evaluations.json", cfg)
     for seed in cfg.seeds:
         print(f"seed {seed}")
@@ -525,6 +541,11 @@ def run_seed(cfg, encoder, tokenizer, results, done):
         return {r["task"]: r["score"] for r in rows}
 
     stats = layer_statistics(encoder, cfg, prepared, pad_id)  # OSRM's, and for interference
+    for stat in dict.fromkeys(INITS[i] for i in cfg.inits if INITS[i]):  # each statistic once
+        for name in cfg.tasks:
+            own, others = subspace_energy(osrm_init(stats, name, cfg.rank, stat), stats, name)
+            results["subspace_energy"].append({"seed": cfg.seed, "stat": stat, "task": name,
+                                               "own": own, "others": others})
     plain = {}
     for init in cfg.inits:
         task_vectors, heads = {}, {}

@@ -130,6 +130,25 @@ def format_interference(results):
     return "\n".join(lines)
 
 
+def format_subspace_energy(results):
+    """The share of each task's input energy (own / other tasks') that OSRM's A_t reads, per
+    statistic, mean over layers and seeds; '' for a results.json without it."""
+    entries = results.get("subspace_energy") or []
+    if not entries:
+        return ""
+    cfg = results["config"]
+    tasks = cfg["tasks"]
+    lines = [f"{'statistic':<12}" + "".join(f"{t:>16}" for t in tasks)]
+    for stat in dict.fromkeys(e["stat"] for e in entries):
+        cells = []
+        for t in tasks:
+            es = [e for e in entries if e["stat"] == stat and e["task"] == t]
+            own, others = (statistics.mean(e[k] for e in es) for k in ("own", "others"))
+            cells.append(f"{100 * own:.3f}%/{100 * others:.3f}%")
+        lines.append(f"{stat:<12}" + "".join(f"{c:>16}" for c in cells))
+    return "\n".join(lines)
+
+
 def summary(results):
     """Everything printed at the end of a run, as one text (saved next to results.json)."""
     cfg = results["config"]
@@ -138,6 +157,11 @@ def summary(results):
              format_table(results), "", "merged average score against lambda:",
              format_curves(results), "", "interference ||dW_t H_j|| / ||dW_j H_j||, mean over "
              "layers and seeds:", format_interference(results)]
+    energy = format_subspace_energy(results)
+    if energy:
+        parts += ["", "input energy that OSRM's A_t reads, own task / other tasks (mean over "
+                  f"layers and seeds; a random {cfg['rank']}-dimensional subspace reads "
+                  f"{cfg['rank']}/d_in of isotropic inputs):", energy]
     if "wall_time_s" in results:
         parts += ["", f"wall time {results['wall_time_s']:.0f}s"]
     return "\n".join(parts)

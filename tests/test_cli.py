@@ -51,7 +51,8 @@ def test_end_to_end_writes_results_and_resumes(tmp_path, tiny_model, capsys):
     assert sorted(p.name for p in (tmp_path / "out" / "adapters").iterdir()) == [
         "lora-mrpc-seed42.pt", "lora-sst2-seed42.pt", "osrm-mrpc-seed42.pt", "osrm-sst2-seed42.pt"]
     out = capsys.readouterr().out
-    assert "normalised" in out and "interference" in out
+    assert "normalised" in out and "interference" in out and "input energy that OSRM" in out
+    assert {(e["stat"], e["task"]) for e in first["subspace_energy"]} == {("cov", "sst2"), ("cov", "mrpc")}
     assert (tmp_path / "out" / "summary.txt").read_text().strip() in out
 
     # The same command again trains nothing and reproduces every score.

@@ -125,3 +125,12 @@ def test_interference_equals_the_direct_computation_on_activations():
     direct = [[sum((norm(t, j, layer) / norm(j, j, layer)).item() for layer in ("l0", "l1")) / 2
                for j in ("a", "b")] for t in ("a", "b")]
     assert torch.allclose(torch.tensor(interference(dW, stats)), torch.tensor(direct), rtol=1e-10)
+
+
+def test_subspace_energy_is_the_share_of_the_trace_that_A_reads():
+    from osrm_min import subspace_energy
+    stats = {"a": {"l": {"S": torch.diag(torch.tensor([4.0, 1.0, 0.5], dtype=torch.float64))}},
+             "b": {"l": {"S": torch.diag(torch.tensor([1.0, 4.0, 2.0], dtype=torch.float64))}}}
+    A = {"l": torch.tensor([[1.0, 0.0, 0.0]])}  # reads the first coordinate only
+    own, others = subspace_energy(A, stats, "a")
+    assert abs(own - 4 / 5.5) < 1e-12 and abs(others - 1 / 7) < 1e-12
