@@ -2,6 +2,7 @@
 
 import http.server
 import io
+import json
 import shutil
 import socket
 import threading
@@ -274,3 +275,22 @@ def test_mrpc_matches_the_real_glue_files_byte_for_byte(server, tmp_path):
     dest = download_glue(["mrpc"], tmp_path / "glue", base_url=server.url)
     for name in ("train.tsv", "dev.tsv"):
         assert (dest / "MRPC" / name).read_bytes() == (REAL_GLUE / "MRPC" / name).read_bytes()
+
+
+def test_the_experiment_runs_from_a_hub_id_and_downloaded_glue(hub, glue, tiny_model, tmp_path,
+                                                               monkeypatch):
+    """No local model and no GLUE folder: `--model tiny/bert` comes from the (local) hub and
+    CoLA and SST-2 from the (local) GLUE mirror, into the caches, and the whole run goes on."""
+    import osrm_min
+    hub.put("tiny/bert", {p.relative_to(tiny_model).as_posix(): p.read_bytes()
+                          for p in tiny_model.rglob("*") if p.is_file()})
+    monkeypatch.delenv("GLUE_DIR", raising=False)
+    monkeypatch.setenv("GLUE_BASE_URL", glue.url)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    args = ["--tasks", "cola,sst2", "--model", "tiny/bert", "--out", str(tmp_path / "out"),
+            "--train-samples", "16", "--epochs", "1", "--osrm-samples", "2", "--rank", "2",
+            "--max-length", "32"]
+    assert osrm_min.main(args) == 0
+    config = json.loads((tmp_path / "out" / "results.json").read_text())["config"]
+    assert config["model"] == str(model_cache_dir("tiny/bert"))
+    assert config["data_dir"] == str(tmp_path / "cache" / "osrm-min" / "glue")
