@@ -130,6 +130,11 @@ def osrm_post(A, B, A_osrm):
 
 # 4. Interference
 
+def quadratic_trace(M, S):
+    """tr(M S M^T) in float64: with S = H^T H / n, the mean squared norm of M h over H's rows."""
+    return torch.einsum("ij,jk,ik->", M.double(), S, M.double())
+
+
 def interference(task_vectors, stats):
     """[[I_tj]]: adapter t's output on task j's inputs relative to task j's own, per layer
     ||dW_t H_j^T|| / ||dW_j H_j^T|| (Frobenius), averaged over layers.
@@ -140,13 +145,12 @@ def interference(task_vectors, stats):
     name: dW}}; stats: {task: {layer name: {"S": ...}}}.
     """
     tasks = list(task_vectors)
-    energy = lambda dW, S: torch.einsum("ij,jk,ik->", dW.double(), S, dW.double())  # tr(dW S dW^T)
     matrix = []
     for t in tasks:
         row = []
         for j in tasks:
-            ratios = [(energy(task_vectors[t][n], stats[j][n]["S"])
-                       / energy(task_vectors[j][n], stats[j][n]["S"])).sqrt().item()
+            ratios = [(quadratic_trace(task_vectors[t][n], stats[j][n]["S"])
+                       / quadratic_trace(task_vectors[j][n], stats[j][n]["S"])).sqrt().item()
                       for n in task_vectors[t]]
             row.append(sum(ratios) / len(ratios))
         matrix.append(row)
@@ -161,7 +165,7 @@ def subspace_energy(A_init, stats, task):
     alike, `own` is small too: the adapter then starts blind to its own task as well. For
     scale, a random r-dimensional subspace reads r / d_in of any isotropic input.
     """
-    share = lambda A, S: (torch.einsum("ij,jk,ik->", A.double(), S, A.double()) / S.trace()).item()
+    share = lambda A, S: (quadratic_trace(A, S) / S.trace()).item()
     own, others = [], []
     for name, A in A_init.items():
         own.append(share(A, stats[task][name]["S"]))
