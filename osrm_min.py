@@ -490,22 +490,23 @@ def layer_statistics(encoder, cfg, prepared, pad_id):
     return stats
 
 
-def adapters(encoder, init, cfg, prepared, stats, plain, pad_id):
+def adapters(encoder, init, cfg, prepared, subspaces, plain, pad_id):
     """Yield (task, head) with the task's adapter of this init loaded in the encoder.
 
+    subspaces: {statistic: {task: {layer name: A_t}}}, OSRM's subspaces (`osrm_init`).
     plain: {task: (lora state, head)} of the plain LoRA adapters, which osrm-post projects.
     """
     for name in cfg.tasks:
         if init == "osrm-post":
             state, head = plain[name]
             lora.add_lora(encoder, cfg.targets, cfg.rank, cfg.alpha)
-            A_osrm = osrm_init(stats, name, cfg.rank, INITS[init])
+            A_osrm = subspaces[INITS[init]][name]
             for layer, m in lora.lora_layers(encoder).items():
                 A, B = osrm_post(state[f"{layer}.A"], state[f"{layer}.B"], A_osrm[layer])
                 m.A.data.copy_(A)
                 m.B.data.copy_(B)
         else:
-            A_init = osrm_init(stats, name, cfg.rank, INITS[init]) if INITS[init] else None
+            A_init = subspaces[INITS[init]][name] if INITS[init] else None
             head = train_or_load(encoder, name, init, cfg, prepared, A_init, pad_id)
         yield name, head
 
@@ -545,15 +546,18 @@ def run_seed(cfg, encoder, tokenizer, results, done):
         return {r["task"]: r["score"] for r in rows}
 
     stats = layer_statistics(encoder, cfg, prepared, pad_id)  # OSRM's, and for interference
-    for stat in dict.fromkeys(INITS[i] for i in cfg.inits if INITS[i]):  # each statistic once
-        for name in cfg.tasks:
-            own, others = subspace_energy(osrm_init(stats, name, cfg.rank, stat), stats, name)
+    # OSRM's A_t, once per statistic that the inits use (osrm and osrm-frozen share theirs)
+    subspaces = {stat: {name: osrm_init(stats, name, cfg.rank, stat) for name in cfg.tasks}
+                 for stat in dict.fromkeys(INITS[i] for i in cfg.inits if INITS[i])}
+    for stat, by_task in subspaces.items():
+        for name, A_init in by_task.items():
+            own, others = subspace_energy(A_init, stats, name)
             results["subspace_energy"].append({"seed": cfg.seed, "stat": stat, "task": name,
                                                "own": own, "others": others})
     plain = {}
     for init in cfg.inits:
         task_vectors, heads = {}, {}
-        for name, head in adapters(encoder, init, cfg, prepared, stats, plain, pad_id):
+        for name, head in adapters(encoder, init, cfg, prepared, subspaces, plain, pad_id):
             score = scores(init, "none", None, {name: head})[name]
             print(f"{init}/{name}: individual score {score:.2f}")
             task_vectors[name], heads[name] = lora.delta_weights(encoder), head
