@@ -229,10 +229,7 @@ class WordPieceTokenizer:
             raise DataError(f"{vocab_file} lacks the special tokens {', '.join(missing)}; "
                             f"is this a BERT WordPiece vocabulary?")
         config_file = model_dir / "tokenizer_config.json"
-        try:
-            config = json.loads(config_file.read_text(encoding="utf-8")) if config_file.is_file() else {}
-        except json.JSONDecodeError as e:
-            raise DataError(f"{config_file} is not valid JSON ({e})")
+        config = _read_json(config_file) if config_file.is_file() else {}
         return cls(vocab, do_lower_case=config.get("do_lower_case", True),
                    strip_accents=config.get("strip_accents"),
                    tokenize_chinese_chars=config.get("tokenize_chinese_chars", True))
