@@ -526,8 +526,8 @@ def load_checkpoint(folder):
 
     encoder = BertEncoder(config)
     expected = encoder.state_dict()
-    state = {hf_to_ours(k): v for k, v in raw.items()
-             if not k.removeprefix("bert.").removeprefix("roberta.").startswith(IGNORED_PREFIXES)}
+    renamed = {hf_to_ours(k): v for k, v in raw.items()}
+    state = {k: v for k, v in renamed.items() if not k.startswith(IGNORED_PREFIXES)}
     unexpected = sorted(set(state) - set(expected))
     missing = sorted(k for k in set(expected) - set(state) if not k.startswith("pooler."))
     if missing or unexpected:
