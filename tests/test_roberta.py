@@ -17,7 +17,7 @@ import torch
 import data
 import osrm_min
 from lora import ClassificationHead, load_checkpoint, read_safetensors
-from test_cli import write_tiny_glue
+from test_cli import tiny_args, write_tiny_glue
 
 FIXTURES = Path(__file__).parent / "fixtures"
 TINY = FIXTURES / "roberta_tiny"
@@ -88,16 +88,13 @@ def test_positions_count_real_tokens_after_the_padding_index():
 
 def test_roberta_folder_runs_the_whole_experiment(tmp_path, tiny_roberta):
     write_tiny_glue(tmp_path / "glue")
-    args = ["--tasks", "sst2,mrpc", "--model", str(tiny_roberta), "--data-dir", str(tmp_path / "glue"),
-            "--out", str(tmp_path / "out"), "--train-samples", "16", "--epochs", "2",
-            "--osrm-samples", "4", "--rank", "2", "--lr", "1e-3", "--max-length", "32"]
-    assert osrm_min.main(args) == 0
+    assert osrm_min.main(tiny_args(tmp_path, tiny_roberta)) == 0
     results = json.loads((tmp_path / "out" / "results.json").read_text())
     assert results["config"]["pooling"] == "roberta"
     rows = results["rows"]
     assert len(rows) == 2 * 3 * 2  # inits x (individual, ta, ties) x tasks
     assert all(0 <= r["score"] <= 100 for r in rows)
-    assert osrm_min.main(args + ["--max-length", "65"]) == 2  # past the 64 usable positions
+    assert osrm_min.main(tiny_args(tmp_path, tiny_roberta, "--max-length", "65")) == 2  # past 64 positions
 
 
 def test_a_training_step_under_bf16_autocast_keeps_fp32_gradients():
