@@ -46,6 +46,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+import data
+
 TIMEOUT = 30  # seconds a connection or a read may stall before the download counts as failed
 MODEL_HINT = "pass --model PATH to a local folder, or set HF_ENDPOINT"
 GLUE_HINT = "pass --data-dir DIR or set GLUE_DIR to a local GLUE folder, or GLUE_BASE_URL to a mirror"
@@ -187,11 +189,8 @@ def download_glue(tasks, dest=None, base_url=None):
     # SentEval's MRPC files: MRPC_BASE_URL, else beside the zips on a mirror, else SentEval's server
     senteval = os.environ.get("MRPC_BASE_URL") or (SENTEVAL_URL if base == GLUE_URL else base)
     senteval = senteval.rstrip("/")
-    folders = {f.lower().replace("-", ""): f for f in GLUE_ZIPS}  # "sst2" -> "SST-2"
-    for task in tasks:
-        folder = folders.get(task.lower().replace("-", ""))
-        if folder is None:
-            raise ValueError(f"unknown GLUE task {task!r}; valid: {', '.join(GLUE_ZIPS)}")
+    for name in data.parse_tasks(",".join(tasks)):  # "sst2" or "SST-2"; unknown: a DataError
+        folder = data.TASKS[name].folder
         target = dest / folder
         if has_splits(target):
             continue
