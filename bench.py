@@ -38,10 +38,13 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+import checkpoint
+import config
 import data
 import lora
 import merge
 import osrm_min
+import tokenization
 
 
 def set_dropout(encoder, p):
@@ -82,7 +85,7 @@ class Ours:
     """osrm-min's encoder with LoRA on query and value, a head, and AdamW."""
 
     def __init__(self, model_dir, dropout, unpad=True, pooling="cls", lr=4e-4, A_init=None):
-        self.encoder, _ = lora.load_checkpoint(model_dir)
+        self.encoder, _ = checkpoint.load_checkpoint(model_dir)
         self.encoder.unpad = unpad
         set_dropout(self.encoder, dropout)
         lora.add_lora(self.encoder, ("query", "value"), rank=8, alpha=16, A_init=A_init)
@@ -209,16 +212,16 @@ def bench_osrm(model_dir, data_dir, tokenizer, repeats):
     on 40 of its own batches, spread over the epoch, times its number of steps. The two are
     timed in turn, `repeats` times; the fraction is the median of the repeats' fractions.
     """
-    cfg = osrm_min.Config(tasks=["sst2", "mrpc"], model=str(model_dir), data_dir=str(data_dir),
-                          out="", inits=["lora", "osrm"], merges=["ta", "ties"])
+    cfg = config.Config(tasks=("sst2", "mrpc"), model=str(model_dir), data_dir=str(data_dir))
     with contextlib.redirect_stdout(sys.stderr):  # its notes, away from --json's output
         prepared = osrm_min.prepare_tasks(cfg, tokenizer)
-    encoder, pooling = lora.load_checkpoint(model_dir)
+    encoder, pooling = checkpoint.load_checkpoint(model_dir)
 
     def osrm_subspaces(_):
         with contextlib.redirect_stdout(sys.stderr):
-            stats = osrm_min.layer_statistics(encoder, cfg, prepared, tokenizer.pad_id)
-        return {n: osrm_min.osrm_init(stats, n, cfg.rank, osrm_min.INITS["osrm"]) for n in cfg.tasks}
+            stats = osrm_min.layer_statistics(encoder, cfg, prepared)
+        return {n: osrm_min.osrm_init(stats, n, cfg.rank, osrm_min.INITS["osrm"].statistic)
+                for n in cfg.tasks}
 
     batches = data.make_batches(prepared["sst2"]["train"], cfg.batch_size, shuffle=True,
                                 seed=cfg.seed, group_by_length=True, pad_id=tokenizer.pad_id)
@@ -238,7 +241,7 @@ def bench_osrm(model_dir, data_dir, tokenizer, repeats):
 
 def bench_merge(model_dir, repeats=5):
     """Seconds to merge two tasks' adapters (random A and B of the right shapes)."""
-    encoder, _ = lora.load_checkpoint(model_dir)
+    encoder, _ = checkpoint.load_checkpoint(model_dir)
     tvs = []
     for seed in (1, 2):
         lora.add_lora(encoder, ("query", "value"), 8, 16, seed=seed)
@@ -284,8 +287,8 @@ def machine():
 
 
 def run(args, model_dir, data_dir):
-    tokenizer = data.load_tokenizer(model_dir)
-    config = lora.load_checkpoint(model_dir)[0].config
+    tokenizer = tokenization.load_tokenizer(model_dir)
+    config = checkpoint.load_checkpoint(model_dir)[0].config
     batches = sst2_batches(tokenizer, data_dir, "train", 32 * (args.warmup + args.steps), 32, True)
     warm, train_batches = batches[:args.warmup], batches[args.warmup:]
     dev_batches = sst2_batches(tokenizer, data_dir, "dev", None, args.eval_batch_size, False)
@@ -382,10 +385,10 @@ def main(argv=None):
                    help="skip transformers + PEFT even if they are installed")
     args = p.parse_args(argv)
     try:
-        model_dir = Path(args.model) if args.model else osrm_min.default_model_dir()
+        model_dir = Path(args.model) if args.model else config.default_model_dir()
         data_dir = data.find_data_dir(args.data_dir)
         results = run(args, model_dir, data_dir)
-    except (data.DataError, lora.CheckpointError, osrm_min.ExperimentError) as e:
+    except (data.DataError, checkpoint.CheckpointError, config.ExperimentError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(json.dumps(results, indent=1) if args.json else report(results))

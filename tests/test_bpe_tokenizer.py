@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from data import ByteLevelBPETokenizer, DataError, WordPieceTokenizer, byte_to_unicode, gpt2_split, load_tokenizer
+from data import DataError
+from tokenization import ByteLevelBPETokenizer, WordPieceTokenizer, byte_to_unicode, gpt2_split, load_tokenizer
 
 FIXTURES = Path(__file__).parent / "fixtures"
 BPE_DIR = FIXTURES / "bpe"

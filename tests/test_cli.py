@@ -1,5 +1,6 @@
 """The command line end to end on a tiny checkpoint and tiny GLUE-format data, and bad input."""
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -52,7 +53,7 @@ def test_end_to_end_writes_results_and_resumes(tmp_path, tiny_model, capsys):
         "lora-mrpc-seed42.pt", "lora-sst2-seed42.pt", "osrm-mrpc-seed42.pt", "osrm-sst2-seed42.pt"]
     out = capsys.readouterr().out
     assert "normalised" in out and "interference" in out and "input energy that OSRM" in out
-    assert {(e["stat"], e["task"]) for e in first["subspace_energy"]} == {("cov", "sst2"), ("cov", "mrpc")}
+    assert {(e["stat"], e["task"]) for e in first["subspace_energy"]} == {("second_moment", "sst2"), ("second_moment", "mrpc")}
     assert (tmp_path / "out" / "summary.txt").read_text().strip() in out
 
     # The same command again trains nothing and reproduces every score.
@@ -99,12 +100,18 @@ def test_lambda_grid_seeds_and_ablations(tmp_path, tiny_model, capsys):
     for init, frozen in (("osrm-frozen", True), ("osrm", False)):
         A = torch.load(tmp_path / "out" / "adapters" / f"{init}-sst2-seed1.pt")["lora"]["layers.0.query.A"]
         assert torch.allclose(A @ A.T, torch.eye(len(A)), atol=1e-5) == frozen
-    matrices = [e for e in results["interference"]]
+    matrices = {(e["seed"], e["init"]): e["matrix"] for e in results["interference"]}
     assert len(matrices) == 2 * 4
-    assert all(e["matrix"][0][0] == e["matrix"][1][1] == 1.0 for e in matrices)
+    # osrm-post's adapters are plain LoRA's projected onto OSRM's row space: on each task's
+    # inputs they write no more than plain LoRA's (the projection only removes directions)
+    for seed in (1, 2):
+        post, plain = matrices[seed, "osrm-post"], matrices[seed, "lora"]
+        assert all(0 < post[t][j] for t in range(2) for j in range(2))
+        assert post != plain
     out = capsys.readouterr().out
     assert "±" in out  # two seeds: mean and standard deviation
-    assert "figures" in out
+    assert ("figures skipped: matplotlib is not installed" in out) == (
+        importlib.util.find_spec("matplotlib") is None)
 
 
 def run_cli(*args, env=None):
@@ -170,7 +177,7 @@ def test_malformed_rows_are_skipped_and_reported(tmp_path, tiny_model, capsys):
 
 
 @pytest.mark.parametrize("flag, value, phrase", [
-    ("--rank", "0", "--rank"), ("--ties-k", "1.5", "--ties-k"), ("--targets", "foo", "valid: query"),
+    ("--rank", "0", "--rank"), ("--ties-keep", "1.5", "--ties-keep"), ("--targets", "foo", "valid: query"),
     ("--osrm-samples", "0", "--osrm-samples"), ("--inits", "lora,foo", "--inits"),
     ("--max-length", "1000", "positions"), ("--device", "tpu", "--device"),
     ("--inits", "osrm-post", "list lora before it"), ("--seeds", "a,b", "--seeds"),
@@ -216,5 +223,5 @@ def test_a_rerun_reuses_earlier_scores_and_evaluates_only_what_is_new(tmp_path, 
     assert len(calls) == 2 * 2
     # a changed setting of the experiment (even one that ta ignores, like TIES's k: the check
     # is conservative) starts the evaluations afresh
-    assert osrm_min.main(args + ["--ties-k", "0.5"]) == 0
+    assert osrm_min.main(args + ["--ties-keep", "0.5"]) == 0
     assert len(calls) == 4 + 2 * (1 + 2) * 2

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lora import load_checkpoint
+from checkpoint import load_checkpoint
 
 FIXTURE = Path(__file__).parent / "fixtures" / "encoder_minilm.npz"
 

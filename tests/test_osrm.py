@@ -2,9 +2,11 @@
 
 import torch
 
+import checkpoint
+import fastpath
 import lora
 from osrm_min import (collect_statistics, interference, osrm_init, osrm_post, osrm_subspace,
-                      project_rows)
+                      subspace_energy)
 
 
 def random_second_moment(d, n, seed):
@@ -12,24 +14,40 @@ def random_second_moment(d, n, seed):
     return H.T @ H / n
 
 
-def test_cov_subspace_minimises_the_energy_of_the_other_tasks():
+def test_second_moment_subspace_on_a_worked_case():
+    # S_{-t} = diag(5, 1, 4, 0.5, 3): the two directions of least energy are coordinates 1 and 3
+    S = torch.diag(torch.tensor([5.0, 1.0, 4.0, 0.5, 3.0], dtype=torch.float64))
+    A = osrm_subspace([{"S": S / 2}, {"S": S / 2}], rank=2).double()  # the sum of the others' S
+    projector = torch.zeros(5, 5, dtype=torch.float64)
+    projector[1, 1] = projector[3, 3] = 1.0
+    assert torch.allclose(A.T @ A, projector, atol=1e-7)  # A's row space, whatever its basis
+    assert torch.allclose(torch.trace(A @ S @ A.T), torch.tensor(1.5, dtype=torch.float64))
+
+
+def test_second_moment_subspace_is_the_ky_fan_minimiser():
+    """osrm_subspace's own A reaches the optimum of min tr(A S A^T) over A A^T = I: the sum of
+    the r smallest eigenvalues; no other orthonormal A does better, and no small rotation of A
+    does either."""
     S = [random_second_moment(10, 30, s) for s in (1, 2)]
     A = osrm_subspace([{"S": s} for s in S], rank=3).double()
-    assert torch.allclose(A @ A.T, torch.eye(3, dtype=torch.float64), atol=1e-6)  # orthonormal rows
     S_minus = S[0] + S[1]
-    smallest = torch.linalg.eigvalsh(S_minus)[:3].sum()
-    assert torch.allclose(torch.trace(A @ S_minus @ A.T), smallest, rtol=1e-5)
-    # Ky Fan: no other orthonormal A does better
-    for seed in range(5):
-        Q, _ = torch.linalg.qr(torch.randn(10, 3, generator=torch.Generator().manual_seed(seed),
-                                           dtype=torch.float64))
-        assert torch.trace(Q.T @ S_minus @ Q) >= smallest
+    objective = lambda M: torch.trace(M @ S_minus @ M.T).item()
+    assert torch.allclose(A @ A.T, torch.eye(3, dtype=torch.float64), atol=1e-6)  # orthonormal rows
+    assert abs(objective(A) - torch.linalg.eigvalsh(S_minus)[:3].sum().item()) < 1e-5
+    g = torch.Generator().manual_seed(0)
+    for _ in range(20):  # random orthonormal r-frames
+        Q, _ = torch.linalg.qr(torch.randn(10, 3, generator=g, dtype=torch.float64))
+        assert objective(Q.T) > objective(A)
+    for _ in range(20):  # small rotations of A itself: exp of a skew-symmetric generator
+        K = 0.05 * torch.randn(10, 10, generator=g, dtype=torch.float64)
+        R = torch.linalg.matrix_exp(K - K.T)
+        assert objective(A @ R) > objective(A) - 1e-9
 
 
 def test_mean_subspace_annihilates_the_other_tasks_means():
     g = torch.Generator().manual_seed(0)
     mus = [{"mu": torch.randn(8, generator=g, dtype=torch.float64)} for _ in range(3)]
-    A = osrm_subspace(mus, rank=4, stat="mean").double()
+    A = osrm_subspace(mus, rank=4, statistic="mean").double()
     assert torch.allclose(A @ A.T, torch.eye(4, dtype=torch.float64), atol=1e-6)
     for m in mus:
         assert (A @ m["mu"]).abs().max() < 1e-6
@@ -38,14 +56,14 @@ def test_mean_subspace_annihilates_the_other_tasks_means():
 def test_osrm_init_uses_only_the_other_tasks():
     stats = {t: {"layers.0.query": {"S": random_second_moment(6, 20, i)}}
              for i, t in enumerate(["sst2", "mrpc", "rte"])}
-    A = osrm_init(stats, "sst2", rank=2, stat="cov")["layers.0.query"]
+    A = osrm_init(stats, "sst2", rank=2, statistic="second_moment")["layers.0.query"]
     expected = osrm_subspace([stats["mrpc"]["layers.0.query"], stats["rte"]["layers.0.query"]], 2)
     assert torch.equal(A, expected)
 
 
 def test_statistics_exclude_padding(tiny_model):
     """A padded batch gives the same S and mu as the sequences fed one at a time, unpadded."""
-    encoder, _ = lora.load_checkpoint(tiny_model)
+    encoder, _ = checkpoint.load_checkpoint(tiny_model)
     seqs = [[2, 7, 8, 9, 10, 3], [2, 11, 3], [2, 12, 13, 3]]
     padded = torch.tensor([s + [0] * (6 - len(s)) for s in seqs])
     batch = {"input_ids": padded, "token_type_ids": torch.zeros_like(padded),
@@ -61,23 +79,28 @@ def test_statistics_exclude_padding(tiny_model):
         assert torch.allclose(together[name]["mu"], apart[name]["mu"], atol=1e-6)
 
 
-def test_statistics_equal_the_direct_computation(tiny_model):
-    encoder, _ = lora.load_checkpoint(tiny_model)
-    ids = torch.tensor([[2, 7, 8, 3], [2, 9, 3, 0]])
+def test_statistics_equal_the_direct_computation_even_when_the_encoder_packs(tiny_model):
+    """S and mu from the hooks equal H^T H / n and the mean of H, with H the real tokens' rows
+    of the layer input in a plain forward pass, also on a batch the encoder would pack."""
+    encoder, _ = checkpoint.load_checkpoint(tiny_model)
+    ids = torch.tensor([[2, 7, 8, 9, 10, 11, 12, 3], [2, 9, 3, 0, 0, 0, 0, 0], [2, 13, 14, 3, 0, 0, 0, 0]])
     mask = ids != 0
-    encoder.unpad = False  # the plain path: the layer sees every position, padding included
+    assert fastpath.pays_off(mask)  # 15 real tokens of 24: the fast path would pack this batch
+    encoder.unpad = False
     seen = []
     handle = encoder.layers[1].query.register_forward_hook(lambda m, i, o: seen.append(i[0]))
     with torch.no_grad():
         encoder.eval()
         encoder(ids, torch.zeros_like(ids), mask)
     handle.remove()
-    encoder.unpad = True  # the statistics below go through the fast path
-    H = seen[0][mask.reshape(-1)].double()  # (7 real tokens, 32)
+    H = seen[0][mask].double()  # (15 real tokens, 32)
+    encoder.unpad = True  # as the experiment leaves it
     stats = collect_statistics(encoder, [{"input_ids": ids, "token_type_ids": torch.zeros_like(ids),
                                           "attention_mask": mask}], ["layers.1.query"])
-    assert torch.allclose(stats["layers.1.query"]["S"], H.T @ H / 7)
+    assert stats["layers.1.query"]["n"] == 15
+    assert torch.allclose(stats["layers.1.query"]["S"], H.T @ H / 15)
     assert torch.allclose(stats["layers.1.query"]["mu"], H.mean(0))
+    assert encoder.unpad  # restored
 
 
 def orthonormal_rows(r, d, seed):
@@ -85,15 +108,15 @@ def orthonormal_rows(r, d, seed):
     return Q.T  # (r, d), A A^T = I
 
 
-def test_post_hoc_projection_is_idempotent_and_lands_in_the_row_space():
+def test_post_hoc_projection_is_the_dense_projection_onto_the_osrm_row_space():
     g = torch.Generator().manual_seed(0)
     A_osrm = orthonormal_rows(3, 10, seed=1)
     A, B = torch.randn(3, 10, generator=g), torch.randn(6, 3, generator=g)
     delta_w = 2.0 * B @ A  # s = 2
-    projected = project_rows(delta_w, A_osrm)
-    assert torch.allclose(project_rows(projected, A_osrm), projected, atol=1e-5)  # idempotent
-    # nothing left outside A_osrm's row space: projected (I - A^T A) = 0
+    projected = delta_w @ A_osrm.T @ A_osrm  # dW A_o^T A_o, the authors' post_OSRM
+    # nothing left outside A_osrm's row space, and projecting again changes nothing
     assert (projected @ (torch.eye(10) - A_osrm.T @ A_osrm)).abs().max() < 1e-5
+    assert torch.allclose(projected @ A_osrm.T @ A_osrm, projected, atol=1e-5)
     # the factored form used on real adapters: s B' A' with (A', B') = osrm_post(A, B, A_osrm)
     A_new, B_new = osrm_post(A, B, A_osrm)
     assert torch.equal(A_new, A_osrm)
@@ -110,8 +133,9 @@ def test_interference_is_zero_when_the_update_reads_nothing_of_the_data():
     dW_j = torch.randn(5, 8, generator=g)
     matrix = interference({"t": {"l": dW_t}, "j": {"l": dW_j}}, stats)
     assert matrix[0][1] == 0.0  # adapter t on task j's inputs
-    assert matrix[0][0] == matrix[1][1] == 1.0
-    assert matrix[1][0] > 0
+    # adapter j on task t's inputs, against t's own adapter there: the ratio of the two norms
+    expected = torch.linalg.norm(dW_j.double() @ H_t.T) / torch.linalg.norm(dW_t.double() @ H_t.T)
+    assert abs(matrix[1][0] - expected.item()) < 1e-10
 
 
 def test_interference_equals_the_direct_computation_on_activations():
@@ -128,9 +152,21 @@ def test_interference_equals_the_direct_computation_on_activations():
 
 
 def test_subspace_energy_is_the_share_of_the_trace_that_A_reads():
-    from osrm_min import subspace_energy
     stats = {"a": {"l": {"S": torch.diag(torch.tensor([4.0, 1.0, 0.5], dtype=torch.float64))}},
              "b": {"l": {"S": torch.diag(torch.tensor([1.0, 4.0, 2.0], dtype=torch.float64))}}}
     A = {"l": torch.tensor([[1.0, 0.0, 0.0]])}  # reads the first coordinate only
     own, others = subspace_energy(A, stats, "a")
     assert abs(own - 4 / 5.5) < 1e-12 and abs(others - 1 / 7) < 1e-12
+
+
+def test_task_vector_is_the_dense_update_of_the_adapter_in_the_encoder(tiny_model):
+    from osrm_min import Adapter
+    encoder, _ = checkpoint.load_checkpoint(tiny_model)
+    lora.add_lora(encoder, ("query", "value"), rank=4, alpha=8, seed=1)
+    for m in lora.lora_layers(encoder).values():
+        m.B.data.normal_(generator=torch.Generator().manual_seed(2))
+    adapter = Adapter(lora.lora_state(encoder), head=None)
+    in_encoder = lora.delta_weights(encoder)
+    ours = adapter.task_vector(scale=8 / 4)
+    assert list(ours) == list(in_encoder)  # same layers, same order (merging depends on it)
+    assert all(torch.equal(ours[n], in_encoder[n]) for n in ours)

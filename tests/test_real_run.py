@@ -7,8 +7,10 @@ the repository); skipped, with the reason, without them.
 import pytest
 import torch
 
+import checkpoint
 import data
 import lora
+import tokenization
 from conftest import REAL_GLUE as GLUE
 from osrm_min import evaluate, finetune
 
@@ -17,13 +19,13 @@ from osrm_min import evaluate, finetune
 def test_lora_on_a_few_hundred_sst2_examples_reaches_80_percent(minilm_dir):
     torch.manual_seed(0)
     task = data.TASKS["sst2"]
-    tokenizer = data.WordPieceTokenizer.from_dir(minilm_dir)
+    tokenizer = tokenization.WordPieceTokenizer.from_dir(minilm_dir)
     train, _ = data.load_split(task, "train", GLUE, limit=800)
     dev, _ = data.load_split(task, "dev", GLUE)
     train = data.encode_examples(tokenizer, train, 128)
     dev = data.make_batches(data.encode_examples(tokenizer, dev, 128), 128, group_by_length=True)
 
-    encoder, pooling = lora.load_checkpoint(minilm_dir)
+    encoder, pooling = checkpoint.load_checkpoint(minilm_dir)
     head = lora.ClassificationHead(384, 2, pooling, dropout=0.1)
     lora.add_lora(encoder, ("query", "value"), rank=8, alpha=16, seed=0)
     # small batches: many optimizer steps from few examples

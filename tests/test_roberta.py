@@ -14,9 +14,10 @@ import numpy as np
 import pytest
 import torch
 
-import data
 import osrm_min
-from lora import ClassificationHead, load_checkpoint, read_safetensors
+import tokenization
+from checkpoint import load_checkpoint, read_safetensors
+from lora import ClassificationHead
 from test_cli import tiny_args, write_tiny_glue
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -64,8 +65,8 @@ def test_special_token_ids_agree_with_the_reference(tiny_roberta):
     """<s>, </s> and <pad> where the reference tokenizer put them in the parity batch (the
     tokenizer's own parity test is tests/test_bpe_tokenizer.py)."""
     ref = np.load(FIXTURES / "roberta_tiny.npz")
-    tok = data.load_tokenizer(tiny_roberta)
-    assert isinstance(tok, data.ByteLevelBPETokenizer)
+    tok = tokenization.load_tokenizer(tiny_roberta)
+    assert isinstance(tok, tokenization.ByteLevelBPETokenizer)
     for ids, mask in zip(ref["input_ids"], ref["attention_mask"]):
         real = ids[mask].tolist()
         assert real[0] == tok.cls_id and real[-1] == tok.sep_id

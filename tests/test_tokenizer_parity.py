@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from data import WordPieceTokenizer
+from tokenization import WordPieceTokenizer
 
 FIXTURE = Path(__file__).parent / "fixtures" / "tokenizer_glue.json"
 
