@@ -45,6 +45,7 @@ import lora
 import merge
 import osrm_min
 import tokenization
+import train
 
 
 def set_dropout(encoder, p):
@@ -214,7 +215,8 @@ def bench_osrm(model_dir, data_dir, tokenizer, repeats):
     """
     cfg = config.Config(tasks=("sst2", "mrpc"), model=str(model_dir), data_dir=str(data_dir))
     with contextlib.redirect_stdout(sys.stderr):  # its notes, away from --json's output
-        prepared = osrm_min.prepare_tasks(cfg, tokenizer)
+        prepared = data.prepare_tasks(cfg.tasks, cfg.data_dir, tokenizer, cfg.train_samples, cfg.seed,
+                                      cfg.max_length, cfg.osrm_samples, cfg.eval_batch_size)
     encoder, pooling = checkpoint.load_checkpoint(model_dir)
 
     def osrm_subspaces(_):
@@ -229,7 +231,7 @@ def bench_osrm(model_dir, data_dir, tokenizer, repeats):
     # Ours' adapter is the default's (rank 8, alpha 16, query and value), started as OSRM's
     side = Ours(model_dir, encoder.config.hidden_dropout_prob, pooling=pooling, lr=cfg.lr,
                 A_init=osrm_subspaces(0)["sst2"])
-    finetune = lambda _: osrm_min.finetune(side.encoder, side.head, lambda e: sample, 1, cfg.lr,
+    finetune = lambda _: train.finetune(side.encoder, side.head, lambda e: sample, 1, cfg.lr,
                                            progress=False)
     times = round_robin({"osrm": osrm_subspaces, "sample": finetune}, [None], [None], repeats)
     steps = cfg.epochs * len(batches)

@@ -10,6 +10,7 @@ names to lora.py's. A missing or unexpected tensor is an error that names it.
 """
 
 import json
+import math
 import struct
 from pathlib import Path
 
@@ -73,23 +74,92 @@ def read_safetensors(path):
         (n,) = struct.unpack("<Q", f.read(8))
         header = json.loads(f.read(n))
         data = bytearray(f.read())
+    if not isinstance(header, dict):
+        raise ValueError("its header is not a JSON object")
     header.pop("__metadata__", None)
     tensors = {}
     for name, info in header.items():
-        begin, end = info["data_offsets"]
         dtype = SAFETENSORS_DTYPES[info["dtype"]]
+        shape = [int(d) for d in info["shape"]]
+        begin, end = (int(x) for x in info["data_offsets"])
+        if not 0 <= begin <= end <= len(data) or end - begin != math.prod(shape) * dtype.itemsize:
+            raise ValueError(f"tensor {name} lies outside the file, or does not fit its shape "
+                             f"(a truncated download?)")
         t = torch.frombuffer(data, dtype=dtype, count=(end - begin) // dtype.itemsize, offset=begin)
-        tensors[name] = t.reshape(info["shape"])
+        tensors[name] = t.reshape(shape)
     return tensors
+
+
+def read_json(path):
+    """A JSON object from a file, or a CheckpointError that says what is wrong with it."""
+    try:
+        value = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path} is not valid JSON ({e})") from None
+    if not isinstance(value, dict):
+        raise CheckpointError(f"{path} is not a JSON object")
+    return value
 
 
 def checkpoint_pooling(folder, model_type="bert"):
     """'mean' if a sentence-transformers `1_Pooling/config.json` says so, otherwise the
     architecture's own sequence-classification head: 'cls' (BERT) or 'roberta'."""
     cfg = Path(folder) / "1_Pooling" / "config.json"
-    if cfg.exists() and json.loads(cfg.read_text()).get("pooling_mode_mean_tokens"):
+    if cfg.exists() and read_json(cfg).get("pooling_mode_mean_tokens") is True:
         return "mean"
     return "roberta" if model_type == "roberta" else "cls"
+
+
+def weights_file(folder):
+    """The weights load_checkpoint reads: model.safetensors, else pytorch_model.bin."""
+    for name in ("model.safetensors", "pytorch_model.bin"):
+        if (Path(folder) / name).exists():
+            return Path(folder) / name
+    raise CheckpointError(f"{folder} has neither model.safetensors nor pytorch_model.bin")
+
+
+def model_files(folder):
+    """Every file of the folder that shapes the encoder and its heads (for fingerprints)."""
+    folder = Path(folder)
+    pooling = folder / "1_Pooling" / "config.json"
+    return [folder / "config.json", weights_file(folder)] + ([pooling] if pooling.exists() else [])
+
+
+# The config.json fields BertConfig reads, with their domain.
+POSITIVE_INTS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+                 "intermediate_size", "max_position_embeddings", "type_vocab_size")
+PROBABILITIES = ("hidden_dropout_prob", "attention_probs_dropout_prob")
+
+
+def read_config(folder):
+    """config.json as a checked BertConfig: every size a positive integer, the rest in its
+    domain, or a CheckpointError that names the field."""
+    d = read_json(folder / "config.json")
+    bad = lambda field, what: CheckpointError(f"{folder}/config.json: {field} {d[field]!r} is "
+                                              f"not {what}")
+    if d.get("model_type", "bert") not in MODEL_TYPES:
+        raise CheckpointError(f"{folder}: model_type {d['model_type']!r} is not supported; "
+                              f"osrm-min loads {' and '.join(MODEL_TYPES)} encoders")
+    for field in POSITIVE_INTS:
+        if field in d and (type(d[field]) is not int or d[field] < 1):
+            raise bad(field, "a positive integer")
+    for field in PROBABILITIES:
+        if field in d and (type(d[field]) not in (int, float) or not 0 <= d[field] < 1):
+            raise bad(field, "a probability in [0, 1)")
+    if "layer_norm_eps" in d and (type(d["layer_norm_eps"]) not in (int, float)
+                                  or not 0 < d["layer_norm_eps"] < 1):
+        raise bad("layer_norm_eps", "a small positive number")
+    if d.get("hidden_act", "gelu") not in ACTIVATIONS:
+        raise CheckpointError(f"{folder}: hidden_act {d['hidden_act']!r} is not supported "
+                              f"(supported: {', '.join(ACTIVATIONS)})")
+    config = BertConfig.from_dict(d)
+    if type(config.pad_token_id) is not int or not 0 <= config.pad_token_id < config.vocab_size:
+        raise CheckpointError(f"{folder}/config.json: pad_token_id {config.pad_token_id!r} is not "
+                              f"an id of its {config.vocab_size}-token vocabulary")
+    if config.hidden_size % config.num_attention_heads or config.max_length < 2:
+        raise CheckpointError(f"{folder}/config.json: hidden_size {config.hidden_size} does not "
+                              f"split into {config.num_attention_heads} heads, or no position is left")
+    return config
 
 
 def load_checkpoint(folder):
@@ -98,39 +168,27 @@ def load_checkpoint(folder):
 
     The folder needs `config.json` and `model.safetensors` or `pytorch_model.bin`. A missing
     pooler is allowed (heads then start with a fresh one); any other missing or unexpected
-    tensor is an error that names it.
+    tensor is an error that names it, checked against the shapes config.json implies before any
+    memory is given to them.
     """
     folder = Path(folder)
     if not (folder / "config.json").exists():
         raise CheckpointError(f"{folder} has no config.json; --model needs a Hugging Face "
                               f"format BERT or RoBERTa folder (config.json, model.safetensors, "
                               f"and vocab.txt or vocab.json + merges.txt)")
+    config = read_config(folder)
+    path = weights_file(folder)
     try:
-        config_dict = json.loads((folder / "config.json").read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{folder}/config.json is not valid JSON ({e})")
-    if config_dict.get("model_type", "bert") not in MODEL_TYPES:
-        raise CheckpointError(f"{folder}: model_type '{config_dict['model_type']}' is not "
-                              f"supported; osrm-min loads {' and '.join(MODEL_TYPES)} encoders")
-    config = BertConfig.from_dict(config_dict)
-    if config.hidden_act not in ACTIVATIONS:
-        raise CheckpointError(f"{folder}: hidden_act '{config.hidden_act}' is not supported "
-                              f"(supported: {', '.join(ACTIVATIONS)})")
-    for name, read in (("model.safetensors", read_safetensors),
-                       ("pytorch_model.bin", lambda p: torch.load(p, map_location="cpu",
-                                                                  weights_only=True))):
-        if (folder / name).exists():
-            try:
-                raw = read(folder / name)
-            except Exception as e:  # truncated, corrupt, or a pickle that is more than tensors
-                raise CheckpointError(f"cannot read {folder / name}: {type(e).__name__}: "
-                                      f"{str(e).splitlines()[0] if str(e) else ''}")
-            break
-    else:
-        raise CheckpointError(f"{folder} has neither model.safetensors nor pytorch_model.bin")
+        raw = (read_safetensors(path) if path.suffix == ".safetensors"
+               else torch.load(path, map_location="cpu", weights_only=True))
+        if not isinstance(raw, dict) or not all(isinstance(v, torch.Tensor) for v in raw.values()):
+            raise ValueError("it does not hold a dict of tensors")
+    except Exception as e:  # truncated, corrupt, or a pickle that is more than tensors
+        raise CheckpointError(f"cannot read {path}: {type(e).__name__}: "
+                              f"{str(e).splitlines()[0] if str(e) else ''}") from None
 
-    encoder = BertEncoder(config)
-    expected = encoder.state_dict()
+    with torch.device("meta"):  # the shapes config.json implies, without allocating them
+        expected = {k: v.shape for k, v in BertEncoder(config).state_dict().items()}
     renamed = {hf_to_ours(k): v for k, v in raw.items()}
     state = {k: v for k, v in renamed.items() if not k.startswith(IGNORED_PREFIXES)}
     unexpected = sorted(set(state) - set(expected))
@@ -139,9 +197,12 @@ def load_checkpoint(folder):
         raise CheckpointError(f"{folder}: checkpoint does not match config.json; "
                               f"missing tensors: {_short(missing)}; unexpected: {_short(unexpected)}")
     for k, v in state.items():
-        if v.shape != expected[k].shape:
+        if v.shape != expected[k]:
             raise CheckpointError(f"{folder}: tensor {k} has shape {tuple(v.shape)}, "
-                                  f"config.json implies {tuple(expected[k].shape)}")
+                                  f"config.json implies {tuple(expected[k])}")
+        if not v.is_floating_point() or not torch.isfinite(v).all():
+            raise CheckpointError(f"{folder}: tensor {k} is not all finite floating-point numbers")
+    encoder = BertEncoder(config)
     encoder.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)
     encoder.has_pretrained_pooler = "pooler.weight" in state
     return encoder, checkpoint_pooling(folder, config.model_type)

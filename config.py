@@ -11,7 +11,9 @@ flag given on the command line wins over both.
 
 import argparse
 import importlib.util
+import math
 import os
+import re
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -70,6 +72,12 @@ class Config:
     ties_scope: str = setting("tensor", "where TIES trims: each tensor (PEFT, mergekit) or the "
                                         "whole task vector (global, the TIES paper)")
     dare_p: float = setting(0.5, "DARE's drop rate p")
+    regmean_alpha: float = setting(0.9, "RegMean's scale of the off-diagonal entries of each "
+                                        "Gram matrix (1: the plain least-squares merge)")
+    regmean_samples: int = setting(256, "training examples per task whose layer inputs RegMean "
+                                        "reads (the RegMean paper's grid: 256 to 2048)")
+    fisher_samples: int = setting(256, "training examples per task for Fisher merging's "
+                                       "diagonal Fisher")
     # Model and machine
     pooling: str = setting("auto", "auto: what the checkpoint declares (mean for "
                                    "sentence-transformers, else cls for BERT, roberta for "
@@ -150,6 +158,10 @@ def parse_command_line(argv, inits, merges):
     located or downloaded, and GLUE too (hub.py)."""
     args = vars(parser(inits, merges).parse_args(argv))
     given = {name: value for name, value in args.items() if value is not None}
+    for name in ("model", "data_dir", "out"):
+        if name in given and not given[name].strip():
+            raise ExperimentError(f"{flag(name)} is empty; give a path, or leave the flag out "
+                                  f"for its default")
     values = {f.name: f.default for f in fields(Config)}
     if given.get("full"):
         values.update(PAPER_PROTOCOL)
@@ -185,26 +197,44 @@ def check(cfg, inits, merges):
         bad = [x for x in given if x not in valid] or ([] if given else ["(empty)"])
         if bad:
             raise ExperimentError(f"{flag(name)}: unknown value {bad[0]!r}; valid: {', '.join(valid)}")
+    for name in ("inits", "merges", "targets", "seeds", "lams"):
+        given = getattr(cfg, name)
+        twice = next((x for x in given if given.count(x) > 1), None)
+        if twice is not None:
+            raise ExperimentError(f"{flag(name)} lists {twice} twice")
+    for f in fields(Config):  # nan and inf pass argparse's float(); no setting takes them
+        value = getattr(cfg, f.name)
+        if any(isinstance(v, float) and not math.isfinite(v) for v in
+               (value if isinstance(value, tuple) else (value,))):
+            raise ExperimentError(f"{flag(f.name)} must be a finite number, not {value}")
     checks = [
         (len(cfg.tasks) >= 2, "--tasks needs at least two tasks to merge, e.g. --tasks sst2,mrpc"),
         (cfg.rank >= 1, "--rank must be at least 1"),
+        (cfg.alpha > 0, "--alpha must be positive (the update is scaled by alpha / rank)"),
         (cfg.lr > 0, "--lr must be positive"),
         (cfg.epochs >= 1, "--epochs must be at least 1"),
         (cfg.batch_size >= 1, "--batch-size must be at least 1"),
         (cfg.eval_batch_size >= 1, "--eval-batch-size must be at least 1"),
         (cfg.train_samples >= 0, "--train-samples must be at least 1 (or 0 for all rows)"),
         (cfg.osrm_samples >= 1, "--osrm-samples must be at least 1"),
+        (cfg.weight_decay >= 0, "--weight-decay must be 0 or positive"),
         (0 < cfg.ties_keep <= 1, "--ties-keep is a fraction in (0, 1]"),
         (0 <= cfg.dare_p < 1, "--dare-p is a probability in [0, 1)"),
+        (0 < cfg.regmean_alpha <= 1, "--regmean-alpha is a fraction in (0, 1]"),
+        (cfg.regmean_samples >= 1 and cfg.fisher_samples >= 1,
+         "--regmean-samples and --fisher-samples must be at least 1"),
         (0 <= cfg.warmup <= 1, "--warmup is a fraction of the steps in [0, 1]"),
         (cfg.max_grad_norm > 0, "--max-grad-norm must be positive"),
         (len(cfg.seeds) >= 1, "--seeds needs at least one seed, e.g. --seeds 42,43,44"),
-        (len(set(cfg.seeds)) == len(cfg.seeds), "--seeds lists a seed twice"),
+        (all(0 <= s < 2**63 - 10_000 for s in cfg.seeds), "--seeds must be non-negative integers"),
         (all(lam > 0 for lam in cfg.lams), "--lams must be positive numbers"),
+        (cfg.lam_ta > 0 and cfg.lam_ties > 0, "--lam-ta and --lam-ties must be positive"),
         ("osrm-post" not in cfg.inits or "lora" in cfg.inits[:cfg.inits.index("osrm-post")],
          "--inits osrm-post projects the plain LoRA adapters: list lora before it"),
         (0 <= cfg.lora_dropout < 1, "--lora-dropout is a probability in [0, 1)"),
         (cfg.max_length >= 8, "--max-length must be at least 8"),
+        (re.fullmatch(r"cpu|auto|cuda(:\d+)?", cfg.device) is not None,
+         f"--device {cfg.device}: use cpu, cuda (or cuda:N) or auto"),
     ]
     for ok, message in checks:
         if not ok:
@@ -227,8 +257,8 @@ def resolve_device(device):
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ExperimentError("--device cuda: this torch build sees no GPU; use --device cpu")
-    if device != "cpu" and not device.startswith("cuda"):
-        raise ExperimentError(f"--device {device}: use cpu, cuda or auto")
+    if device.startswith("cuda:") and int(device[5:]) >= torch.cuda.device_count():
+        raise ExperimentError(f"--device {device}: there are {torch.cuda.device_count()} GPUs")
     return device
 
 

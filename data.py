@@ -107,8 +107,21 @@ def _parse_label(task: Task, raw: str):
             score = float(raw)
         except ValueError:
             return None
-        return score if math.isfinite(score) else None
+        return score if math.isfinite(score) and abs(score) <= FLOAT32_MAX else None
     return task.labels.index(raw) if raw in task.labels else None
+
+
+FLOAT32_MAX = 3.4028234663852886e38  # a score beyond it would be inf in a float32 tensor
+
+
+def split_path(task: Task, split: str, data_dir) -> pathlib.Path:
+    """The file of a task's train or dev split in the GLUE folder; a DataError if it is missing."""
+    if split not in ("train", "dev"):
+        raise ValueError(f"split must be 'train' or 'dev', not {split!r}")
+    path = pathlib.Path(data_dir) / task.folder / (task.train_file if split == "train" else task.dev_file)
+    if not path.is_file():
+        raise DataError(f"missing {path}: the GLUE folder may be partial (see its README for what it holds)")
+    return path
 
 
 def load_split(task: Task, split: str, data_dir, limit=None) -> tuple:
@@ -117,11 +130,7 @@ def load_split(task: Task, split: str, data_dir, limit=None) -> tuple:
     Rows with the wrong number of fields, an unknown label or an unparsable score are skipped
     and counted, not fatal. `limit` keeps the first `limit` usable rows in file order.
     """
-    if split not in ("train", "dev"):
-        raise ValueError(f"split must be 'train' or 'dev', not {split!r}")
-    path = pathlib.Path(data_dir) / task.folder / (task.train_file if split == "train" else task.dev_file)
-    if not path.is_file():
-        raise DataError(f"missing {path}: the GLUE folder may be partial (see its README for what it holds)")
+    path = split_path(task, split, data_dir)
     examples, n_skipped = [], 0
     # utf-8-sig drops the BOM that MRPC starts with; newline="\n" ends lines at "\n" only, so that a
     # stray "\r" or other line-break character inside a sentence stays in its field. Fields are split
@@ -164,6 +173,33 @@ def train_subset(name, rows, n, seed):
     g = torch.Generator().manual_seed(seed)
     order = torch.randperm(len(rows), generator=g).tolist()
     return [rows[i] for i in order[:n or FULL_CAPS.get(name, len(rows))]]
+
+
+def prepare_tasks(names, data_dir, tokenizer, n_train, seed, max_length, k, eval_batch_size):
+    """Load, sample and tokenise every task once: {task: {"task", "train", "stats",
+    "dev_batches", "pad_id"}}. "train" is a seeded subset of n_train rows (train_subset);
+    "stats" its first k rows, the examples OSRM's statistics read."""
+    prepared = {}
+    for name in names:
+        task = TASKS[name]
+        train, skipped_train = load_split(task, "train", data_dir)
+        dev, skipped_dev = load_split(task, "dev", data_dir)
+        for split, n in (("train", skipped_train), ("dev", skipped_dev)):
+            if n:
+                print(f"note: {name} {split}: skipped {n} malformed rows")
+        sample = train_subset(name, train, n_train, seed)
+        encoded = encode_examples(tokenizer, sample, max_length)
+        prepared[name] = {
+            "task": task,
+            "train": encoded,
+            "stats": encoded[:k],
+            # sorted by length (order does not change a metric), which cuts most of the padding
+            "dev_batches": make_batches(encode_examples(tokenizer, dev, max_length), eval_batch_size,
+                                        group_by_length=True, pad_id=tokenizer.pad_id),
+            "pad_id": tokenizer.pad_id,
+        }
+        print(f"{name}: {len(sample)} of {len(train)} training rows, {len(dev)} dev rows")
+    return prepared
 
 
 def encode_examples(tokenizer, examples: list, max_length: int) -> list:

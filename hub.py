@@ -35,9 +35,13 @@ exist is not fetched again. Files are written under a temporary name and tasks u
 temporary folder, each renamed when whole: an interrupted download leaves nothing that looks done.
 """
 
+import hashlib
 import http.client
+import json
 import os
 import re
+import shutil
+import struct
 import tempfile
 import urllib.error
 import urllib.request
@@ -46,7 +50,6 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-import checkpoint
 import data
 
 TIMEOUT = 30  # seconds a connection or a read may stall before the download counts as failed
@@ -58,11 +61,63 @@ class DownloadError(Exception):
     """A download that failed; str(e) is one line: what failed, and what to use instead."""
 
 
+class HeaderLog(urllib.request.HTTPRedirectHandler):
+    """Follows redirects as urllib does, keeping the headers of every response on the way: the
+    hub answers a large file with a redirect whose headers give its size and SHA-256
+    (X-Linked-Size, X-Linked-Etag; huggingface_hub's constants.py), which the storage it
+    redirects to does not repeat."""
+
+    def __init__(self):
+        self.headers = []
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        self.headers.append(headers)
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+def expected_size_and_sha256(headers):
+    """(size or None, sha256 hex or None) from the responses' headers, first answer first."""
+    size = sha256 = None
+    for h in headers:
+        size = size or h.get("X-Linked-Size")
+        etag = (h.get("X-Linked-Etag") or "").removeprefix("W/").strip('"')
+        sha256 = sha256 or (etag if re.fullmatch(r"[0-9a-f]{64}", etag) else None)
+    size = size or headers[-1].get("Content-Length")
+    return (int(size) if size and size.isdigit() else None), sha256
+
+
+def check_content(path, name=None):
+    """Why the file at `path` cannot be what its name (`name`, else its own) says ('' if
+    nothing is wrong): a safetensors file must hold its header and every byte it announces, a
+    JSON file must parse, a text file must be UTF-8."""
+    suffix = Path(name or path.name).suffix
+    try:
+        if suffix == ".safetensors":
+            with open(path, "rb") as f:
+                (n,) = struct.unpack("<Q", f.read(8))
+                if n > path.stat().st_size - 8:
+                    return "its header is longer than the file"
+                header = json.loads(f.read(n))
+            ends = [info["data_offsets"][1] for k, info in header.items() if k != "__metadata__"]
+            if 8 + n + max(ends, default=0) != path.stat().st_size:
+                return "its tensors do not end where the file does"
+        elif suffix == ".json":
+            if not isinstance(json.loads(path.read_text(encoding="utf-8")), dict):
+                return "it is not a JSON object"
+        elif suffix == ".txt":
+            path.read_text(encoding="utf-8")
+    except (ValueError, KeyError, TypeError, IndexError, struct.error) as e:
+        return f"{type(e).__name__}: {' '.join(str(e).split())[:80]}"
+    return ""
+
+
 def fetch(url, path, hint, token=None, optional=False):
     """Download `url` to `path`; False when `optional` and the server answers 404 (no such file).
 
-    A file already at `path` is whole (only a finished download is renamed there), so it is kept
-    and not fetched again. Any other failure is a DownloadError that ends with `hint`.
+    The body is checked before it takes its name: its size against Content-Length or the hub's
+    X-Linked-Size, its SHA-256 against the hub's X-Linked-Etag when it sends one, and its content
+    (check_content). A file already at `path` is whole, so it is kept and not fetched again.
+    Any failure is a DownloadError that ends with `hint`.
     """
     if path.exists():
         return True
@@ -70,17 +125,28 @@ def fetch(url, path, hint, token=None, optional=False):
     if token:  # unredirected: the hub may redirect to storage that must not see the token
         request.add_unredirected_header("Authorization", f"Bearer {token}")
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # per process, so two runs don't collide
+    log = HeaderLog()
     try:
-        with urllib.request.urlopen(request, timeout=TIMEOUT) as response:
-            size = int(response.headers.get("Content-Length") or 0) or None  # None: unknown
+        with urllib.request.build_opener(log).open(request, timeout=TIMEOUT) as response:
+            size, sha256 = expected_size_and_sha256(log.headers + [response.headers])
             path.parent.mkdir(parents=True, exist_ok=True)
+            digest = hashlib.sha256()
             with open(tmp, "wb") as f, tqdm(total=size, desc=path.name, unit="B", unit_scale=True,
                                             unit_divisor=1024) as bar:
                 while chunk := response.read(1 << 20):
+                    digest.update(chunk)
                     bar.update(f.write(chunk))
-            if size and tmp.stat().st_size != size:
-                raise ConnectionError(f"the connection closed after {tmp.stat().st_size} of "
-                                      f"{size} bytes")
+        got = tmp.stat().st_size
+        if size is not None and got != size:
+            raise DownloadError(f"cannot download {url}: the connection closed after {got} of "
+                                f"{size} bytes; run again, or {hint}")
+        if sha256 and digest.hexdigest() != sha256:
+            raise DownloadError(f"cannot download {url}: its SHA-256 is not the one the server "
+                                f"announced (a damaged transfer); run again, or {hint}")
+        why = check_content(tmp, path.name)
+        if why:
+            raise DownloadError(f"cannot download {url}: it arrived incomplete or damaged ({why}); "
+                                f"run again, or {hint}")
         os.replace(tmp, path)
         return True
     except urllib.error.HTTPError as e:
@@ -92,6 +158,22 @@ def fetch(url, path, hint, token=None, optional=False):
         raise DownloadError(f"cannot download {url}: {reason}; {hint}") from None
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def remove_stale(folder, pattern):
+    """Remove what an interrupted download left in `folder` (names holding the pid of a process
+    that is gone); a download in progress in another process is left alone."""
+    for path in Path(folder).glob(pattern):
+        pid = next((int(part) for part in re.split(r"[.-]", path.name) if part.isdigit()), None)
+        try:
+            if pid is not None:
+                os.kill(pid, 0)  # signal 0: only asks whether the process exists
+                continue
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue  # it exists, as another user's
+        shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
 
 
 # Models from the Hugging Face hub
@@ -122,7 +204,14 @@ def download_model(repo_id, revision="main"):
     folder = model_cache_dir(repo_id, revision)
     complete = folder / ".complete"
     if complete.exists():
+        for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.name != ".complete"):
+            why = check_content(path)
+            if why:
+                raise DownloadError(f"the cached {path} is damaged ({why}); delete the folder "
+                                    f"{folder} and run again to download it anew")
         return folder
+    if folder.is_dir():
+        remove_stale(folder, "**/*.tmp")
     if os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE"):
         raise DownloadError(f"HF_HUB_OFFLINE is set and {repo_id} ({revision}) is not in the cache "
                             f"{folder}; unset HF_HUB_OFFLINE, or pass --model PATH to a local folder")
@@ -199,7 +288,8 @@ def download_glue(tasks, dest=None, base_url=None):
             raise DownloadError(f"{target} exists without its train and dev files; move it away and "
                                 f"rerun, or {GLUE_HINT}")
         dest.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=dest, prefix=f".{folder}-") as tmp:
+        remove_stale(dest, f".{folder}-*")
+        with tempfile.TemporaryDirectory(dir=dest, prefix=f".{folder}-{os.getpid()}-") as tmp:
             tmp = Path(tmp)
             if folder == "MRPC":
                 build_mrpc(tmp / "MRPC", base, senteval)

@@ -95,6 +95,15 @@ def target_layers(encoder, targets):
             if isinstance(m, LoRALinear) and name.split(".")[-1] in targets}
 
 
+def lora_shapes(encoder, targets, rank):
+    """{"layers.0.query.A": (r, d_in), "layers.0.query.B": (d_out, r), ...}: the shapes of the
+    adapters `add_lora` would give this encoder."""
+    shapes = {}
+    for name, m in target_layers(encoder, targets).items():
+        shapes[f"{name}.A"], shapes[f"{name}.B"] = (rank, m.in_features), (m.out_features, rank)
+    return shapes
+
+
 def lora_layers(encoder):
     """The layers that carry an adapter, by name, e.g. {"layers.0.query": LoRALinear}."""
     return {name: m for name, m in encoder.named_modules()

@@ -14,33 +14,34 @@ Model Merging" (ACL 2025), in the order of this file:
    smallest eigenvalues, the minimiser of tr(A S_{-t} A^T) over A A^T = I (Ky Fan); B_t = 0.
 3. `INITS` and `build_adapter`: how each initialisation (plain LoRA, OSRM and its ablations)
    makes a task's adapter.
-4. `finetune` and `evaluate`: LoRA fine-tuning with AdamW and a linear schedule; GLUE metrics.
-5. Merging, on the dense dW_t = s B_t A_t (merge.py), with each task's own head.
+4. Fine-tuning and evaluation (train.py): AdamW with a linear schedule; the GLUE metrics.
+5. `merged_scores`: merging on the dense dW_t = s B_t A_t (merge.py), each task scored with its
+   own head; RegMean and Fisher merging first read `merge_statistics` from each model.
 6. `interference`: how much each adapter writes on the other tasks' inputs,
    ||dW_t H_j|| / ||dW_j H_j||, from the same statistics; `subspace_energy`.
-7. `run_seed`: the experiment, top to bottom; `main`: the command line (settings in config.py,
-   resuming in resume.py, the tables in report.py).
+7. `run_seed`: the experiment, top to bottom, and `run`, seed by seed. The command line is in
+   cli.py, the settings in config.py, resuming in resume.py, the tables in report.py.
 """
 
+import signal
 import sys
+
+if __name__ == "__main__":  # Ctrl-C while torch loads: a quiet exit, not a traceback
+    signal.signal(signal.SIGINT, lambda *_: sys.exit(130))
+
 import time
 import zlib
 from dataclasses import asdict, dataclass, replace
-from pathlib import Path
 
 import torch
-import torch.nn.functional as F
-from tqdm import tqdm
 
-import checkpoint
-import config
 import data
-import hub
+import fisher
 import lora
 import merge
 import report
 import resume
-import tokenization
+import train
 from config import ExperimentError
 
 
@@ -144,6 +145,7 @@ class Adapter:
     """One task's adapter: LoRA's A and B of every adapted layer, and the task's own head."""
     lora: dict               # {"layers.0.query.A": A, "layers.0.query.B": B, ...}
     head: torch.nn.Module    # the task's classifier, trained with the adapter, never merged
+    training: dict = None    # how the training loss moved (finetune); None if not trained
 
     def task_vector(self, scale):
         """{layer name: dW = s B A}, the dense update that merging works on (never A and B
@@ -173,27 +175,26 @@ def build_adapter(encoder, init, task, cfg, prepared, subspaces, trained, store)
         return Adapter(state, plain.head)
     seed = task_seed(cfg.seed, task)
     uses_osrm = spec.statistic is not None
-    saved = store.load_adapter(cfg, task, init, uses_osrm)
     head = new_head(encoder, prepared[task]["task"], cfg, seed)
+    saved = store.load_adapter(cfg, task, init, uses_osrm, lora.lora_shapes(encoder, cfg.targets, cfg.rank), head)
     if saved is not None:
-        head.load_state_dict(saved[1])
-        return Adapter(saved[0], head)
+        return Adapter(*saved[:1], head, saved[1])
     A_init = subspaces[spec.statistic][task] if uses_osrm else None
     lora.add_lora(encoder, cfg.targets, cfg.rank, cfg.alpha, cfg.lora_dropout, A_init, seed)
     for m in lora.lora_layers(encoder).values():
         m.A.requires_grad_(spec.train_A)
-    train = prepared[task]["train"]
-    batches = lambda epoch: data.make_batches(train, cfg.batch_size, shuffle=True,
+    rows = prepared[task]["train"]
+    batches = lambda epoch: data.make_batches(rows, cfg.batch_size, shuffle=True,
                                               seed=seed + epoch, group_by_length=cfg.group_by_length,
                                               pad_id=prepared[task]["pad_id"])
     torch.manual_seed(seed)  # dropout masks
     t0 = time.time()
-    finetune(encoder, head, batches, cfg.epochs, cfg.lr, cfg.weight_decay, cfg.warmup,
-             cfg.max_grad_norm, cfg.device, desc=f"{init}/{task}")
+    training = train.finetune(encoder, head, batches, cfg.epochs, cfg.lr, cfg.weight_decay, cfg.warmup,
+                        cfg.max_grad_norm, cfg.device, desc=f"{init}/{task}")
     print(f"{init}/{task}: trained in {time.time() - t0:.0f}s")
-    adapter = Adapter(lora.lora_state(encoder), head)
+    adapter = Adapter(lora.lora_state(encoder), head, training)
     lora.remove_lora(encoder)
-    store.save_adapter(cfg, task, init, uses_osrm, adapter.lora, head.state_dict())
+    store.save_adapter(cfg, task, init, uses_osrm, adapter.lora, head.state_dict(), training)
     return adapter
 
 
@@ -203,103 +204,59 @@ def osrm_post(A, B, A_osrm):
     return A_osrm.clone(), B @ (A @ A_osrm.T)
 
 
-# 4. Fine-tuning and evaluation
-
-def to_device(batch, device):
-    return {k: v.to(device) for k, v in batch.items()}
-
-
-def head_outputs(encoder, head, batch):
-    """The head's outputs on one batch, (B, num_labels)."""
-    hidden = encoder(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"])
-    return head(hidden, batch["attention_mask"])
-
-
-def loss_fn(logits, labels):
-    if logits.shape[-1] == 1:  # STS-B: regression on the similarity score
-        return F.mse_loss(logits.squeeze(-1), labels.float())
-    return F.cross_entropy(logits, labels)
-
-
-def linear_schedule(step, n_warmup, total):
-    """The learning-rate factor: linear warm-up to 1 over n_warmup steps, then linear decay to 0."""
-    if step < n_warmup:
-        return (step + 1) / n_warmup
-    return max(0.0, (total - step) / max(1, total - n_warmup))
-
-
-def autocast(device):
-    """On a GPU, the forward pass in bfloat16 autocast: matrix products in bf16, while the
-    weights, their gradients and AdamW's state stay float32 (as mixed-precision training
-    does). Off on a CPU, where everything is float32."""
-    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=str(device).startswith("cuda"))
-
-
-def finetune(encoder, head, batches_for_epoch, epochs, lr, weight_decay=0.0, warmup=0.06,
-             max_grad_norm=1.0, device="cpu", desc="train", progress=True):
-    """Train the adapters and the head: AdamW, linear decay after a linear warm-up.
-
-    The encoder's own weights are frozen (`lora.add_lora`); only A, B and the head learn.
-    `batches_for_epoch(e)` returns the batches of epoch e (reshuffled with a seed per epoch).
-    On a GPU the forward pass runs in bf16 autocast (`autocast`).
-    """
-    params = [p for p in list(encoder.parameters()) + list(head.parameters()) if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    first_epoch = batches_for_epoch(0)
-    total = epochs * len(first_epoch)
-    n_warmup = int(warmup * total)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: linear_schedule(step, n_warmup, total))
-    encoder.train(); head.train()
-    running = None
-    with tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True, disable=not progress) as bar:
-        for epoch in range(epochs):
-            for batch in first_epoch if epoch == 0 else batches_for_epoch(epoch):
-                batch = to_device(batch, device)
-                with autocast(device):
-                    loss = loss_fn(head_outputs(encoder, head, batch), batch["labels"])
-                if not torch.isfinite(loss):
-                    raise ExperimentError(f"{desc}: the loss became {loss.item()} at step {bar.n}; "
-                                          f"try a lower --lr")
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
-                optimizer.step()
-                scheduler.step()
-                running = loss.item() if running is None else 0.95 * running + 0.05 * loss.item()
-                bar.set_postfix(loss=f"{running:.4f}", epoch=epoch + 1)
-                bar.update()
-    encoder.eval(); head.eval()
-
-
-def predict(encoder, head, batches, device="cpu"):
-    """Class indices (or scores for STS-B) and gold labels over the batches, as lists."""
-    encoder.eval(); head.eval()
-    preds, labels = [], []
-    with torch.inference_mode():
-        for batch in batches:
-            batch = to_device(batch, device)
-            logits = head_outputs(encoder, head, batch)
-            preds += (logits.squeeze(-1) if logits.shape[-1] == 1 else logits.argmax(-1)).tolist()
-            labels += batch["labels"].tolist()
-    return preds, labels
-
-
-def evaluate(encoder, head, task, batches, device="cpu"):
-    """(score x100 as the paper reports it, {metric: value})."""
-    preds, labels = predict(encoder, head, batches, device)
-    metrics = data.glue_metrics(task, preds, labels)
-    return data.main_score(task, metrics), metrics
-
-
-# 5. Merging: merge.py merges the task vectors {layer: dW_t}; lora.merged_into_weights puts
-#    W0 + merged in the encoder, and each task is scored there with its own head (run_seed).
+# 5. Merging
 
 def lambdas(cfg, method):
-    """The lambdas a merge is evaluated at: --lams, else the method's default; avg has 1/T."""
+    """The lambdas a merge is evaluated at: --lams, else the method's default; avg has 1/T, and
+    the merges without a lambda (RegMean, Fisher, EMR) have None."""
+    if method in merge.NO_LAMBDA:
+        return [None]
     if method == "avg":
         return [1 / len(cfg.tasks)]
     return list(cfg.lams) or [cfg.lam_ties if method.endswith("ties") else cfg.lam_ta]
+
+
+def merge_statistics(encoder, adapters, prepared, cfg):
+    """What the data-aware merges read from each task's fine-tuned model (its adapter in place)
+    on its first training rows: {"regmean": [{layer: G_t = X_t^T X_t}], "fisher": [{layer: F_t}]},
+    for those of the two that --merges asks for."""
+    out = {}
+    for t, adapter in adapters.items():
+        rows, pad_id = prepared[t]["train"], prepared[t]["pad_id"]
+        with lora.carrying(encoder, adapter.lora, cfg.targets, cfg.rank, cfg.alpha):
+            layers = lora.lora_layers(encoder)
+            if "regmean" in cfg.merges:
+                batches = data.make_batches(rows[:cfg.regmean_samples], cfg.batch_size,
+                                            group_by_length=True, pad_id=pad_id)
+                stats = collect_statistics(encoder, [train.to_device(b, cfg.device) for b in batches],
+                                           list(layers))
+                out.setdefault("regmean", []).append({n: s["S"] * s["n"] for n, s in stats.items()})
+            if "fisher" in cfg.merges:
+                examples = data.make_batches(rows[:cfg.fisher_samples], 1, pad_id=pad_id)
+                out.setdefault("fisher", []).append(
+                    fisher.fisher_diagonal(encoder, adapter.head, examples, layers, cfg.device))
+    return out
+
+
+def merged_scores(encoder, method, lam, task_vectors, heads, statistics, score, cfg):
+    """{task: score} with the tasks' updates merged by `method` at `lam` into the pretrained
+    weights, each task scored with its own head by `score(heads)`. EMR gives each task its own
+    update (merge.emr_updates), so each task is scored on its own model."""
+    if method == "emr":
+        scores = {}
+        for (t, head), update in zip(heads.items(), merge.emr_updates(list(task_vectors.values()))):
+            with lora.merged_into_weights(encoder, update):
+                scores.update(score({t: head}))
+        return scores
+    try:
+        merged = merge.merge_task_vectors(list(task_vectors.values()), method, lam, cfg.ties_keep,
+                                          cfg.ties_scope, cfg.dare_p, cfg.seed,
+                                          statistics.get(method), cfg.regmean_alpha)
+    except ValueError as e:  # RegMean's sum of Gram matrices is singular
+        raise ExperimentError(f"{method}: {e}; use more --regmean-samples or a --regmean-alpha "
+                              f"below 1") from None
+    with lora.merged_into_weights(encoder, merged):
+        return score(heads)
 
 
 # 6. Interference, and the energy OSRM's subspace reads
@@ -352,7 +309,8 @@ def subspace_energy(A_init, stats, task):
 def run_seed(cfg, encoder, tokenizer, store, results):
     """Everything for one seed: statistics, subspaces, every init's adapters, their interference,
     every merge at every lambda; rows and matrices are appended to `results`."""
-    prepared = prepare_tasks(cfg, tokenizer)
+    prepared = data.prepare_tasks(cfg.tasks, cfg.data_dir, tokenizer, cfg.train_samples, cfg.seed,
+                                  cfg.max_length, cfg.osrm_samples, cfg.eval_batch_size)
     # 1. each task's layer statistics, from the frozen pretrained encoder
     stats = layer_statistics(encoder, cfg, prepared)
     # 2. OSRM's subspace of every task, once per statistic that the inits use
@@ -373,33 +331,51 @@ def run_seed(cfg, encoder, tokenizer, store, results):
                 score = score_tasks(encoder, {t: adapters[t].head}, prepared, cfg, store,
                                     results, init, "none", None)[t]
             print(f"{init}/{t}: individual score {score:.2f}")
+            record_training(results, cfg.seed, init, t, adapters[t].training)
         trained[init] = adapters
         task_vectors = {t: a.task_vector(cfg.alpha / cfg.rank) for t, a in adapters.items()}
         heads = {t: a.head for t, a in adapters.items()}
         # 5. every merge at every lambda, each task scored with its own head
+        t0 = time.time()
+        statistics = merge_statistics(encoder, adapters, prepared, cfg)
+        if statistics:
+            results["merge_statistics_s"].append({"seed": cfg.seed, "init": init,
+                                                  "seconds": round(time.time() - t0, 2)})
+            print(f"{init}: statistics for {', '.join(statistics)} in {time.time() - t0:.1f}s")
         for method in cfg.merges:
             for lam in lambdas(cfg, method):
                 t0 = time.time()
-                merged = merge.merge_task_vectors(list(task_vectors.values()), method, lam,
-                                                  cfg.ties_keep, cfg.ties_scope, cfg.dare_p, cfg.seed)
-                with lora.merged_into_weights(encoder, merged):
-                    scores = score_tasks(encoder, heads, prepared, cfg, store, results, init,
-                                         method, lam)
-                print(f"{init}/{method} (lambda {lam:g}): average "
+                scores = merged_scores(encoder, method, lam, task_vectors, heads, statistics,
+                                       lambda h: score_tasks(encoder, h, prepared, cfg, store,
+                                                             results, init, method, lam), cfg)
+                print(f"{init}/{method}{'' if lam is None else f' (lambda {lam:g})'}: average "
                       f"{report.task_mean(scores):.2f} ({time.time() - t0:.0f}s)")
         # 6. how much each adapter writes on the other tasks' inputs
         results["interference"].append({"seed": cfg.seed, "init": init, "tasks": list(cfg.tasks),
                                         "matrix": interference(task_vectors, stats)})
 
 
+def record_training(results, seed, init, task, training):
+    """Keep how an adapter's training loss moved, and warn if it did not fall."""
+    if training is None:
+        return
+    learned = training["loss_end"] < training["loss_start"]
+    results["training"].append({"seed": seed, "init": init, "task": task, **training,
+                                "learned": learned})
+    if not learned:
+        print(f"warning: {init}/{task}: the training loss did not fall ({training['loss_start']:.4f} "
+              f"-> {training['loss_end']:.4f}); this adapter learned nothing (try another --lr)")
+
+
 def score_tasks(encoder, heads, prepared, cfg, store, results, init, method, lam):
     """{task: score} of the model now in the encoder, each task with its own head; scores
-    computed by an earlier run with the same settings are reused (resume.py)."""
+    computed by an earlier run with the same settings and inputs are reused (resume.py)."""
     rows = [store.scores.get(cfg.seed, init, method, lam, t) for t in heads]
     if None in rows:
         rows = [resume.result_row(cfg.seed, init, method, lam, t,
-                                  *evaluate(encoder, head, prepared[t]["task"],
-                                            prepared[t]["dev_batches"], cfg.device))
+                                  *train.evaluate(encoder, head, prepared[t]["task"],
+                                            prepared[t]["dev_batches"], cfg.device),
+                                  store.row_inputs(cfg.tasks, t))
                 for t, head in heads.items()]
         store.scores.add(rows)
     results["rows"] += rows
@@ -409,34 +385,6 @@ def score_tasks(encoder, heads, prepared, cfg, store, results, init, method, lam
 def task_seed(seed, task):
     """A per-task seed, so that each task's random A and head differ (stable across runs)."""
     return seed + zlib.crc32(task.encode()) % 10_000
-
-
-def prepare_tasks(cfg, tokenizer):
-    """Load, sample and tokenise every task once:
-    {task: {"task", "train", "stats", "dev_batches", "pad_id"}}."""
-    prepared = {}
-    for name in cfg.tasks:
-        task = data.TASKS[name]
-        train, skipped_train = data.load_split(task, "train", Path(cfg.data_dir))
-        dev, skipped_dev = data.load_split(task, "dev", Path(cfg.data_dir))
-        for split, n in (("train", skipped_train), ("dev", skipped_dev)):
-            if n:
-                print(f"note: {name} {split}: skipped {n} malformed rows")
-        sample = data.train_subset(name, train, cfg.train_samples, cfg.seed)
-        encoded = data.encode_examples(tokenizer, sample, cfg.max_length)
-        prepared[name] = {
-            "task": task,
-            "train": encoded,
-            # OSRM's k examples per task are the first k of the (shuffled) training subset
-            "stats": encoded[:cfg.osrm_samples],
-            # sorted by length (order does not change a metric), which cuts most of the padding
-            "dev_batches": data.make_batches(data.encode_examples(tokenizer, dev, cfg.max_length),
-                                             cfg.eval_batch_size, group_by_length=True,
-                                             pad_id=tokenizer.pad_id),
-            "pad_id": tokenizer.pad_id,
-        }
-        print(f"{name}: {len(sample)} of {len(train)} training rows, {len(dev)} dev rows")
-    return prepared
 
 
 def new_head(encoder, task, cfg, seed):
@@ -456,56 +404,26 @@ def layer_statistics(encoder, cfg, prepared):
     for n, p in prepared.items():
         batches = data.make_batches(p["stats"], cfg.batch_size, group_by_length=True,
                                     pad_id=p["pad_id"])
-        stats[n] = collect_statistics(encoder, [to_device(b, cfg.device) for b in batches], names)
+        stats[n] = collect_statistics(encoder, [train.to_device(b, cfg.device) for b in batches], names)
     print(f"layer statistics: {cfg.osrm_samples} examples per task, {len(names)} layers, "
           f"{time.time() - t0:.1f}s")
     return stats
 
 
-def run(cfg, encoder, tokenizer):
-    """The whole experiment, seed by seed; returns the results dict written to results.json."""
+def run(cfg, encoder, tokenizer, inputs):
+    """The whole experiment, seed by seed; returns the results dict written to results.json.
+    inputs: the fingerprints of the input files (resume.fingerprint_inputs)."""
     encoder.to(cfg.device)
-    store = resume.Store(cfg)
-    results = {"config": resume.plain(asdict(cfg)), "rows": [], "interference": [],
-               "subspace_energy": []}
+    store = resume.Store(cfg, inputs)
+    results = {"config": resume.plain(asdict(cfg)), "inputs": inputs, "rows": [],
+               "interference": [], "subspace_energy": [], "training": [], "merge_statistics_s": []}
     for seed in cfg.seeds:
         print(f"seed {seed}")
         run_seed(replace(cfg, seed=seed), encoder, tokenizer, store, results)
     return results
 
 
-# The command line
-
-def main(argv=None):
-    t0 = time.time()
-    try:
-        cfg = config.parse_command_line(argv, {k: v.help for k, v in INITS.items()}, merge.METHODS)
-        resume.check_writable(cfg.out)
-        encoder, pooling = checkpoint.load_checkpoint(cfg.model)
-        cfg.pooling = pooling if cfg.pooling == "auto" else cfg.pooling
-        config.check_against_model(cfg, min(m.in_features for m in lora.target_layers(
-            encoder, cfg.targets).values()), encoder.config.max_length)
-        tokenizer = tokenization.load_tokenizer(cfg.model)
-        print(config.banner(cfg), flush=True)
-        results = run(cfg, encoder, tokenizer)
-        results["wall_time_s"] = round(time.time() - t0, 1)
-        resume.write_json_atomic(results, Path(cfg.out) / "results.json")
-        text = report.summary(results)
-        resume.write_text_atomic(text + "\n", Path(cfg.out) / "summary.txt")
-        figures = report.write_figures(results, cfg.out)
-    except (data.DataError, checkpoint.CheckpointError, hub.DownloadError, ExperimentError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("\ninterrupted: trained adapters are saved; rerun the same command to resume",
-              file=sys.stderr)
-        return 130
-    print()
-    print(text)
-    print(figures)
-    print(f"results in {Path(cfg.out) / 'results.json'} and summary.txt")
-    return 0
-
-
 if __name__ == "__main__":
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # start-up is over (see the top)
+    from cli import main  # the command line: settings, one-line errors, the run, its report
     sys.exit(main())

@@ -18,7 +18,7 @@ from pathlib import Path
 def mean_std(values):
     """'85.21' for one value, '85.21±0.40' (sample standard deviation) for several; 'n/a' if a
     value is undefined (nan: a normalised score whose individual score was not positive)."""
-    if any(math.isnan(v) for v in values):
+    if any(v is None or math.isnan(v) for v in values):
         return "n/a"
     if len(values) == 1:
         return f"{values[0]:.2f}"
@@ -94,7 +94,7 @@ def format_table(results):
 
 def format_curves(results):
     """Merged average score against lambda, a row per init and merge (mean over seeds)."""
-    curves = lambda_curves(results)
+    curves = {key: c for key, c in lambda_curves(results).items() if None not in c}
     lams = sorted({lam for c in curves.values() for lam in c})
     lines = [f"{'init':<12}{'merge':<10}" + "".join(f"{lam:>8g}" for lam in lams)]
     for (init, merge), curve in curves.items():
@@ -163,6 +163,11 @@ def summary(results):
         parts += ["", "input energy that OSRM's A_t reads, own task / other tasks (mean over "
                   f"layers and seeds; a random {cfg['rank']}-dimensional subspace reads "
                   f"{cfg['rank']}/d_in of isotropic inputs):", energy]
+    stalled = [f"{t['init']}/{t['task']} (seed {t['seed']})" for t in results.get("training", [])
+               if not t["learned"]]
+    if stalled:
+        parts += ["", f"warning: the training loss did not fall for {', '.join(stalled)}: "
+                      f"these adapters learned nothing"]
     if "wall_time_s" in results:
         parts += ["", f"wall time {results['wall_time_s']:.0f}s"]
     return "\n".join(parts)
@@ -180,7 +185,7 @@ def write_figures(results, out):
         return "figures skipped: matplotlib is not installed (pip install -r requirements-figures.txt)"
     out = Path(out)
     curves = lambda_curves(results)
-    merges = [m for m in results["config"]["merges"] if m != "avg"]
+    merges = [m for m in results["config"]["merges"] if m not in ("avg", "regmean", "fisher", "emr")]
     fig, axes = plt.subplots(1, max(1, len(merges)), figsize=(4.2 * max(1, len(merges)), 3.4),
                              squeeze=False, sharey=True)
     for ax, merge in zip(axes[0], merges):

@@ -1,16 +1,25 @@
-"""What lets a run stop and resume without losing or mixing anything: the trained adapters and
-the computed scores saved under the output folder, each reused only while the settings that
-produced it are unchanged, and files written atomically (whole, or not at all).
+"""What lets a run stop and resume without losing, mixing or reusing anything stale: trained
+adapters and computed scores saved under the output folder, each reused only while the
+settings and the input files that produced it are unchanged; files written whole or not at
+all; one run per output folder at a time.
 
-    <out>/adapters/<init>-<task>-seed<seed>.pt   one trained adapter: its settings, A and B, head
+    <out>/adapters/<init>-<task>-seed<seed>.pt   one trained adapter: its settings and inputs,
+                                                 A and B, the head, how its training loss moved
     <out>/evaluations.json                       every score computed so far, with its settings
+    <out>/.lock                                  held by the run in progress
 
-None of this is part of the method; osrm_min.py asks `Store` for an adapter or a score before
-computing it, and hands it what it computed.
+The inputs are fingerprinted by content (SHA-256): the model's config and weights, the
+tokenizer's files, each task's training and dev files. None of this is part of the method;
+osrm_min.py asks `Store` for an adapter or a score before computing it, and hands it what it
+computed.
 """
 
+import hashlib
 import json
+import math
 import os
+import tempfile
+import time
 from dataclasses import asdict
 from pathlib import Path
 
@@ -28,31 +37,46 @@ WORK_KEYS = ("seeds", "seed", "inits", "merges", "lams", "lam_ta", "lam_ties", "
              "eval_batch_size")
 
 
+# Writing files whole
+
+def write_atomic(path, write):
+    """`write(f)` fills a temporary file beside `path`, under a name no other process uses;
+    only once it is complete and on disk does it replace `path`."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 def save_atomic(obj, path):
-    tmp = Path(f"{path}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    write_atomic(path, lambda f: torch.save(obj, f))
 
 
 def write_text_atomic(text, path):
-    tmp = Path(f"{path}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    write_atomic(path, lambda f: f.write(text.encode("utf-8")))
+
+
+def finite(obj):
+    """obj with every float that is not finite replaced by None (JSON has no NaN)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite(v) for v in obj]
+    return obj
 
 
 def write_json_atomic(obj, path):
-    write_text_atomic(json.dumps(obj, indent=1), path)
-
-
-def check_writable(out):
-    """Make the output folder, or say in one line why it cannot be written."""
-    try:
-        Path(out).mkdir(parents=True, exist_ok=True)
-        probe = Path(out) / ".write-test"
-        probe.write_text("ok")
-        probe.unlink()
-    except OSError as e:
-        raise ExperimentError(f"--out {out} is not writable ({e.strerror}); choose another folder")
+    """Strict JSON: a value that is not a finite number is written as null."""
+    write_text_atomic(json.dumps(finite(obj), indent=1, allow_nan=False), path)
 
 
 def plain(obj):
@@ -60,77 +84,191 @@ def plain(obj):
     return json.loads(json.dumps(obj))
 
 
-def result_row(seed, init, merge_method, lam, task, score, metrics):
-    """One row of results.json: a task's score under one init and one merge ("none": alone)."""
-    return {"seed": seed, "init": init, "merge": merge_method, "lambda": lam, "task": task,
-            "score": score, "metrics": metrics}
+def check_writable(out):
+    """Make the output folder, or say in one line why it cannot be written."""
+    try:
+        Path(out).mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=out, prefix=".write-test.")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise ExperimentError(f"--out {out} is not writable ({e.strerror}); choose another folder")
 
+
+class RunLock:
+    """`with RunLock(out):` this process is the only osrm-min run writing to `out`. The lock
+    (flock on <out>/.lock) goes away with the process, however it ends."""
+
+    def __init__(self, out):
+        self.path = Path(out) / ".lock"
+
+    def __enter__(self):
+        import fcntl  # POSIX; the lock is what keeps two runs from mixing their files
+        self.file = open(self.path, "a+")
+        try:
+            fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.file.seek(0)
+            owner = self.file.read().strip()
+            self.file.close()
+            raise ExperimentError(f"--out {self.path.parent} is in use by another osrm-min run"
+                                  f"{f' ({owner})' if owner else ''}; wait for it to finish or "
+                                  f"choose another --out")
+        self.file.truncate(0)
+        self.file.write(f"pid {os.getpid()}, started {time.strftime('%Y-%m-%d %H:%M:%S')}")
+        self.file.flush()
+        # a run killed while writing leaves a temporary file; nobody else writes here now
+        for folder in (self.path.parent, self.path.parent / "adapters"):
+            for tmp in folder.glob(".*.tmp"):
+                tmp.unlink(missing_ok=True)
+        return self
+
+    def __exit__(self, *exc):
+        self.file.close()
+
+
+# Fingerprints of the inputs
+
+def file_digest(path):
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def digest(parts):
+    """One short digest of {name: digest} (sorted, so that order does not matter)."""
+    text = json.dumps(sorted(parts.items()))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def fingerprint_inputs(model_files, tokenizer_files, data_files):
+    """{"model": ..., "tokenizer": ..., "train:sst2": ..., "dev:sst2": ...}: a digest of each
+    input's content. model_files and tokenizer_files: lists of paths; data_files:
+    {"train:sst2": path, ...}."""
+    out = {"model": digest({Path(p).name: file_digest(p) for p in model_files}),
+           "tokenizer": digest({Path(p).name: file_digest(p) for p in tokenizer_files})}
+    out.update({key: file_digest(path) for key, path in data_files.items()})
+    return out
+
+
+# The stores
 
 class Store:
     """The adapters and scores of earlier runs into the same output folder."""
 
-    def __init__(self, cfg):
+    def __init__(self, cfg, inputs):
         self.out = Path(cfg.out)
+        self.inputs = inputs  # fingerprint_inputs(...)
         (self.out / "adapters").mkdir(parents=True, exist_ok=True)
-        self.scores = Evaluations(self.out / "evaluations.json", cfg)
+        self.scores = Evaluations(self.out / "evaluations.json", cfg,
+                                  lambda task: self.row_inputs(cfg.tasks, task))
 
     def adapter_path(self, init, task, seed):
         return self.out / "adapters" / f"{init}-{task}-seed{seed}.pt"
 
-    @staticmethod
-    def adapter_settings(cfg, task, init, uses_osrm):
-        """The settings saved with an adapter; a rerun reuses the adapter only if they match."""
+    def adapter_settings(self, cfg, task, init, uses_osrm):
+        """The settings and inputs saved with an adapter; it is reused only if they match.
+        Its own training file shapes it, and with OSRM the other tasks' too (the subspace)."""
         d = {k: getattr(cfg, k) for k in ADAPTER_KEYS}
         d.update(task=task, init=init)
+        reads = cfg.tasks if uses_osrm else [task]
         if uses_osrm:
             d.update({k: getattr(cfg, k) for k in OSRM_KEYS},
                      other_tasks=sorted(set(cfg.tasks) - {task}))
+        d["inputs"] = {k: self.inputs[k] for k in ["model", "tokenizer"] + [f"train:{t}" for t in reads]}
         return plain(d)
 
-    def load_adapter(self, cfg, task, init, uses_osrm):
-        """(lora state, head state) saved earlier with the same settings, or None."""
+    def row_inputs(self, tasks, task):
+        """The digest of what a score of `task` depends on: the model, the tokenizer, every
+        task's training file (a merge holds every adapter) and the task's dev file."""
+        return digest({k: self.inputs[k] for k in ["model", "tokenizer", f"dev:{task}"]
+                       + [f"train:{t}" for t in tasks]})
+
+    def load_adapter(self, cfg, task, init, uses_osrm, shapes, head):
+        """The lora state saved earlier with the same settings and inputs (its head state is
+        loaded into `head`), and its training summary; or None, saying why, if there is none
+        that can be used. shapes: {"layers.0.query.A": (r, d_in), ...} of this model."""
         path = self.adapter_path(init, task, cfg.seed)
         if not path.exists():
             return None
         try:
             saved = torch.load(path, map_location=cfg.device, weights_only=True)
+            wanted = self.adapter_settings(cfg, task, init, uses_osrm)
+            if saved.get("config") != wanted:
+                old = saved.get("config") or {}
+                changed = [k for k in wanted["inputs"] if (old.get("inputs") or {}).get(k) != wanted["inputs"][k]]
+                same_settings = {k: v for k, v in old.items() if k != "inputs"} == {
+                    k: v for k, v in wanted.items() if k != "inputs"}
+                why = (f"its input files changed ({', '.join(changed)})" if same_settings and changed
+                       else "settings changed")
+                print(f"{init}/{task}: {why} since {path} was saved; training again")
+                return None
+            state = saved["lora"]
+            if set(state) != set(shapes) or any(tuple(state[k].shape) != shapes[k]
+                                                or not torch.isfinite(state[k]).all() for k in shapes):
+                raise ValueError("its A and B do not fit this model")
+            head.load_state_dict(saved["head"])
         except Exception as e:  # a truncated or foreign file: say so and retrain, never crash
-            print(f"note: cannot read {path} ({type(e).__name__}); training again")
-            return None
-        if saved.get("config") != self.adapter_settings(cfg, task, init, uses_osrm):
-            print(f"{init}/{task}: settings changed since {path} was saved; training again")
+            print(f"note: cannot use {path} ({type(e).__name__}: {str(e).splitlines()[0][:80] if str(e) else ''}); "
+                  f"training again")
             return None
         print(f"{init}/{task}: loaded the adapter trained earlier ({path})")
-        return saved["lora"], saved["head"]
+        return state, saved.get("training")
 
-    def save_adapter(self, cfg, task, init, uses_osrm, lora_state, head_state):
+    def save_adapter(self, cfg, task, init, uses_osrm, lora_state, head_state, training):
         save_atomic({"config": self.adapter_settings(cfg, task, init, uses_osrm),
-                     "lora": lora_state, "head": head_state},
+                     "lora": lora_state, "head": head_state, "training": training},
                     self.adapter_path(init, task, cfg.seed))
 
 
-class Evaluations:
-    """Scores computed earlier with the same settings, kept in <out>/evaluations.json, so that
-    an interrupted run resumes its evaluations (merges at every lambda), not only its training.
+ROW_TYPES = {"seed": int, "init": str, "merge": str, "task": str, "score": (int, float),
+             "metrics": dict, "inputs": str}
 
-    A row is reused only if every setting that shapes a score matches (all but WORK_KEYS) and
-    its seed, init, merge, lambda and task are the ones asked for.
+
+def usable_row(row):
+    """A saved score row with every field, of the right type, and a finite score."""
+    return (isinstance(row, dict) and all(isinstance(row.get(k), t) for k, t in ROW_TYPES.items())
+            and (row.get("lambda") is None or isinstance(row["lambda"], (int, float)))
+            and math.isfinite(row["score"]))
+
+
+def result_row(seed, init, merge_method, lam, task, score, metrics, inputs):
+    """One row of results.json: a task's score under one init and one merge ("none": alone);
+    `inputs` is the digest of the files it was computed from (Store.row_inputs)."""
+    return {"seed": seed, "init": init, "merge": merge_method, "lambda": lam, "task": task,
+            "score": score, "metrics": metrics, "inputs": inputs}
+
+
+class Evaluations:
+    """Scores computed earlier, kept in <out>/evaluations.json, so that an interrupted run
+    resumes its evaluations (merges at every lambda), not only its training.
+
+    A row is reused only if every setting that shapes a score matches (all but WORK_KEYS), the
+    files it was computed from are unchanged (`inputs_of(task)`, a digest), and its seed, init,
+    merge, lambda and task are the ones asked for.
     """
 
-    def __init__(self, path, cfg):
+    def __init__(self, path, cfg, inputs_of):
         self.path = Path(path)
         self.settings = plain({k: v for k, v in asdict(cfg).items() if k not in WORK_KEYS})
         saved = {}
         if self.path.exists():
             try:
-                saved = json.loads(self.path.read_text())
-            except ValueError:
-                print(f"note: cannot read {self.path}; evaluating again")
-        same = saved.get("settings") == self.settings
-        self.rows = {self.key(r): r for r in saved.get("rows", [])} if same else {}
+                saved = json.loads(self.path.read_text(encoding="utf-8"))
+                if not isinstance(saved, dict) or not isinstance(saved.get("rows", []), list) \
+                        or not all(map(usable_row, saved.get("rows", []))):
+                    raise ValueError("not a list of score rows")
+            except (ValueError, UnicodeDecodeError) as e:
+                print(f"note: cannot use {self.path} ({e}); evaluating again")
+                saved = {}
+        rows = saved.get("rows", []) if saved.get("settings") == self.settings else []
+        fresh = [r for r in rows if r["task"] in cfg.tasks and r["inputs"] == inputs_of(r["task"])]
+        self.rows = {self.key(r): r for r in fresh}
+        if len(fresh) < len(rows):
+            print(f"note: the model, tokenizer or data files changed since {len(rows) - len(fresh)} "
+                  f"scores in {self.path} were computed; evaluating those again")
         if self.rows:
             print(f"note: reusing {len(self.rows)} scores of an earlier run with the same "
-                  f"settings ({self.path})")
+                  f"settings and input files ({self.path})")
 
     @staticmethod
     def key(row):

@@ -21,6 +21,8 @@ Nothing here is specific to OSRM; the module is named so that it shadows neither
 library's `tokenize` nor Hugging Face's `tokenizers` for anyone running beside transformers.
 """
 
+import heapq
+import itertools
 import json
 import math
 import pathlib
@@ -79,7 +81,7 @@ class WordPieceTokenizer:
         vocab_file = model_dir / "vocab.txt"
         if not vocab_file.is_file():
             raise DataError(f"no vocab.txt in {model_dir}")
-        tokens = vocab_file.read_text(encoding="utf-8").split("\n")
+        tokens = _read_text(vocab_file).split("\n")
         if tokens[-1] == "":
             tokens.pop()
         vocab = {tok.rstrip("\r"): i for i, tok in enumerate(tokens)}
@@ -88,7 +90,7 @@ class WordPieceTokenizer:
             raise DataError(f"{vocab_file} lacks the special tokens {', '.join(missing)}; "
                             f"is this a BERT WordPiece vocabulary?")
         config_file = model_dir / "tokenizer_config.json"
-        config = _read_json(config_file) if config_file.is_file() else {}
+        config = _read_json(config_file, CONFIG_KINDS) if config_file.is_file() else {}
         return cls(vocab, do_lower_case=config.get("do_lower_case", True),
                    strip_accents=config.get("strip_accents"),
                    tokenize_chinese_chars=config.get("tokenize_chinese_chars", True))
@@ -137,22 +139,27 @@ class WordPieceTokenizer:
             start = end
         return pieces
 
-    def tokenize(self, text: str) -> list:
-        tokens = []
+    def tokens(self, text: str):
+        """The word pieces of text, one at a time (so that a long text is cut without being
+        tokenized to its end)."""
         for word in self._basic_tokenize(text):
             if word not in self._cache:
                 self._cache[word] = self._wordpiece(word)
-            tokens += self._cache[word]
-        return tokens
+            yield from self._cache[word]
+
+    def tokenize(self, text: str) -> list:
+        return list(self.tokens(text))
 
     def encode(self, text_a: str, text_b=None, max_length: int = 128) -> tuple:
         """(input_ids, token_type_ids) for [CLS] a [SEP] or [CLS] a [SEP] b [SEP], at most max_length long."""
-        ids_a = [self.vocab.get(t, self.unk_id) for t in self.tokenize(text_a)]
         if text_b is None:
-            ids_a = ids_a[:max_length - 2]  # room for [CLS] and [SEP]
+            ids_a = _first_ids(self, text_a, max_length - 2)  # room for [CLS] and [SEP]
             return [self.cls_id] + ids_a + [self.sep_id], [0] * (len(ids_a) + 2)
-        ids_b = [self.vocab.get(t, self.unk_id) for t in self.tokenize(text_b)]
-        n_a, n_b = _longest_first(len(ids_a), len(ids_b), max_length - 3)  # room for [CLS], [SEP], [SEP]
+        # the Python rule needs no length beyond the budget: cutting longer sequences to it first
+        # changes nothing (_longest_first)
+        budget = max_length - 3  # room for [CLS], [SEP], [SEP]
+        ids_a, ids_b = _first_ids(self, text_a, budget), _first_ids(self, text_b, budget)
+        n_a, n_b = _longest_first(len(ids_a), len(ids_b), budget)
         input_ids = [self.cls_id] + ids_a[:n_a] + [self.sep_id] + ids_b[:n_b] + [self.sep_id]
         return input_ids, [0] * (n_a + 2) + [1] * (n_b + 1)
 
@@ -280,12 +287,14 @@ class ByteLevelBPETokenizer:
                 raise DataError(f"no {path.name} in {model_dir}")
         config_file = model_dir / "tokenizer_config.json"
         vocab = _read_json(vocab_file)
-        config = _read_json(config_file) if config_file.is_file() else {}
+        if not all(type(i) is int and i >= 0 for i in vocab.values()):
+            raise DataError(f"{vocab_file} does not map tokens to ids (non-negative integers)")
+        config = _read_json(config_file, CONFIG_KINDS) if config_file.is_file() else {}
         missing = [t for t in ("<s>", "</s>", "<pad>", "<unk>") if t not in vocab]
         if missing:
             raise DataError(f"{vocab_file} lacks the special tokens {', '.join(missing)}; "
                             f"is this a RoBERTa byte-level BPE vocabulary?")
-        lines = merges_file.read_text(encoding="utf-8").split("\n")
+        lines = _read_text(merges_file).split("\n")
         if lines and lines[0].startswith("#version"):
             lines = lines[1:]
         merges = [tuple(line.split()) for line in lines if line.strip()]
@@ -313,36 +322,102 @@ class ByteLevelBPETokenizer:
             symbols = merged
         return symbols
 
-    def tokenize(self, text: str) -> list:
-        """Token strings in byte symbols: 'Hello world' -> ['Hello', 'Ġworld'] with RoBERTa's merges."""
+    def _bpe_long(self, symbols: list) -> list:
+        """The same merges as `_bpe`, in O(n log n) instead of O(n^2), for long pieces (a
+        200,000-character word took minutes with `_bpe`). Pairs wait in a heap by (rank,
+        position): a merge only creates pairs that training learned later (they contain the new
+        symbol), so popping the lowest rank, leftmost first, merges in `_bpe`'s order.
+        tests/test_bpe_tokenizer.py holds the two equal."""
+        n = len(symbols)
+        symbols = list(symbols)
+        after, before = list(range(1, n + 1)), list(range(-1, n - 1))  # a linked list of positions
+        heap = [(self.ranks[pair], i, *pair) for i, pair in enumerate(zip(symbols, symbols[1:]))
+                if pair in self.ranks]
+        heapq.heapify(heap)
+        while heap:
+            _, i, left, right = heapq.heappop(heap)
+            j = after[i]
+            if j >= n or symbols[i] != left or symbols[j] != right:
+                continue  # an earlier merge used one of the two symbols
+            symbols[i], symbols[j] = left + right, None
+            after[i] = after[j]
+            if after[i] < n:
+                before[after[i]] = i
+            for a, b in ((before[i], i), (i, after[i])):  # the pairs the new symbol forms
+                if a >= 0 and b < n and (symbols[a], symbols[b]) in self.ranks:
+                    heapq.heappush(heap, (self.ranks[symbols[a], symbols[b]], a, symbols[a], symbols[b]))
+        return [s for s in symbols if s is not None]
+
+    def tokens(self, text: str):
+        """Token strings in byte symbols, one at a time: 'Hello world' -> 'Hello', 'Ġworld'
+        with RoBERTa's merges."""
         if self.add_prefix_space and text and not text.startswith(" "):
             text = " " + text  # as the tokenizers library does: no second space, nothing for ""
-        tokens = []
         for piece in gpt2_split(text):
             if piece not in self._cache:
                 symbols = [self.byte_symbols[b] for b in piece.encode("utf-8")]  # 'é' -> ['Ã', '©']
-                self._cache[piece] = self._bpe(symbols)
-            tokens += self._cache[piece]
-        return tokens
+                self._cache[piece] = (self._bpe if len(symbols) <= 64 else self._bpe_long)(symbols)
+            yield from self._cache[piece]
+
+    def tokenize(self, text: str) -> list:
+        return list(self.tokens(text))
 
     def encode(self, text_a: str, text_b=None, max_length: int = 128) -> tuple:
         """(input_ids, token_type_ids) for <s> a </s> or <s> a </s></s> b </s>, at most max_length long.
         RoBERTa has a single token type, so token_type_ids are all 0."""
-        ids_a = [self.vocab.get(t, self.unk_id) for t in self.tokenize(text_a)]
         if text_b is None:
-            input_ids = [self.cls_id] + ids_a[:max_length - 2] + [self.sep_id]  # room for <s> and </s>
+            ids_a = _first_ids(self, text_a, max_length - 2)  # room for <s> and </s>
+            input_ids = [self.cls_id] + ids_a + [self.sep_id]
             return input_ids, [0] * len(input_ids)
-        ids_b = [self.vocab.get(t, self.unk_id) for t in self.tokenize(text_b)]
-        n_a, n_b = _longest_first_fast(len(ids_a), len(ids_b), max_length - 4)  # room for <s> </s></s> </s>
+        budget = max_length - 4  # room for <s> </s></s> </s>
+        ids_a, ids_b = _first_ids(self, text_a, budget + 1), _first_ids(self, text_b, budget + 1)
+        n_a, n_b = len(ids_a), len(ids_b)
+        if n_a > budget and n_b > budget:  # both are cut: which one is longer gets the spare token
+            n_a, n_b = sum(1 for _ in self.tokens(text_a)), sum(1 for _ in self.tokens(text_b))
+            ids_a, ids_b = _first_ids(self, text_a, budget), _first_ids(self, text_b, budget)
+        n_a, n_b = _longest_first_fast(n_a, n_b, budget)
         input_ids = [self.cls_id] + ids_a[:n_a] + [self.sep_id, self.sep_id] + ids_b[:n_b] + [self.sep_id]
         return input_ids, [0] * len(input_ids)
 
 
-def _read_json(path: pathlib.Path):
+def _first_ids(tokenizer, text: str, n: int) -> list:
+    """The ids of the first n tokens of text."""
+    return [tokenizer.vocab.get(t, tokenizer.unk_id) for t in itertools.islice(tokenizer.tokens(text), n)]
+
+
+def _read_text(path: pathlib.Path) -> str:
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path} is not UTF-8 text ({e.reason} at byte {e.start}); is it a "
+                        f"tokenizer file?") from None
+
+
+def _read_json(path: pathlib.Path, kinds=None) -> dict:
+    """A JSON object from path; kinds {key: type(s)} checks the values present."""
+    try:
+        value = json.loads(_read_text(path))
     except json.JSONDecodeError as e:
-        raise DataError(f"{path} is not valid JSON ({e})")
+        raise DataError(f"{path} is not valid JSON ({e})") from None
+    if not isinstance(value, dict):
+        raise DataError(f"{path} is not a JSON object")
+    for key, kind in (kinds or {}).items():
+        if key in value and not isinstance(value[key], kind):
+            raise DataError(f"{path}: {key} is {value[key]!r}, not a {getattr(kind, '__name__', 'valid value')}")
+    return value
+
+
+# What tokenizer_config.json may say, and the types we accept
+CONFIG_KINDS = {"do_lower_case": bool, "strip_accents": (bool, type(None)),
+                "tokenize_chinese_chars": bool, "add_prefix_space": bool}
+
+
+def tokenizer_files(model_dir) -> list:
+    """The files load_tokenizer reads (for fingerprints)."""
+    model_dir = pathlib.Path(model_dir)
+    names = (["vocab.txt"] if (model_dir / "vocab.txt").is_file() else ["vocab.json", "merges.txt"])
+    names += ["tokenizer_config.json"] if (model_dir / "tokenizer_config.json").is_file() else []
+    return [model_dir / name for name in names]
 
 
 def _longest_first_fast(n_a: int, n_b: int, budget: int) -> tuple:

@@ -128,3 +128,48 @@ def test_from_dir_errors(tmp_path):
     (tmp_path / "merges.txt").write_text("#version: 0.2\na b\n", encoding="utf-8")
     with pytest.raises(DataError, match="lacks the special tokens </s>, <pad>, <unk>"):
         ByteLevelBPETokenizer.from_dir(tmp_path)
+
+
+def test_long_pieces_merge_as_the_plain_bpe_does():
+    """_bpe_long (a heap, for long pieces) gives exactly _bpe's tokens."""
+    import random
+    tok = ByteLevelBPETokenizer.from_dir(BPE_DIR)
+    rng = random.Random(0)
+    symbols = byte_to_unicode()
+    for _ in range(300):
+        alphabet = rng.choice(["abcdefghij", "etaoinshrdlu", "ab", "thequickbrown ", "0123456789"])
+        piece = "".join(rng.choice(alphabet) for _ in range(rng.randint(2, 200)))
+        chars = [symbols[b] for b in piece.encode("utf-8")]
+        assert tok._bpe_long(chars) == tok._bpe(chars), piece
+
+
+def truncate_after_tokenizing(tok, text_a, text_b, max_length, rule):
+    """The reference: tokenize everything, then cut by the truncation rule."""
+    ids = lambda text: [tok.vocab.get(t, tok.unk_id) for t in tok.tokenize(text)]
+    a, b = ids(text_a), ids(text_b)
+    n_a, n_b = rule(len(a), len(b))
+    return a[:n_a], b[:n_b]
+
+
+@pytest.mark.parametrize("kind", ["bpe", "wordpiece"])
+def test_long_texts_are_cut_exactly_as_after_full_tokenization(kind, tmp_path):
+    import random
+    import tokenization
+    from test_wordpiece import TINY_VOCAB
+    rng = random.Random(1)
+    if kind == "bpe":
+        tok, extra, rule = ByteLevelBPETokenizer.from_dir(BPE_DIR), 4, tokenization._longest_first_fast
+    else:
+        (tmp_path / "vocab.txt").write_text("\n".join(TINY_VOCAB) + "\n")
+        tok, extra, rule = WordPieceTokenizer.from_dir(tmp_path), 3, tokenization._longest_first
+    words = ["the", "a", "b", "cafe", "don't", "unaffable", "hello", "world", "!"]
+    for max_length in (8, 9, 16, 17):
+        budget = max_length - extra
+        for n_a in (0, 1, budget // 2, budget, budget + 1, budget + 7):
+            for n_b in (1, budget // 2, budget - 1, budget + 1, budget + 3):
+                text_a = " ".join(rng.choice(words) for _ in range(n_a)) or "a"
+                text_b = " ".join(rng.choice(words) for _ in range(n_b))
+                ids, _ = tok.encode(text_a, text_b, max_length)
+                a, b = truncate_after_tokenizing(tok, text_a, text_b, max_length,
+                                                 lambda x, y: rule(x, y, budget))
+                assert ids == [tok.cls_id] + a + [tok.sep_id] * (extra - 2) + b + [tok.sep_id], (text_a, text_b)

@@ -8,7 +8,8 @@ import sys
 import pytest
 import torch
 
-import osrm_min
+import cli
+import train
 from conftest import ROOT
 
 POSITIVE = ["the movie was good", "a great film", "fun and very good", "the actors were great"]
@@ -38,7 +39,7 @@ def tiny_args(tmp_path, model, *extra):
 
 def test_end_to_end_writes_results_and_resumes(tmp_path, tiny_model, capsys):
     write_tiny_glue(tmp_path / "glue")
-    assert osrm_min.main(tiny_args(tmp_path, tiny_model)) == 0
+    assert cli.main(tiny_args(tmp_path, tiny_model)) == 0
     first = json.loads((tmp_path / "out" / "results.json").read_text())
     rows = first["rows"]
     assert len(rows) == 2 * 3 * 2  # inits x (individual, ta, ties) x tasks
@@ -57,18 +58,18 @@ def test_end_to_end_writes_results_and_resumes(tmp_path, tiny_model, capsys):
     assert (tmp_path / "out" / "summary.txt").read_text().strip() in out
 
     # The same command again trains nothing and reproduces every score.
-    assert osrm_min.main(tiny_args(tmp_path, tiny_model)) == 0
+    assert cli.main(tiny_args(tmp_path, tiny_model)) == 0
     out = capsys.readouterr().out
     assert out.count("loaded the adapter trained earlier") == 4
     again = json.loads((tmp_path / "out" / "results.json").read_text())
     assert [r["score"] for r in again["rows"]] == [r["score"] for r in rows]
 
     # A changed OSRM setting retrains the OSRM adapters only; a changed seed retrains all.
-    assert osrm_min.main(tiny_args(tmp_path, tiny_model, "--osrm-samples", "3")) == 0
+    assert cli.main(tiny_args(tmp_path, tiny_model, "--osrm-samples", "3")) == 0
     out = capsys.readouterr().out
     assert out.count("loaded the adapter trained earlier") == 2
     assert "osrm/sst2: settings changed" in out and "osrm/mrpc: settings changed" in out
-    assert osrm_min.main(tiny_args(tmp_path, tiny_model, "--seeds", "7")) == 0
+    assert cli.main(tiny_args(tmp_path, tiny_model, "--seeds", "7")) == 0
     assert capsys.readouterr().out.count("loaded the adapter trained earlier") == 0
 
 
@@ -76,7 +77,7 @@ def test_mean_statistic_averaging_and_pooling_override(tmp_path, tiny_model):
     write_tiny_glue(tmp_path / "glue")
     args = tiny_args(tmp_path, tiny_model, "--inits", "lora,osrm-mean", "--merges", "avg",
                      "--pooling", "mean")
-    assert osrm_min.main(args) == 0
+    assert cli.main(args) == 0
     results = json.loads((tmp_path / "out" / "results.json").read_text())
     assert results["config"]["pooling"] == "mean"
     assert {r["lambda"] for r in results["rows"] if r["merge"] == "avg"} == {0.5}
@@ -87,7 +88,7 @@ def test_lambda_grid_seeds_and_ablations(tmp_path, tiny_model, capsys):
     args = tiny_args(tmp_path, tiny_model, "--inits", "lora,osrm,osrm-frozen,osrm-post",
                      "--merges", "ta,dare-ties", "--lams", "0.5,1.0", "--seeds", "1,2",
                      "--ties-scope", "global")
-    assert osrm_min.main(args) == 0
+    assert cli.main(args) == 0
     results = json.loads((tmp_path / "out" / "results.json").read_text())
     rows = results["rows"]
     # per seed and init: 2 individual scores, and 2 merges x 2 lambdas x 2 tasks
@@ -147,60 +148,18 @@ def test_hub_model_offline_says_what_to_do(tmp_path):
     assert_one_line_error(result, "--model", "HF_ENDPOINT")
 
 
-def test_model_folder_lacking_files(tmp_path, tiny_model):
-    write_tiny_glue(tmp_path / "glue")
-    (tiny_model / "model.safetensors").unlink()
-    assert_one_line_error(run_cli(*tiny_args(tmp_path, tiny_model)), "model.safetensors")
-
-
-def test_out_that_is_not_writable(tmp_path, tiny_model):
-    write_tiny_glue(tmp_path / "glue")
-    (tmp_path / "file").write_text("")
-    args = tiny_args(tmp_path, tiny_model)
-    args[args.index("--out") + 1] = str(tmp_path / "file" / "out")
-    assert_one_line_error(run_cli(*args), "--out", "not writable")
-
-
-def test_nan_loss_stops_with_advice(tmp_path, tiny_model, capsys):
-    write_tiny_glue(tmp_path / "glue")
-    assert osrm_min.main(tiny_args(tmp_path, tiny_model, "--lr", "1e30")) == 2
-    err = capsys.readouterr().err.split("\r")[-1].strip()  # after the cleared progress bar
-    assert err.startswith("error: ") and "loss became" in err and "--lr" in err
-
-
 def test_malformed_rows_are_skipped_and_reported(tmp_path, tiny_model, capsys):
     glue = write_tiny_glue(tmp_path / "glue")
     with open(glue / "SST-2" / "train.tsv", "a") as f:
         f.write("no label column here\nthe movie\tmaybe\n")
-    assert osrm_min.main(tiny_args(tmp_path, tiny_model, "--inits", "lora")) == 0
+    assert cli.main(tiny_args(tmp_path, tiny_model, "--inits", "lora")) == 0
     assert "sst2 train: skipped 2 malformed rows" in capsys.readouterr().out
-
-
-@pytest.mark.parametrize("flag, value, phrase", [
-    ("--rank", "0", "--rank"), ("--ties-keep", "1.5", "--ties-keep"), ("--targets", "foo", "valid: query"),
-    ("--osrm-samples", "0", "--osrm-samples"), ("--inits", "lora,foo", "--inits"),
-    ("--max-length", "1000", "positions"), ("--device", "tpu", "--device"),
-    ("--inits", "osrm-post", "list lora before it"), ("--seeds", "a,b", "--seeds"),
-    ("--dare-p", "1", "--dare-p"), ("--lams", "0.5,x", "--lams"), ("--merges", "dare", "--merges"),
-])
-def test_bad_settings_are_one_line_errors(tmp_path, tiny_model, capsys, flag, value, phrase):
-    write_tiny_glue(tmp_path / "glue")
-    assert osrm_min.main(tiny_args(tmp_path, tiny_model, flag, value)) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("error: ") and phrase in err[0]
-
-
-def test_only_malformed_rows_is_an_error(tmp_path, tiny_model, capsys):
-    glue = write_tiny_glue(tmp_path / "glue")
-    (glue / "SST-2" / "train.tsv").write_text("sentence\tlabel\nno tab here\n")
-    assert osrm_min.main(tiny_args(tmp_path, tiny_model)) == 2
-    assert capsys.readouterr().err.startswith("error: ")
 
 
 def test_figures_are_drawn_when_matplotlib_is_installed(tmp_path, tiny_model):
     pytest.importorskip("matplotlib")
     write_tiny_glue(tmp_path / "glue")
-    assert osrm_min.main(tiny_args(tmp_path, tiny_model, "--lams", "0.5,1.0")) == 0
+    assert cli.main(tiny_args(tmp_path, tiny_model, "--lams", "0.5,1.0")) == 0
     for name in ("lambda.png", "interference.png"):
         assert (tmp_path / "out" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -209,19 +168,40 @@ def test_a_rerun_reuses_earlier_scores_and_evaluates_only_what_is_new(tmp_path, 
                                                                        monkeypatch):
     write_tiny_glue(tmp_path / "glue")
     args = tiny_args(tmp_path, tiny_model, "--merges", "ta", "--lams", "0.5")
-    assert osrm_min.main(args) == 0
+    assert cli.main(args) == 0
     first = json.loads((tmp_path / "out" / "results.json").read_text())["rows"]
     calls = []
-    evaluate = osrm_min.evaluate
-    monkeypatch.setattr(osrm_min, "evaluate", lambda *a, **k: calls.append(a[2].name) or evaluate(*a, **k))
-    assert osrm_min.main(args) == 0  # everything was scored before: nothing is evaluated
+    evaluate = train.evaluate
+    monkeypatch.setattr(train, "evaluate", lambda *a, **k: calls.append(a[2].name) or evaluate(*a, **k))
+    assert cli.main(args) == 0  # everything was scored before: nothing is evaluated
     assert calls == []
     assert json.loads((tmp_path / "out" / "results.json").read_text())["rows"] == first
     # one more lambda: only its merged scores are new (2 inits x 2 tasks)
     args[args.index("--lams") + 1] = "0.5,1.0"
-    assert osrm_min.main(args) == 0
+    assert cli.main(args) == 0
     assert len(calls) == 2 * 2
     # a changed setting of the experiment (even one that ta ignores, like TIES's k: the check
     # is conservative) starts the evaluations afresh
-    assert osrm_min.main(args + ["--ties-keep", "0.5"]) == 0
+    assert cli.main(args + ["--ties-keep", "0.5"]) == 0
     assert len(calls) == 4 + 2 * (1 + 2) * 2
+
+
+def test_the_data_aware_merges_write_rows_without_a_lambda_and_are_reused(tmp_path, tiny_model,
+                                                                          monkeypatch, capsys):
+    write_tiny_glue(tmp_path / "glue")
+    args = tiny_args(tmp_path, tiny_model, "--merges", "regmean,fisher,emr", "--lams", "0.5",
+                     "--regmean-samples", "8", "--fisher-samples", "4")
+    assert cli.main(args) == 0
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    merged = [r for r in results["rows"] if r["merge"] != "none"]
+    assert {(r["init"], r["merge"], r["lambda"]) for r in merged} == {
+        (i, m, None) for i in ("lora", "osrm") for m in ("regmean", "fisher", "emr")}
+    assert [e["init"] for e in results["merge_statistics_s"]] == ["lora", "osrm"]
+    table = capsys.readouterr().out
+    assert any(line.split()[:3] == ["osrm", "regmean", "-"] for line in table.splitlines())
+    calls = []
+    evaluate = train.evaluate
+    monkeypatch.setattr(train, "evaluate", lambda *a, **k: calls.append(a[2].name) or evaluate(*a, **k))
+    assert cli.main(args) == 0
+    assert calls == []
+    assert json.loads((tmp_path / "out" / "results.json").read_text())["rows"] == results["rows"]

@@ -53,7 +53,17 @@ def closed_url():
 
 # Models from the hub
 
-WEIGHTS = bytes(range(256)) * 40  # stands in for a 10 KiB weights file
+def safetensors_bytes(tensors):
+    """The bytes of a .safetensors file holding `tensors`."""
+    import tempfile
+    import torch
+    from conftest import write_safetensors
+    with tempfile.TemporaryDirectory() as d:
+        write_safetensors({k: torch.tensor(v) for k, v in tensors.items()}, f"{d}/w.safetensors")
+        return open(f"{d}/w.safetensors", "rb").read()
+
+
+WEIGHTS = safetensors_bytes({"w": [[float(i) for i in range(64)]] * 40})  # a 10 KiB weights file
 BERT_REPO = {"config.json": b'{"model_type": "bert"}', "model.safetensors": WEIGHTS,
              "vocab.txt": b"[PAD]\n[UNK]\n[CLS]\n[SEP]\n",
              "tokenizer_config.json": b'{"do_lower_case": true}',
@@ -281,7 +291,7 @@ def test_the_experiment_runs_from_a_hub_id_and_downloaded_glue(hub, glue, tiny_m
                                                                monkeypatch):
     """No local model and no GLUE folder: `--model tiny/bert` comes from the (local) hub and
     CoLA and SST-2 from the (local) GLUE mirror, into the caches, and the whole run goes on."""
-    import osrm_min
+    import cli
     hub.put("tiny/bert", {p.relative_to(tiny_model).as_posix(): p.read_bytes()
                           for p in tiny_model.rglob("*") if p.is_file()})
     monkeypatch.delenv("GLUE_DIR", raising=False)
@@ -290,7 +300,109 @@ def test_the_experiment_runs_from_a_hub_id_and_downloaded_glue(hub, glue, tiny_m
     args = ["--tasks", "cola,sst2", "--model", "tiny/bert", "--out", str(tmp_path / "out"),
             "--train-samples", "16", "--epochs", "1", "--osrm-samples", "2", "--rank", "2",
             "--max-length", "32"]
-    assert osrm_min.main(args) == 0
+    assert cli.main(args) == 0
     config = json.loads((tmp_path / "out" / "results.json").read_text())["config"]
     assert config["model"] == str(model_cache_dir("tiny/bert"))
     assert config["data_dir"] == str(tmp_path / "cache" / "osrm-min" / "glue")
+
+
+# Downloads that arrive broken are never cached
+
+@pytest.fixture
+def faulty(tmp_path, monkeypatch):
+    """A hub whose answers are set per path: routes[path] = (status, headers, body, bytes_sent);
+    bytes_sent cuts the body short (the connection then closes, as after a network failure)."""
+    routes = {}
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            status, headers, body, sent = routes.get(self.path, (404, {}, b"", None))
+            self.send_response(status)
+            for k, v in headers.items():
+                self.send_header(k, v)
+            self.end_headers()
+            self.wfile.write(body[:sent])
+
+        def log_message(self, *args):
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=httpd.serve_forever, args=(0.01,), daemon=True).start()
+    url = f"http://127.0.0.1:{httpd.server_port}"
+    for name in ("HF_HUB_OFFLINE", "HF_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", url)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
+
+    def publish(repo, files, **overrides):
+        """Serve `files` whole, with Content-Length, except those given in overrides."""
+        for name, body in files.items():
+            routes[f"/{repo}/resolve/main/{name}"] = overrides.get(
+                name, (200, {"Content-Length": str(len(body))}, body, None))
+
+    yield SimpleNamespace(url=url, routes=routes, publish=publish)
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def sha256(body):
+    import hashlib
+    return hashlib.sha256(body).hexdigest()
+
+
+@pytest.mark.parametrize("case, answer, message", [
+    ("no length, cut short: the header says more than arrives",
+     (200, {}, WEIGHTS, len(WEIGHTS) // 2), "its header is longer than the file|do not end where"),
+    ("the hub's size, cut short",
+     (200, {"X-Linked-Size": str(len(WEIGHTS))}, WEIGHTS, 100), "closed after 100 of"),
+    ("the hub's SHA-256 does not match",
+     (200, {"X-Linked-Etag": f'"{sha256(b"other")}"'}, WEIGHTS, None), "SHA-256 is not the one"),
+])
+def test_a_broken_weights_file_is_an_error_and_nothing_is_cached(faulty, case, answer, message):
+    faulty.publish("org/bert", BERT_REPO, **{"model.safetensors": answer})
+    with pytest.raises(DownloadError, match=message):
+        download_model("org/bert")
+    folder = model_cache_dir("org/bert")
+    assert not (folder / "model.safetensors").exists() and not (folder / ".complete").exists()
+    assert not list(folder.rglob("*.tmp"))
+
+
+def test_a_json_file_cut_short_without_a_length_is_caught(faulty):
+    body = BERT_REPO["config.json"]
+    faulty.publish("org/bert", BERT_REPO, **{"config.json": (200, {}, body, len(body) - 3)})
+    with pytest.raises(DownloadError, match="config.json: it arrived incomplete or damaged"):
+        download_model("org/bert")
+
+
+def test_the_size_and_hash_of_a_redirect_are_checked_on_the_file_it_leads_to(faulty):
+    # the hub answers a large file with a redirect carrying its size and SHA-256; the storage
+    # it points to sends the bytes (here a different file of the same size)
+    other = bytearray(WEIGHTS)
+    other[-1] ^= 1
+    faulty.publish("org/bert", BERT_REPO, **{"model.safetensors": (
+        302, {"Location": "/storage/blob", "X-Linked-Size": str(len(WEIGHTS)),
+              "X-Linked-Etag": f'"{sha256(WEIGHTS)}"', "Content-Length": "0"}, b"", None)})
+    faulty.routes["/storage/blob"] = (200, {"Content-Length": str(len(other))}, bytes(other), None)
+    with pytest.raises(DownloadError, match="SHA-256 is not the one the server announced"):
+        download_model("org/bert")
+    faulty.routes["/storage/blob"] = (200, {"Content-Length": str(len(WEIGHTS))}, WEIGHTS, None)
+    assert (download_model("org/bert") / "model.safetensors").read_bytes() == WEIGHTS
+
+
+def test_leftovers_of_a_dead_download_go_and_a_damaged_cache_names_its_folder(faulty):
+    import os
+    import subprocess
+    import sys
+    faulty.publish("org/bert", BERT_REPO)
+    folder = model_cache_dir("org/bert")
+    folder.mkdir(parents=True)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True).stdout.strip()
+    (folder / f"model.safetensors.{dead}.tmp").write_bytes(b"partial")
+    alive = os.getppid()  # a process that is still running: its download may be in progress
+    (folder / f"pytorch_model.bin.{alive}.tmp").write_bytes(b"in progress")
+    download_model("org/bert")
+    assert [p.name for p in folder.glob("*.tmp")] == [f"pytorch_model.bin.{alive}.tmp"]
+    (folder / "model.safetensors").write_bytes(WEIGHTS[:-10])  # damaged on disk afterwards
+    with pytest.raises(DownloadError, match=f"delete the folder {folder} and run again"):
+        download_model("org/bert")

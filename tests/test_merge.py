@@ -94,3 +94,71 @@ def test_dare_with_p_zero_is_the_plain_method(base):
     plain = merge.merge_task_vectors(tvs, base, lam=0.7, keep=0.5)
     assert torch.equal(merge.merge_task_vectors(tvs, f"dare-{base}", lam=0.7, keep=0.5, p=0.0)["a"],
                        plain["a"])
+
+
+# The merges that read data: RegMean, Fisher merging; and EMR
+
+def random_inputs(n, d, seed):
+    return torch.randn(n, d, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+def test_regmean_is_the_least_squares_merge_of_the_stacked_inputs():
+    # min_W sum_t ||X_t W^T - X_t W_t^T||^2 over the stacked inputs, solved by lstsq
+    W0 = random_inputs(4, 6, 0)
+    X = [random_inputs(20, 6, 1), random_inputs(30, 6, 2)]
+    dW = [random_inputs(4, 6, 3), random_inputs(4, 6, 4)]
+    stacked_X = torch.cat(X)
+    stacked_Y = torch.cat([x @ (W0 + d).T for x, d in zip(X, dW)])
+    W_star = torch.linalg.lstsq(stacked_X, stacked_Y).solution.T
+    merged = merge.regmean(dW, [x.T @ x for x in X], alpha=1.0)
+    assert torch.allclose(W0 + merged, W_star, rtol=1e-6, atol=1e-9)
+
+
+def test_regmean_with_equal_gram_matrices_is_the_average():
+    G = random_inputs(10, 6, 0).T @ random_inputs(10, 6, 0)
+    dW = [random_inputs(4, 6, s) for s in (1, 2, 3)]
+    assert torch.allclose(merge.regmean(dW, [G, G, G], alpha=0.9), sum(dW) / 3, atol=1e-10)
+
+
+def test_regmean_alpha_scales_the_off_diagonal_entries():
+    X = [random_inputs(20, 5, 1), random_inputs(20, 5, 2)]
+    G = [x.T @ x for x in X]
+    dW = [random_inputs(3, 5, 3), random_inputs(3, 5, 4)]
+    for alpha in (0.5, 0.9):
+        scaled = [alpha * g + (1 - alpha) * torch.diag(torch.diag(g)) for g in G]
+        direct = (dW[0] @ scaled[0] + dW[1] @ scaled[1]) @ torch.linalg.inv(scaled[0] + scaled[1])
+        assert torch.allclose(merge.regmean(dW, G, alpha), direct, atol=1e-9)
+    # alpha = 0 keeps only the diagonals: each input coordinate j averages the tasks' column j,
+    # weighted by how much energy task t's inputs have there, G_t[j, j]
+    d0, d1 = torch.diag(G[0]), torch.diag(G[1])
+    assert torch.allclose(merge.regmean(dW, G, alpha=0.0), (dW[0] * d0 + dW[1] * d1) / (d0 + d1),
+                          atol=1e-10)
+
+
+def test_regmean_refuses_a_singular_sum():
+    x = random_inputs(2, 6, 0)  # two inputs in six dimensions: X^T X has rank 2
+    with pytest.raises(ValueError, match="singular"):
+        merge.regmean([random_inputs(3, 6, 1)], [x.T @ x], alpha=1.0)
+
+
+def test_fisher_merge_with_equal_fishers_is_the_average_and_with_disjoint_ones_picks():
+    dW = [random_inputs(3, 4, 1), random_inputs(3, 4, 2)]
+    F = random_inputs(3, 4, 3).abs()
+    assert torch.allclose(merge.fisher_merge(dW, [F, F]), (dW[0] + dW[1]) / 2, atol=1e-10)
+    first = (torch.arange(12).view(3, 4) % 2 == 0).double()  # one-hot per entry: task 0 or 1
+    merged = merge.fisher_merge(dW, [first, 1 - first])
+    assert torch.allclose(merged, torch.where(first.bool(), dW[0], dW[1]), atol=1e-10)
+
+
+def test_emr_on_a_worked_example():
+    d1 = torch.tensor([[1.0, -2.0, 3.0], [0.5, 1.0, -1.0]])
+    d2 = torch.tensor([[2.0, 1.0, -1.0], [-1.5, 2.0, 2.0]])
+    # signs of the sum [[3, -1, 2], [-1, 3, 1]]; per entry the largest agreeing magnitude
+    elected, masks, rescalers = merge.emr([{"l": d1}, {"l": d2}])
+    assert torch.equal(elected["l"], torch.tensor([[2.0, -2.0, 3.0], [-1.5, 2.0, 2.0]]))
+    assert masks[0]["l"].tolist() == [[True, True, True], [False, True, False]]
+    assert masks[1]["l"].tolist() == [[True, False, False], [True, True, True]]
+    # sum |d1| = 8.5 over sum |mask_1 * elected| = 2 + 2 + 3 + 2 = 9; 9.5 over 7.5 for task 2
+    assert rescalers == pytest.approx([8.5 / 9, 9.5 / 7.5])
+    updates = merge.emr_updates([{"l": d1}, {"l": d2}])
+    assert torch.allclose(updates[0]["l"], 8.5 / 9 * torch.tensor([[2.0, -2.0, 3.0], [0.0, 2.0, 0.0]]))

@@ -1,5 +1,6 @@
 """The OSRM statistics and subspace, checked against their definitions."""
 
+import pytest
 import torch
 
 import checkpoint
@@ -170,3 +171,41 @@ def test_task_vector_is_the_dense_update_of_the_adapter_in_the_encoder(tiny_mode
     ours = adapter.task_vector(scale=8 / 4)
     assert list(ours) == list(in_encoder)  # same layers, same order (merging depends on it)
     assert all(torch.equal(ours[n], in_encoder[n]) for n in ours)
+
+
+@pytest.mark.parametrize("num_labels", [2, 1])  # classification, and STS-B's regression
+def test_fisher_diagonal_equals_finite_differences_on_the_tiny_model(tiny_model, num_labels):
+    """F = sum_y p(y|x) (d log p(y|x) / dW)^2 (or (df/dW)^2), each derivative taken by central
+    differences on the dense weight, in float64."""
+    import fisher
+    encoder, _ = checkpoint.load_checkpoint(tiny_model)
+    lora.add_lora(encoder, ("query", "value"), rank=2, alpha=4, seed=1)
+    for m in lora.lora_layers(encoder).values():
+        m.B.data.normal_(std=0.1, generator=torch.Generator().manual_seed(2))
+    torch.manual_seed(3)
+    head = lora.ClassificationHead(32, num_labels, "cls", 0.0, encoder.pooler)
+    encoder.double(), head.double()
+    ids = torch.tensor([[2, 7, 8, 9, 3]])
+    batch = {"input_ids": ids, "token_type_ids": torch.zeros_like(ids), "attention_mask": ids != 0}
+    layers = lora.lora_layers(encoder)
+    F = fisher.fisher_diagonal(encoder, head, [batch], layers)
+
+    def outputs():
+        with torch.no_grad():
+            return head(encoder(ids, batch["token_type_ids"], batch["attention_mask"]),
+                        batch["attention_mask"])[0]
+    W = layers["layers.1.value"].weight
+    for i, j in [(0, 0), (3, 17), (31, 5)]:
+        old, h = W[i, j].item(), 1e-5
+        W.data[i, j] = old + h
+        up = outputs()
+        W.data[i, j] = old - h
+        down = outputs()
+        W.data[i, j] = old
+        if num_labels == 1:
+            expected = ((up - down) / (2 * h)).pow(2).sum()
+        else:
+            p = outputs().softmax(-1)
+            grad = (up.log_softmax(-1) - down.log_softmax(-1)) / (2 * h)
+            expected = (p * grad ** 2).sum()
+        assert F["layers.1.value"][i, j].item() == pytest.approx(expected.item(), rel=1e-5, abs=1e-12)

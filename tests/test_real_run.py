@@ -12,7 +12,7 @@ import data
 import lora
 import tokenization
 from conftest import REAL_GLUE as GLUE
-from osrm_min import evaluate, finetune
+from train import evaluate, finetune
 
 
 @pytest.mark.skipif(not (GLUE / "SST-2" / "dev.tsv").exists(), reason=f"no GLUE data at {GLUE}")

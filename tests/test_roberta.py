@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-import osrm_min
+import cli
 import tokenization
 from checkpoint import load_checkpoint, read_safetensors
 from lora import ClassificationHead
@@ -89,13 +89,13 @@ def test_positions_count_real_tokens_after_the_padding_index():
 
 def test_roberta_folder_runs_the_whole_experiment(tmp_path, tiny_roberta):
     write_tiny_glue(tmp_path / "glue")
-    assert osrm_min.main(tiny_args(tmp_path, tiny_roberta)) == 0
+    assert cli.main(tiny_args(tmp_path, tiny_roberta)) == 0
     results = json.loads((tmp_path / "out" / "results.json").read_text())
     assert results["config"]["pooling"] == "roberta"
     rows = results["rows"]
     assert len(rows) == 2 * 3 * 2  # inits x (individual, ta, ties) x tasks
     assert all(0 <= r["score"] <= 100 for r in rows)
-    assert osrm_min.main(tiny_args(tmp_path, tiny_roberta, "--max-length", "65")) == 2  # past 64 positions
+    assert cli.main(tiny_args(tmp_path, tiny_roberta, "--max-length", "65")) == 2  # past 64 positions
 
 
 def test_a_training_step_under_bf16_autocast_keeps_fp32_gradients():

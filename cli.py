@@ -1,0 +1,76 @@
+"""The command line of `python osrm_min.py`: settings (config.py), one run per output folder,
+the model and tokenizer, fingerprints of the input files, the experiment (osrm_min.run), the
+report, and a one-line error with a non-zero exit for anything a user can fix.
+
+    python osrm_min.py --tasks sst2,mrpc      # this module's main(), via osrm_min.py
+"""
+
+import os
+import sys
+import time
+from pathlib import Path
+
+import checkpoint
+import config
+import data
+import hub
+import lora
+import merge
+import osrm_min
+import report
+import resume
+import tokenization
+from config import ExperimentError
+
+
+def main(argv=None):
+    t0 = time.time()
+    try:
+        inits = {name: init.help for name, init in osrm_min.INITS.items()}
+        cfg = config.parse_command_line(argv, inits, merge.METHODS)
+        resume.check_writable(cfg.out)
+        with resume.RunLock(cfg.out):
+            encoder, pooling = checkpoint.load_checkpoint(cfg.model)
+            cfg.pooling = pooling if cfg.pooling == "auto" else cfg.pooling
+            config.check_against_model(cfg, min(m.in_features for m in lora.target_layers(
+                encoder, cfg.targets).values()), encoder.config.max_length)
+            tokenizer = tokenization.load_tokenizer(cfg.model)
+            print(config.banner(cfg), flush=True)
+            results = osrm_min.run(cfg, encoder, tokenizer, fingerprint(cfg))
+            results["wall_time_s"] = round(time.time() - t0, 1)
+            resume.write_json_atomic(results, Path(cfg.out) / "results.json")
+            text = report.summary(results)
+            resume.write_text_atomic(text + "\n", Path(cfg.out) / "summary.txt")
+            figures = report.write_figures(results, cfg.out)
+        print()
+        print(text)
+        print(figures)
+        print(f"results in {Path(cfg.out) / 'results.json'} and summary.txt")
+        return 0
+    except (data.DataError, checkpoint.CheckpointError, hub.DownloadError, ExperimentError) as e:
+        print(f"error: {e}", file=sys.stderr)
+    except BrokenPipeError:  # the reader of our output has gone (`| head`): leave quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+    except OSError as e:  # permissions, a full disk, a file where a folder should be, ...
+        print(f"error: {e.strerror or e}: {e.filename or ''}; check the path, its permissions "
+              f"and the free space", file=sys.stderr)
+    except MemoryError:
+        print("error: out of memory; try a smaller --batch-size or --eval-batch-size",
+              file=sys.stderr)
+    except KeyboardInterrupt:
+        print("\ninterrupted: trained adapters and computed scores are saved; rerun the same "
+              "command to resume", file=sys.stderr)
+        return 130
+    return 2
+
+
+def fingerprint(cfg):
+    """The content digests of every input file (resume.py), and what they cost."""
+    t0 = time.time()
+    data_files = {f"{split}:{t}": data.split_path(data.TASKS[t], split, cfg.data_dir)
+                  for t in cfg.tasks for split in ("train", "dev")}
+    inputs = resume.fingerprint_inputs(checkpoint.model_files(cfg.model),
+                                       tokenization.tokenizer_files(cfg.model), data_files)
+    print(f"fingerprints of the model, tokenizer and data files: {time.time() - t0:.2f}s")
+    return inputs

@@ -1,0 +1,307 @@
+"""Bad inputs and faults, one row each: what is done, the exit code, and the first line the user
+sees. Every user-facing failure is one line starting with "error: " and a non-zero exit, never a
+traceback; what can be recovered from (a damaged cache) is, with a note.
+
+The runs use the tiny checkpoint and tiny GLUE files of test_cli.py and stop before training
+where the input is refused, so the table runs in seconds.
+"""
+
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+import cli
+import resume
+from conftest import ROOT, hf_names, write_safetensors, write_tiny_checkpoint
+from test_cli import tiny_args, write_tiny_glue
+
+
+def edit_json(path, **changes):
+    d = json.loads(path.read_text())
+    d.update(changes)
+    path.write_text(json.dumps(d))
+
+
+def setting(*flag_value):
+    return lambda tmp, model, monkeypatch: list(flag_value)
+
+
+def config_json(**changes):
+    def setup(tmp, model, monkeypatch):
+        edit_json(model / "config.json", **changes)
+        return []
+    return setup
+
+
+def write(relative, content, under="model"):
+    """Replace a file of the model folder (or of the GLUE folder) with `content` (bytes or text)."""
+    def setup(tmp, model, monkeypatch=None):
+        path = (model if under == "model" else tmp / "glue") / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(content if isinstance(content, bytes) else content.encode())
+        return []
+    return setup
+
+
+def out_under_a_file(tmp, model, monkeypatch):
+    (tmp / "file").write_text("")
+    return ["--out", str(tmp / "file" / "out")]
+
+
+def held_lock(tmp, model, monkeypatch):
+    """Another run holds the output folder: the lock is taken here and kept until the test ends."""
+    (tmp / "out").mkdir()
+    held_lock.lock = resume.RunLock(tmp / "out").__enter__()
+    return []
+
+
+def disk_full(tmp, model, monkeypatch):
+    def no_space(*a, **k):
+        raise OSError(28, "No space left on device", str(tmp / "out" / "evaluations.json"))
+    monkeypatch.setattr(resume, "write_atomic", no_space)
+    return []
+
+
+def nan_weights(tmp, model, monkeypatch):
+    encoder = write_tiny_checkpoint(model)
+    with torch.no_grad():
+        encoder.layers[0].query.weight[0, 0] = float("nan")
+    write_safetensors(hf_names(encoder.state_dict()), model / "model.safetensors")
+    return []
+
+
+def cut_weights(tmp, model, monkeypatch):
+    path = model / "model.safetensors"
+    path.write_bytes(path.read_bytes()[:-100])
+    return []
+
+
+def no_weights(tmp, model, monkeypatch):
+    (model / "model.safetensors").unlink()
+    return []
+
+
+def stsb(score):
+    """STS-B files with one target of the given size, as a third task beside SST-2 and MRPC."""
+    def setup(tmp, model, monkeypatch):
+        rows = ["genre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\tscore"]
+        rows += [f"g\tf\ty\t{i}\ts\ts\tthe movie\tthe film\t{score if i == 0 else 2.5}" for i in range(8)]
+        for split in ("train", "dev"):
+            write(f"STS-B/{split}.tsv", "\n".join(rows) + "\n", under="glue")(tmp, model)
+        return ["--tasks", "sst2,mrpc,stsb"]
+    return setup
+
+
+CASES = [
+    # flags outside their domain that argparse's types accept
+    ("--lam-ta negative", setting("--lam-ta", "-1"), "--lam-ta and --lam-ties must be positive"),
+    ("--alpha 0", setting("--alpha", "0"), "--alpha must be positive"),
+    ("--alpha nan", setting("--alpha", "nan"), "--alpha must be a finite number"),
+    ("--lr inf", setting("--lr", "inf"), "--lr must be a finite number"),
+    ("--lams nan", setting("--lams", "0.5,nan"), "--lams must be a finite number"),
+    ("--dare-p nan", setting("--dare-p", "nan"), "--dare-p must be a finite number"),
+    ("--warmup 2", setting("--warmup", "2"), "--warmup is a fraction"),
+    ("--weight-decay -1", setting("--weight-decay", "-1"), "--weight-decay must be 0 or positive"),
+    ("--eval-batch-size 0", setting("--eval-batch-size", "0"), "--eval-batch-size must be at least 1"),
+    ("--seeds -1", setting("--seeds", "-1"), "--seeds must be non-negative"),
+    ("--device cuda:x", setting("--device", "cuda:x"), "--device cuda:x: use cpu, cuda"),
+    ("--model empty", setting("--model", ""), "--model is empty"),
+    ("--out empty", setting("--out", " "), "--out is empty"),
+    ("--inits twice", setting("--inits", "lora,osrm,lora"), "--inits lists lora twice"),
+    ("--merges twice", setting("--merges", "ta,ta"), "--merges lists ta twice"),
+    ("--lams twice", setting("--lams", "0.5,0.5"), "--lams lists 0.5 twice"),
+    ("--rank 0", setting("--rank", "0"), "--rank must be at least 1"),
+    ("--ties-keep 1.5", setting("--ties-keep", "1.5"), "--ties-keep is a fraction"),
+    ("--targets foo", setting("--targets", "foo"), "valid: query"),
+    ("--osrm-samples 0", setting("--osrm-samples", "0"), "--osrm-samples must be at least 1"),
+    ("--inits foo", setting("--inits", "lora,foo"), "--inits: unknown value 'foo'"),
+    ("--max-length beyond the positions", setting("--max-length", "1000"), "positions"),
+    ("--device tpu", setting("--device", "tpu"), "--device tpu: use cpu, cuda"),
+    ("osrm-post before lora", setting("--inits", "osrm-post"), "list lora before it"),
+    ("--seeds not numbers", setting("--seeds", "a,b"), "--seeds: 'a,b' is not"),
+    ("--dare-p 1", setting("--dare-p", "1"), "--dare-p is a probability"),
+    ("--merges dare", setting("--merges", "dare"), "--merges: unknown value"),
+    ("unknown task", setting("--tasks", "sst2,foo"), "unknown task 'foo'"),
+    # model folders whose JSON parses but says something impossible
+    ("config.json not an object", write("config.json", "[1, 2]"), "config.json is not a JSON object"),
+    ("config.json not UTF-8", write("config.json", b"\xff\xfe{}"), "config.json is not valid JSON"),
+    ("hidden_size a string", config_json(hidden_size="abc"), "hidden_size 'abc' is not a positive integer"),
+    ("vocab_size 2e9 (256 GB)", config_json(vocab_size=2_000_000_000),
+     "tensor embeddings.word_embeddings.weight has shape"),
+    ("heads that do not divide", config_json(num_attention_heads=5), "does not split into 5 heads"),
+    ("dropout 1.5", config_json(hidden_dropout_prob=1.5), "hidden_dropout_prob 1.5 is not a probability"),
+    ("pad id outside the vocabulary", config_json(pad_token_id=10_000), "pad_token_id 10000 is not"),
+    ("hidden_act unknown", config_json(hidden_act="swish"), "hidden_act 'swish' is not supported"),
+    ("model_type unknown", config_json(model_type="gpt2"), "model_type 'gpt2' is not supported"),
+    ("pooling config not an object", write("1_Pooling/config.json", "[true]"),
+     "1_Pooling/config.json is not a JSON object"),
+    ("tokenizer config of the wrong type", write("tokenizer_config.json", '{"do_lower_case": "yes"}'),
+     "do_lower_case is 'yes', not a bool"),
+    ("vocab.txt not UTF-8", write("vocab.txt", b"[PAD]\n\xff\n"), "vocab.txt is not UTF-8 text"),
+    ("weights cut short", cut_weights, "cannot read"),
+    ("weights holding NaN", nan_weights, "is not all finite"),
+    ("no weights", no_weights, "neither model.safetensors nor pytorch_model.bin"),
+    # data and output folders
+    ("only malformed rows", write("SST-2/train.tsv", "sentence\tlabel\nno tab here\n", under="glue"),
+     "no usable rows"),
+    ("a GLUE file that is not UTF-8", write("SST-2/dev.tsv", b"sentence\tlabel\ncaf\xe9\t1\n", under="glue"),
+     "is not UTF-8 text"),
+    ("--out under a file", out_under_a_file, "--out"),
+    ("--out held by another run", held_lock, "is in use by another osrm-min run (pid"),
+    ("a full disk", disk_full, "No space left on device"),
+    # training that cannot go on
+    ("an STS-B target beyond float32 is a malformed row; one that squares to inf is named",
+     stsb("1e30"), "the labels are extreme"),
+    ("a learning rate that diverges", setting("--lr", "1e30"), "the learning rate is too high"),
+]
+
+
+@pytest.mark.parametrize("name, setup, first_line", CASES, ids=[c[0] for c in CASES])
+def test_bad_input_is_one_line_and_a_non_zero_exit(name, setup, first_line, tmp_path, tiny_model,
+                                                     capsys, monkeypatch):
+    write_tiny_glue(tmp_path / "glue")
+    extra = setup(tmp_path, tiny_model, monkeypatch) or []
+    try:
+        code = cli.main(tiny_args(tmp_path, tiny_model) + extra)
+    finally:
+        if getattr(held_lock, "lock", None):
+            held_lock.lock.__exit__(None, None, None)
+            held_lock.lock = None
+    err = [line for line in capsys.readouterr().err.replace("\r", "\n").splitlines()
+           if line.startswith("error: ")]
+    assert code == 2
+    assert len(err) == 1 and first_line in err[0], err
+
+
+def test_argparse_keeps_its_usage_error_for_a_malformed_command_line(capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main(["--rank", "eight"])
+    assert e.value.code == 2 and "invalid int value: 'eight'" in capsys.readouterr().err
+
+
+# What is recovered from, not refused
+
+def run_twice(tmp_path, tiny_model, capsys, change, extra=()):
+    """Run, apply `change`, run again; (first results, second results, second output)."""
+    write_tiny_glue(tmp_path / "glue")
+    args = tiny_args(tmp_path, tiny_model, "--inits", "lora", "--merges", "ta", *extra)
+    assert cli.main(args) == 0
+    first = json.loads((tmp_path / "out" / "results.json").read_text())
+    capsys.readouterr()
+    change()
+    assert cli.main(args) == 0
+    second = json.loads((tmp_path / "out" / "results.json").read_text())
+    return first, second, capsys.readouterr().out
+
+
+def scores(results):
+    return {(r["init"], r["merge"], r["task"]): r["score"] for r in results["rows"]}
+
+
+def test_a_changed_dev_file_is_evaluated_again_like_a_fresh_run(tmp_path, tiny_model, capsys):
+    dev = tmp_path / "glue" / "SST-2" / "dev.tsv"
+    positive_only = lambda: dev.write_text("\n".join(   # the header and the rows labelled 1
+        line for line in dev.read_text().splitlines() if not line.endswith("\t0")) + "\n")
+    first, second, out = run_twice(tmp_path, tiny_model, capsys, positive_only)
+    assert "files changed since 2 scores" in out and "loaded the adapter trained earlier" in out
+    fresh = tmp_path / "fresh"
+    assert cli.main(tiny_args(tmp_path, tiny_model, "--inits", "lora", "--merges", "ta",
+                              "--out", str(fresh))) == 0
+    again = json.loads((fresh / "results.json").read_text())
+    assert scores(second) == scores(again) != scores(first)
+
+
+def test_new_weights_at_the_same_path_retrain_every_adapter(tmp_path, tiny_model, capsys):
+    first, second, out = run_twice(tmp_path, tiny_model, capsys,
+                                   lambda: write_tiny_checkpoint(tiny_model, seed=1))
+    assert out.count("its input files changed (model)") == 2
+    assert "loaded the adapter trained earlier" not in out
+
+
+def test_a_checkpoint_of_another_width_at_the_same_path_retrains(tmp_path, tiny_model, capsys):
+    def wider():
+        write_tiny_checkpoint(tiny_model, seed=1)
+        edit_json(tiny_model / "config.json", hidden_size=48, intermediate_size=96)
+        from lora import BertConfig, BertEncoder
+        encoder = BertEncoder(BertConfig.from_dict(json.loads((tiny_model / "config.json").read_text())))
+        write_safetensors(hf_names(encoder.state_dict()), tiny_model / "model.safetensors")
+    first, second, out = run_twice(tmp_path, tiny_model, capsys, wider)
+    assert out.count("its input files changed (model)") == 2
+
+
+@pytest.mark.parametrize("damage", ["garbage", "wrong shape", "not a dict"])
+def test_a_damaged_adapter_file_is_trained_again(tmp_path, tiny_model, capsys, damage):
+    def spoil():
+        path = tmp_path / "out" / "adapters" / "lora-sst2-seed42.pt"
+        if damage == "garbage":
+            path.write_bytes(b"not a checkpoint")
+        else:
+            saved = torch.load(path, weights_only=True)
+            if damage == "wrong shape":
+                saved["lora"]["layers.0.query.A"] = torch.zeros(3, 3)
+            else:
+                saved["lora"] = 5
+            torch.save(saved, path)
+    first, second, out = run_twice(tmp_path, tiny_model, capsys, spoil)
+    assert "note: cannot use" in out and "lora-sst2-seed42.pt" in out
+    assert scores(first) == scores(second)  # retrained the same way
+
+
+@pytest.mark.parametrize("content", ["[]", '{"settings": {}, "rows": [1, 2]}', "{not json"])
+def test_a_damaged_score_file_is_evaluated_again(tmp_path, tiny_model, capsys, content):
+    first, second, out = run_twice(
+        tmp_path, tiny_model, capsys,
+        lambda: (tmp_path / "out" / "evaluations.json").write_text(content))
+    assert "note: cannot use" in out and "evaluating again" in out
+    assert scores(first) == scores(second)
+
+
+def test_results_are_strict_json(tmp_path):
+    path = tmp_path / "r.json"
+    resume.write_json_atomic({"a": float("nan"), "b": [1.0, float("inf")], "c": 2.5}, path)
+    assert json.loads(path.read_text()) == {"a": None, "b": [1.0, None], "c": 2.5}
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_a_diverging_update_is_caught_after_the_last_step(tiny_model):
+    """One step at an infinite learning rate: the loss was finite, the update is not."""
+    import checkpoint
+    import lora
+    from train import finetune
+    from config import ExperimentError
+    encoder, _ = checkpoint.load_checkpoint(tiny_model)
+    lora.add_lora(encoder, ("query", "value"), 2, 4)
+    head = lora.ClassificationHead(32, 2, "cls", 0.0)
+    ids = torch.tensor([[2, 7, 8, 3]])
+    batch = {"input_ids": ids, "token_type_ids": torch.zeros_like(ids),
+             "attention_mask": ids != 0, "labels": torch.tensor([1])}
+    with pytest.raises(ExperimentError, match="the adapter became not finite at step 1 of 1"):
+        finetune(encoder, head, lambda e: [batch], 1, lr=float("inf"), warmup=0.0, progress=False)
+
+
+# Signals and pipes, through a real process
+
+def test_ctrl_c_while_starting_up_exits_quietly():
+    process = subprocess.Popen([sys.executable, str(ROOT / "osrm_min.py"), "--help"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT)
+    time.sleep(0.5)  # torch is still loading
+    process.send_signal(2)  # SIGINT
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 130 or b"usage" in out  # a fast machine may have finished
+    assert b"Traceback" not in err
+
+
+def test_a_closed_output_pipe_ends_the_run_quietly(tmp_path, tiny_model):
+    write_tiny_glue(tmp_path / "glue")
+    process = subprocess.Popen([sys.executable, str(ROOT / "osrm_min.py"),
+                                *tiny_args(tmp_path, tiny_model)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT)
+    process.stdout.readline()  # as `| head -1` does
+    process.stdout.close()
+    err = process.stderr.read()
+    process.wait(timeout=120)
+    assert b"Traceback" not in err and b"Exception ignored" not in err
