@@ -38,6 +38,7 @@ def main(argv=None):
             print(config.banner(cfg), flush=True)
             results = osrm_min.run(cfg, encoder, tokenizer, fingerprint(cfg))
             results["wall_time_s"] = round(time.time() - t0, 1)
+            results["paired"] = report.paired(results)
             resume.write_json_atomic(results, Path(cfg.out) / "results.json")
             text = report.summary(results)
             resume.write_text_atomic(text + "\n", Path(cfg.out) / "summary.txt")

@@ -65,6 +65,12 @@ class Config:
     max_grad_norm: float = setting(1.0, "gradient clipping norm")
     # OSRM
     osrm_samples: int = setting(100, "k, training examples per task for the layer statistics")
+    osrm_skip_ln_direction: bool = setting(False, "osrm-min's extension: choose the second-"
+                                                  "moment subspaces (osrm, osrm-frozen, osrm-post, "
+                                                  "osrm-own) away from each layer's LayerNorm "
+                                                  "direction u = (1/g)/||1/g||, along which every "
+                                                  "input has the same value")
+    own_eps: float = setting(0.1, "osrm-own's ridge eps, relative to tr(S_others)/d")
     # Merging
     lam_ta: float = setting(0.7, "lambda of Task Arithmetic (without --lams)")
     lam_ties: float = setting(1.0, "lambda of TIES (without --lams)")
@@ -78,6 +84,10 @@ class Config:
                                         "reads (the RegMean paper's grid: 256 to 2048)")
     fisher_samples: int = setting(256, "training examples per task for Fisher merging's "
                                        "diagonal Fisher")
+    select_on: str = setting("dev", "what picks each merge's lambda: dev (the paper: the dev "
+                                    "set that is also reported) or heldout (training rows that "
+                                    "no adapter trains on; the table reports dev at that lambda)")
+    heldout_samples: int = setting(500, "training rows per task held out with --select-on heldout")
     # Model and machine
     pooling: str = setting("auto", "auto: what the checkpoint declares (mean for "
                                    "sentence-transformers, else cls for BERT, roberta for "
@@ -92,7 +102,7 @@ class Config:
 # The paper's fine-tuning (section 4.1; the authors' code for RoBERTa): what --full selects.
 PAPER_PROTOCOL = {"train_samples": 0, "epochs": 10, "batch_size": 64, "lr": 4e-4}
 LORA_TARGETS = ("query", "key", "value", "attn_out", "ffn_in", "ffn_out")
-CHOICES = {"targets": LORA_TARGETS, "ties_scope": ("tensor", "global"),
+CHOICES = {"targets": LORA_TARGETS, "ties_scope": ("tensor", "global"), "select_on": ("dev", "heldout"),
            "pooling": ("auto", "cls", "mean", "roberta")}
 
 
@@ -223,6 +233,8 @@ def check(cfg, inits, merges):
         (0 < cfg.regmean_alpha <= 1, "--regmean-alpha is a fraction in (0, 1]"),
         (cfg.regmean_samples >= 1 and cfg.fisher_samples >= 1,
          "--regmean-samples and --fisher-samples must be at least 1"),
+        (cfg.heldout_samples >= 1, "--heldout-samples must be at least 1"),
+        (cfg.own_eps > 0, "--own-eps must be positive"),
         (0 <= cfg.warmup <= 1, "--warmup is a fraction of the steps in [0, 1]"),
         (cfg.max_grad_norm > 0, "--max-grad-norm must be positive"),
         (len(cfg.seeds) >= 1, "--seeds needs at least one seed, e.g. --seeds 42,43,44"),

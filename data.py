@@ -167,18 +167,25 @@ def load_split(task: Task, split: str, data_dir, limit=None) -> tuple:
 FULL_CAPS = {"qqp": 105_000, "mnli": 105_000}
 
 
-def train_subset(name, rows, n, seed):
+def train_subset(name, rows, n, seed, n_heldout=0):
     """A seeded random subset of n training rows; n = 0 means all of them, QQP and MNLI capped
-    at 105k as in the paper."""
+    at 105k as in the paper. With n_heldout > 0, (training rows, held-out rows): the held-out
+    ones are the last n_heldout of the same seeded order, and no training row is among them."""
     g = torch.Generator().manual_seed(seed)
     order = torch.randperm(len(rows), generator=g).tolist()
-    return [rows[i] for i in order[:n or FULL_CAPS.get(name, len(rows))]]
+    usable = order[:len(order) - n_heldout]
+    sample = [rows[i] for i in usable[:n or FULL_CAPS.get(name, len(rows))]]
+    if not n_heldout:
+        return sample
+    return sample, [rows[i] for i in order[len(order) - n_heldout:]]
 
 
-def prepare_tasks(names, data_dir, tokenizer, n_train, seed, max_length, k, eval_batch_size):
+def prepare_tasks(names, data_dir, tokenizer, n_train, seed, max_length, k, eval_batch_size,
+                  n_heldout=0):
     """Load, sample and tokenise every task once: {task: {"task", "train", "stats",
     "dev_batches", "pad_id"}}. "train" is a seeded subset of n_train rows (train_subset);
-    "stats" its first k rows, the examples OSRM's statistics read."""
+    "stats" its first k rows, the examples OSRM's statistics read. With n_heldout > 0, also
+    "heldout_batches": that many training rows that nothing trains on (--select-on heldout)."""
     prepared = {}
     for name in names:
         task = TASKS[name]
@@ -187,7 +194,12 @@ def prepare_tasks(names, data_dir, tokenizer, n_train, seed, max_length, k, eval
         for split, n in (("train", skipped_train), ("dev", skipped_dev)):
             if n:
                 print(f"note: {name} {split}: skipped {n} malformed rows")
-        sample = train_subset(name, train, n_train, seed)
+        if n_heldout and n_heldout >= len(train):
+            raise DataError(f"{name} has {len(train)} training rows; --heldout-samples "
+                            f"{n_heldout} leaves none to train on: use fewer")
+        sample = train_subset(name, train, n_train, seed, n_heldout)
+        if n_heldout:
+            sample, heldout = sample
         encoded = encode_examples(tokenizer, sample, max_length)
         prepared[name] = {
             "task": task,
@@ -198,7 +210,12 @@ def prepare_tasks(names, data_dir, tokenizer, n_train, seed, max_length, k, eval
                                         group_by_length=True, pad_id=tokenizer.pad_id),
             "pad_id": tokenizer.pad_id,
         }
-        print(f"{name}: {len(sample)} of {len(train)} training rows, {len(dev)} dev rows")
+        if n_heldout:
+            prepared[name]["heldout_batches"] = make_batches(
+                encode_examples(tokenizer, heldout, max_length), eval_batch_size,
+                group_by_length=True, pad_id=tokenizer.pad_id)
+        print(f"{name}: {len(sample)} of {len(train)} training rows, {len(dev)} dev rows"
+              + (f", {len(heldout)} held-out rows" if n_heldout else ""))
     return prepared
 
 

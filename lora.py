@@ -70,12 +70,14 @@ class LoRALinear(nn.Linear):
         return out
 
 
-def add_lora(encoder, targets, rank, alpha, dropout=0.0, A_init=None, seed=0):
+def add_lora(encoder, targets, rank, alpha, dropout=0.0, A_init=None, seed=0, A_dist="kaiming"):
     """Freeze the encoder and give every `targets` layer a fresh adapter.
 
     `A_init` maps layer names (as in `lora_layers`) to an `A` (r x d_in), the OSRM
-    initialisation; otherwise `A` is drawn as in loralib/PEFT (Kaiming-uniform with a=sqrt(5),
-    the nn.Linear default) from a generator seeded with `seed`. `B` is always zero.
+    initialisation; otherwise `A` is drawn from a generator seeded with `seed`, as in
+    loralib/PEFT's default (`A_dist="kaiming"`: Kaiming-uniform with a=sqrt(5), the nn.Linear
+    default) or as PEFT's init_lora_weights="gaussian" (N(0, 1/r^2) per entry), which the OSRM
+    authors' plain LoRA uses (PAPER.md section 3). `B` is always zero.
     """
     for p in encoder.parameters():
         p.requires_grad_(False)
@@ -83,6 +85,8 @@ def add_lora(encoder, targets, rank, alpha, dropout=0.0, A_init=None, seed=0):
     for name, layer in target_layers(encoder, targets).items():
         if A_init is not None:
             A = A_init[name]
+        elif A_dist == "gaussian":
+            A = torch.randn(rank, layer.in_features, generator=g) / rank  # std 1/r
         else:
             bound = 1 / math.sqrt(layer.in_features)  # kaiming_uniform_(a=sqrt(5)) on (r, d_in)
             A = (torch.rand(rank, layer.in_features, generator=g) * 2 - 1) * bound

@@ -36,6 +36,7 @@ from dataclasses import asdict, dataclass, replace
 import torch
 
 import data
+import extensions
 import fisher
 import lora
 import merge
@@ -93,7 +94,11 @@ def osrm_subspace(stats_of_others, rank, statistic="second_moment"):
     theorem). S_j is the uncentred second moment H_j^T H_j / n_j, not a covariance: the mean
     input passes through dW_t too.
     "mean" (the authors' code): the last `rank` right singular vectors of X = [mu_j]_j, part of
-    a basis of X's null space, so that A mu_j = 0 for every other task j.
+    a basis of X's null space, so that A mu_j = 0 for every other task j. Which part is
+    LAPACK's choice, not the data's: its Householder basis puts these rows almost entirely on
+    the last `rank` hidden coordinates (entries ~0.99 there), the same for every task, so
+    every osrm-mean adapter starts reading nearly the same coordinates (--inits
+    osrm-mean-random takes a random basis of the same null space instead).
     """
     if statistic == "second_moment":
         S = sum(s["S"] for s in stats_of_others)
@@ -108,11 +113,29 @@ def osrm_subspace(stats_of_others, rank, statistic="second_moment"):
     return A.float()
 
 
-def osrm_init(stats, task, rank, statistic):
-    """{layer name: A_t} for `task` from `stats` = {task: {layer name: statistics}}."""
+def osrm_init(stats, task, rank, statistic, ln_directions=None, own_eps=0.1, seed=0):
+    """{layer name: A_t} for `task` from `stats` = {task: {layer name: statistics}}.
+
+    The paper's statistics go through `osrm_subspace`; "own" and "mean-random" are this
+    project's extensions (extensions.py). `ln_directions` {layer name: u}, if given: choose the
+    second-moment subspace away from the LayerNorm direction u (--osrm-skip-ln-direction).
+    """
     others = [t for t in stats if t != task]
-    return {name: osrm_subspace([stats[t][name] for t in others], rank, statistic)
-            for name in stats[task]}
+    A = {}
+    for name in stats[task]:
+        of_others = [stats[t][name] for t in others]
+        u = (ln_directions or {}).get(name)
+        if u is not None and statistic in ("second_moment", "own"):
+            of_others = [dict(s, S=extensions.without_direction(s["S"], u)) for s in of_others]
+        if statistic == "own":
+            S_others = sum(s["S"] for s in of_others) / len(of_others)
+            A[name] = extensions.own_task_subspace(stats[task][name]["S"], S_others, rank, own_eps)
+        elif statistic == "mean-random":
+            A[name] = extensions.random_null_basis([s["mu"] for s in of_others], rank,
+                                                   seed + zlib.crc32(name.encode()))
+        else:
+            A[name] = osrm_subspace(of_others, rank, statistic)
+    return A
 
 
 # 3. The initialisations: how each one builds a task's adapter
@@ -121,6 +144,7 @@ def osrm_init(stats, task, rank, statistic):
 class Init:
     """What one --inits name means; `build_adapter` follows it."""
     statistic: str = None   # the OSRM statistic A_t comes from; None: a random A_t
+    A_dist: str = "kaiming"  # how a random A_t is drawn (lora.add_lora)
     train_A: bool = True    # False: A_t stays where it starts, only B_t (and the head) learn
     post_hoc: bool = False  # True: no training; plain LoRA's trained adapter is projected
     help: str = ""
@@ -137,6 +161,14 @@ INITS = {
     "osrm-post": Init("second_moment", post_hoc=True,
                       help="plain LoRA's trained adapters projected onto OSRM's row space, "
                            "dW A^T A, no training (the authors' post_OSRM); list lora first"),
+    # This project's own, not the paper's (extensions.py)
+    "osrm-own": Init("own", help="osrm-min's extension: A_t from the top generalised "
+                                 "eigenvectors of (S_t, S_others + eps I), much of the task's "
+                                 "own input energy and little of the others' (--own-eps)"),
+    "osrm-mean-random": Init("mean-random", help="osrm-min's extension: osrm-mean with a seeded "
+                                                 "random basis of the same null space"),
+    "lora-gaussian": Init(A_dist="gaussian", help="plain LoRA with A ~ N(0, 1/r^2), PEFT's "
+                                                  "gaussian init, the authors' baseline"),
 }
 
 
@@ -180,7 +212,8 @@ def build_adapter(encoder, init, task, cfg, prepared, subspaces, trained, store)
     if saved is not None:
         return Adapter(*saved[:1], head, saved[1])
     A_init = subspaces[spec.statistic][task] if uses_osrm else None
-    lora.add_lora(encoder, cfg.targets, cfg.rank, cfg.alpha, cfg.lora_dropout, A_init, seed)
+    lora.add_lora(encoder, cfg.targets, cfg.rank, cfg.alpha, cfg.lora_dropout, A_init, seed,
+                  spec.A_dist)
     for m in lora.lora_layers(encoder).values():
         m.A.requires_grad_(spec.train_A)
     rows = prepared[task]["train"]
@@ -310,17 +343,22 @@ def run_seed(cfg, encoder, tokenizer, store, results):
     """Everything for one seed: statistics, subspaces, every init's adapters, their interference,
     every merge at every lambda; rows and matrices are appended to `results`."""
     prepared = data.prepare_tasks(cfg.tasks, cfg.data_dir, tokenizer, cfg.train_samples, cfg.seed,
-                                  cfg.max_length, cfg.osrm_samples, cfg.eval_batch_size)
+                                  cfg.max_length, cfg.osrm_samples, cfg.eval_batch_size,
+                                  cfg.heldout_samples if cfg.select_on == "heldout" else 0)
     # 1. each task's layer statistics, from the frozen pretrained encoder
     stats = layer_statistics(encoder, cfg, prepared)
     # 2. OSRM's subspace of every task, once per statistic that the inits use
     statistics = dict.fromkeys(INITS[i].statistic for i in cfg.inits if INITS[i].statistic)
-    subspaces = {s: {t: osrm_init(stats, t, cfg.rank, s) for t in cfg.tasks} for s in statistics}
+    u = extensions.layernorm_directions(encoder, stats[cfg.tasks[0]])  # the LayerNorm directions
+    subspaces = {s: {t: osrm_init(stats, t, cfg.rank, s, u if cfg.osrm_skip_ln_direction else None,
+                                  cfg.own_eps, cfg.seed) for t in cfg.tasks} for s in statistics}
     for s, by_task in subspaces.items():
         for t, A_init in by_task.items():
             own, others = subspace_energy(A_init, stats, t)
+            shares = [extensions.direction_share(A, u[n]) for n, A in A_init.items() if n in u]
             results["subspace_energy"].append({"seed": cfg.seed, "stat": s, "task": t,
-                                               "own": own, "others": others})
+                                               "own": own, "others": others,
+                                               "ln_share": sum(shares) / len(shares) if shares else None})
     trained = {}
     for init in cfg.inits:
         # 3-4. each task's adapter, built as the init says and fine-tuned; scored alone
@@ -345,9 +383,10 @@ def run_seed(cfg, encoder, tokenizer, store, results):
         for method in cfg.merges:
             for lam in lambdas(cfg, method):
                 t0 = time.time()
+                score = lambda h: score_tasks(encoder, h, prepared, cfg, store, results, init,
+                                              method, lam, select=lam is not None)
                 scores = merged_scores(encoder, method, lam, task_vectors, heads, statistics,
-                                       lambda h: score_tasks(encoder, h, prepared, cfg, store,
-                                                             results, init, method, lam), cfg)
+                                       score, cfg)
                 print(f"{init}/{method}{'' if lam is None else f' (lambda {lam:g})'}: average "
                       f"{report.task_mean(scores):.2f} ({time.time() - t0:.0f}s)")
         # 6. how much each adapter writes on the other tasks' inputs
@@ -367,19 +406,25 @@ def record_training(results, seed, init, task, training):
               f"-> {training['loss_end']:.4f}); this adapter learned nothing (try another --lr)")
 
 
-def score_tasks(encoder, heads, prepared, cfg, store, results, init, method, lam):
-    """{task: score} of the model now in the encoder, each task with its own head; scores
-    computed by an earlier run with the same settings and inputs are reused (resume.py)."""
-    rows = [store.scores.get(cfg.seed, init, method, lam, t) for t in heads]
-    if None in rows:
-        rows = [resume.result_row(cfg.seed, init, method, lam, t,
-                                  *train.evaluate(encoder, head, prepared[t]["task"],
-                                            prepared[t]["dev_batches"], cfg.device),
-                                  store.row_inputs(cfg.tasks, t))
-                for t, head in heads.items()]
-        store.scores.add(rows)
-    results["rows"] += rows
-    return {r["task"]: r["score"] for r in rows}
+def score_tasks(encoder, heads, prepared, cfg, store, results, init, method, lam, select=False):
+    """{task: dev score} of the model now in the encoder, each task with its own head; scores
+    computed by an earlier run with the same settings and inputs are reused (resume.py).
+    With --select-on heldout and `select` (a merge at one of several lambdas), each task is
+    also scored on its held-out training rows, into results["heldout_rows"]: what picks lambda."""
+    splits = ["dev"] + (["heldout"] if select and cfg.select_on == "heldout" else [])
+    for split in splits:
+        rows = [store.scores.get(cfg.seed, init, method, lam, t, split) for t in heads]
+        if None in rows:
+            rows = [resume.result_row(cfg.seed, init, method, lam, t,
+                                      *train.evaluate(encoder, head, prepared[t]["task"],
+                                                      prepared[t][f"{split}_batches"], cfg.device),
+                                      store.row_inputs(cfg.tasks, t), split)
+                    for t, head in heads.items()]
+            store.scores.add(rows)
+        results["rows" if split == "dev" else "heldout_rows"] += rows
+        if split == "dev":
+            dev_scores = {r["task"]: r["score"] for r in rows}
+    return dev_scores
 
 
 def task_seed(seed, task):
@@ -415,7 +460,7 @@ def run(cfg, encoder, tokenizer, inputs):
     inputs: the fingerprints of the input files (resume.fingerprint_inputs)."""
     encoder.to(cfg.device)
     store = resume.Store(cfg, inputs)
-    results = {"config": resume.plain(asdict(cfg)), "inputs": inputs, "rows": [],
+    results = {"config": resume.plain(asdict(cfg)), "inputs": inputs, "rows": [], "heldout_rows": [],
                "interference": [], "subspace_energy": [], "training": [], "merge_statistics_s": []}
     for seed in cfg.seeds:
         print(f"seed {seed}")

@@ -25,10 +25,11 @@ def mean_std(values):
     return f"{statistics.mean(values):.2f}±{statistics.stdev(values):.2f}"
 
 
-def scores(results):
-    """{(seed, init, merge, lambda): {task: score}}; lambda is None for the individual ones."""
+def scores(results, split="dev"):
+    """{(seed, init, merge, lambda): {task: score}}; lambda is None for the individual ones.
+    split "heldout": the merges' scores on held-out training rows (--select-on heldout)."""
     out = {}
-    for r in results["rows"]:
+    for r in results["rows" if split == "dev" else "heldout_rows"]:
         out.setdefault((r["seed"], r["init"], r["merge"], r["lambda"]), {})[r["task"]] = r["score"]
     return out
 
@@ -45,27 +46,37 @@ def normalised(merged, alone):
     return 100 * sum(ratios) / len(ratios)
 
 
-def lambda_curves(results):
+def lambda_curves(results, split="dev"):
     """{(init, merge): {lambda: [merged average score per seed]}}, every merge and lambda run."""
     curves = {}
-    for (seed, init, merge, lam), by_task in scores(results).items():
+    for (seed, init, merge, lam), by_task in scores(results, split).items():
         if merge != "none":
             curves.setdefault((init, merge), {}).setdefault(lam, []).append(task_mean(by_task))
     return curves
 
 
-def best_lambdas(results):
-    """{(init, merge): lambda} with the best merged average on dev, over the seeds' mean. The
-    paper picks lambda the same way: on the GLUE dev sets that it also reports."""
-    return {key: max(curve, key=lambda lam: statistics.mean(curve[lam]))
-            for key, curve in lambda_curves(results).items()}
+def selected_on(results):
+    """Where lambda is picked: "dev" (the paper) or "heldout" (--select-on heldout)."""
+    return results["config"].get("select_on", "dev")
 
 
-def headline(results):
+def best_lambdas(results, on=None):
+    """{(init, merge): lambda} with the best merged average over the seeds' mean, on dev or on
+    held-out training rows (`on`, default: the run's --select-on). The paper picks lambda on
+    the GLUE dev sets that it also reports, which flatters every merge a little."""
+    curves = lambda_curves(results, on or selected_on(results))
+    best = {key: max(curve, key=lambda lam: statistics.mean(curve[lam]))
+            for key, curve in curves.items()}
+    best.update({key: None for key, curve in lambda_curves(results).items() if None in curve})
+    return best
+
+
+def headline(results, on=None):
     """[(init, merge, lambda, {task: [scores per seed]}, [average per seed], [normalised per
-    seed])] for each init alone and under each merge at its best lambda."""
+    seed])] for each init alone and under each merge at its best lambda (picked `on`), scored
+    on dev."""
     cfg, s = results["config"], scores(results)
-    best = best_lambdas(results)
+    best = best_lambdas(results, on)
     out = []
     for init in cfg["inits"]:
         for merge in ["none"] + cfg["merges"]:
@@ -78,17 +89,75 @@ def headline(results):
     return out
 
 
-def format_table(results):
+def format_table(results, on=None):
     """The headline table: a row per init and merge (at its best lambda), a column per task."""
     cfg = results["config"]
     cols = cfg["tasks"] + ["average", "normalised"]
     widths = [max(len(c), 13 if len(cfg["seeds"]) > 1 else 7) + 2 for c in cols]
     lines = [f"{'init':<12}{'merge':<10}{'lambda':>7}" + "".join(f"{c:>{w}}" for c, w in zip(cols, widths))]
-    for init, merge, lam, by_task, avg, norm in headline(results):
+    for init, merge, lam, by_task, avg, norm in headline(results, on):
         cells = [mean_std(by_task[t]) for t in cfg["tasks"]] + [mean_std(avg), mean_std(norm)]
         lam_text = "-" if lam is None else f"{lam:g}"
         lines.append(f"{init:<12}{'indiv' if merge == 'none' else merge:<10}{lam_text:>7}"
                      + "".join(f"{c:>{w}}" for c, w in zip(cells, widths)))
+    return "\n".join(lines)
+
+
+def t_quantile(p, df):
+    """The p-quantile of Student's t distribution with df degrees of freedom (p > 0.5): the x
+    with 1/2 + integral_0^x f = p, f the t density, by Simpson's rule and bisection."""
+    log_c = math.lgamma((df + 1) / 2) - math.lgamma(df / 2) - 0.5 * math.log(df * math.pi)
+    f = lambda t: math.exp(log_c - (df + 1) / 2 * math.log1p(t * t / df))
+
+    def cdf(x, n=2000):
+        h = x / n
+        inner = sum((4 if i % 2 else 2) * f(i * h) for i in range(1, n))
+        return 0.5 + h / 3 * (f(0) + inner + f(x))
+
+    lo, hi = 0.0, 1.0
+    while cdf(hi) < p:
+        lo, hi = hi, 2 * hi
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if cdf(mid) < p else (lo, mid)
+    return (lo + hi) / 2
+
+
+def paired(results, baseline="lora"):
+    """For every init against `baseline`, alone and under every merge (each at its own selected
+    lambda): the per-seed differences of the task-averaged scores, their mean and a 95%
+    t-interval, mean +- t(0.975, n-1) sd / sqrt(n); no interval with one seed. The seeds
+    pair the runs: the same training rows and statistics examples for both inits."""
+    rows = {(init, merge): (lam, avg) for init, merge, lam, _, avg, _ in headline(results)}
+    out = []
+    for (init, merge), (lam, avg) in rows.items():
+        if init == baseline or (baseline, merge) not in rows:
+            continue
+        base_lam, base = rows[baseline, merge]
+        diffs = [a - b for a, b in zip(avg, base)]
+        n, mean = len(diffs), statistics.mean(diffs)
+        entry = {"init": init, "baseline": baseline, "merge": merge, "lambda": lam,
+                 "baseline_lambda": base_lam, "differences": diffs, "mean": mean,
+                 "low": None, "high": None}
+        if n > 1:
+            half = t_quantile(0.975, n - 1) * statistics.stdev(diffs) / math.sqrt(n)
+            entry.update(low=mean - half, high=mean + half)
+        out.append(entry)
+    return out
+
+
+def format_paired(results):
+    """The paired differences against plain LoRA, one line per init and merge."""
+    entries = paired(results)
+    if not entries:
+        return ""
+    lines = [f"{'init':<18}{'merge':<10}{'differences per seed':>30}{'mean':>9}{'95% interval':>20}"]
+    for e in entries:
+        diffs = " ".join(f"{d:+.2f}" for d in e["differences"])
+        interval = ("no interval (one seed)" if e["low"] is None
+                    else f"[{e['low']:+.2f}, {e['high']:+.2f}]")
+        lines.append(f"{e['init']:<18}{'indiv' if e['merge'] == 'none' else e['merge']:<10}"
+                     f"{diffs:>30}{e['mean']:>+9.2f}{interval:>20}")
     return "\n".join(lines)
 
 
@@ -139,30 +208,42 @@ def format_subspace_energy(results):
         return ""
     cfg = results["config"]
     tasks = cfg["tasks"]
-    lines = [f"{'statistic':<12}" + "".join(f"{t:>16}" for t in tasks)]
+    lines = [f"{'statistic':<14}" + "".join(f"{t:>16}" for t in tasks) + f"{'||A u||^2':>11}"]
     for stat in dict.fromkeys(e["stat"] for e in entries):
         cells = []
         for t in tasks:
             es = [e for e in entries if e["stat"] == stat and e["task"] == t]
             own, others = (statistics.mean(e[k] for e in es) for k in ("own", "others"))
             cells.append(f"{100 * own:.3f}%/{100 * others:.3f}%")
-        lines.append(f"{stat:<12}" + "".join(f"{c:>16}" for c in cells))
+        shares = [e["ln_share"] for e in entries if e["stat"] == stat and e.get("ln_share") is not None]
+        cells.append(f"{statistics.mean(shares):.3f}" if shares else "-")
+        lines.append(f"{stat:<14}" + "".join(f"{c:>16}" for c in cells[:-1]) + f"{cells[-1]:>11}")
     return "\n".join(lines)
 
 
 def summary(results):
     """Everything printed at the end of a run, as one text (saved next to results.json)."""
     cfg = results["config"]
+    on = selected_on(results)
+    where = "dev" if on == "dev" else "held-out training rows, scored on dev"
     parts = [f"tasks {','.join(cfg['tasks'])}; seeds {','.join(map(str, cfg['seeds']))}; "
-             f"scores x100 on GLUE dev; merges at their best lambda on dev (mean over seeds)",
-             format_table(results), "", "merged average score against lambda:",
+             f"scores x100 on GLUE dev; merges at their best lambda on {where} (mean over seeds)",
+             format_table(results)]
+    if on == "heldout":
+        parts += ["", "the same, lambda picked on dev (the paper's way):",
+                  format_table(results, "dev")]
+    if format_paired(results):
+        parts += ["", "paired against plain LoRA: per-seed difference of the average (init - "
+                  "lora, lambda as above), mean and 95% t-interval:", format_paired(results)]
+    parts += ["", "merged average score on dev against lambda:",
              format_curves(results), "", "interference ||dW_t H_j|| / ||dW_j H_j||, mean over "
              "layers and seeds:", format_interference(results)]
     energy = format_subspace_energy(results)
     if energy:
         parts += ["", "input energy that OSRM's A_t reads, own task / other tasks (mean over "
                   f"layers and seeds; a random {cfg['rank']}-dimensional subspace reads "
-                  f"{cfg['rank']}/d_in of isotropic inputs):", energy]
+                  f"{cfg['rank']}/d_in of isotropic inputs); ||A u||^2: the share of the "
+                  f"LayerNorm direction u, constant over all inputs, in A_t (1: all of it):", energy]
     stalled = [f"{t['init']}/{t['task']} (seed {t['seed']})" for t in results.get("training", [])
                if not t["learned"]]
     if stalled:
@@ -186,7 +267,16 @@ def write_figures(results, out):
     out = Path(out)
     curves = lambda_curves(results)
     merges = [m for m in results["config"]["merges"] if m not in ("avg", "regmean", "fisher", "emr")]
-    fig, axes = plt.subplots(1, max(1, len(merges)), figsize=(4.2 * max(1, len(merges)), 3.4),
+    drawn = [out / "interference.png"]
+    if merges:  # a lambda curve for each merge that has a lambda
+        draw_lambda_curves(plt, results, curves, merges, out)
+        drawn.insert(0, out / "lambda.png")
+    draw_interference(plt, results, out)
+    return f"figures: {', '.join(map(str, drawn))}"
+
+
+def draw_lambda_curves(plt, results, curves, merges, out):
+    fig, axes = plt.subplots(1, len(merges), figsize=(4.2 * len(merges), 3.4),
                              squeeze=False, sharey=True)
     for ax, merge in zip(axes[0], merges):
         for init in results["config"]["inits"]:
@@ -207,6 +297,8 @@ def write_figures(results, out):
     fig.savefig(out / "lambda.png", dpi=120)
     plt.close(fig)
 
+
+def draw_interference(plt, results, out):
     matrices = interference_matrices(results)
     fig, axes = plt.subplots(1, len(matrices), figsize=(3.6 * len(matrices), 3.4), squeeze=False)
     vmax = max(v for _, m in matrices.values() for row in m for v in row)
@@ -224,7 +316,6 @@ def write_figures(results, out):
     fig.tight_layout()
     fig.savefig(out / "interference.png", dpi=120)
     plt.close(fig)
-    return f"figures: {out / 'lambda.png'}, {out / 'interference.png'}"
 
 
 def main(argv=None):

@@ -31,7 +31,7 @@ from config import ExperimentError
 ADAPTER_KEYS = ("model", "data_dir", "full", "rank", "alpha", "targets", "lora_dropout", "lr",
                 "epochs", "batch_size", "train_samples", "max_length", "group_by_length",
                 "weight_decay", "warmup", "max_grad_norm", "seed", "pooling")
-OSRM_KEYS = ("osrm_samples",)  # an OSRM A_t also depends on the other tasks
+OSRM_KEYS = ("osrm_samples", "osrm_skip_ln_direction", "own_eps")  # A_t also depends on the other tasks
 # Settings that say which evaluations a run makes, not what any one of them scores
 WORK_KEYS = ("seeds", "seed", "inits", "merges", "lams", "lam_ta", "lam_ties", "out", "device",
              "eval_batch_size")
@@ -170,6 +170,8 @@ class Store:
         Its own training file shapes it, and with OSRM the other tasks' too (the subspace)."""
         d = {k: getattr(cfg, k) for k in ADAPTER_KEYS}
         d.update(task=task, init=init)
+        if cfg.select_on == "heldout":  # held-out rows are taken out of the training rows
+            d["heldout_samples"] = cfg.heldout_samples
         reads = cfg.tasks if uses_osrm else [task]
         if uses_osrm:
             d.update({k: getattr(cfg, k) for k in OSRM_KEYS},
@@ -221,7 +223,7 @@ class Store:
 
 
 ROW_TYPES = {"seed": int, "init": str, "merge": str, "task": str, "score": (int, float),
-             "metrics": dict, "inputs": str}
+             "metrics": dict, "inputs": str, "split": str}
 
 
 def usable_row(row):
@@ -231,11 +233,12 @@ def usable_row(row):
             and math.isfinite(row["score"]))
 
 
-def result_row(seed, init, merge_method, lam, task, score, metrics, inputs):
-    """One row of results.json: a task's score under one init and one merge ("none": alone);
-    `inputs` is the digest of the files it was computed from (Store.row_inputs)."""
+def result_row(seed, init, merge_method, lam, task, score, metrics, inputs, split="dev"):
+    """One row of results.json: a task's score under one init and one merge ("none": alone),
+    on its dev set or its held-out training rows (`split`); `inputs` is the digest of the
+    files it was computed from (Store.row_inputs)."""
     return {"seed": seed, "init": init, "merge": merge_method, "lambda": lam, "task": task,
-            "score": score, "metrics": metrics, "inputs": inputs}
+            "split": split, "score": score, "metrics": metrics, "inputs": inputs}
 
 
 class Evaluations:
@@ -272,10 +275,10 @@ class Evaluations:
 
     @staticmethod
     def key(row):
-        return (row["seed"], row["init"], row["merge"], row["lambda"], row["task"])
+        return (row["seed"], row["init"], row["merge"], row["lambda"], row["task"], row["split"])
 
-    def get(self, seed, init, merge_method, lam, task):
-        return self.rows.get((seed, init, merge_method, lam, task))
+    def get(self, seed, init, merge_method, lam, task, split="dev"):
+        return self.rows.get((seed, init, merge_method, lam, task, split))
 
     def add(self, rows):
         self.rows.update({self.key(r): r for r in rows})

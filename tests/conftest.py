@@ -11,6 +11,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 # The real GLUE copy: $GLUE_DIR, else ../shared/glue beside the repository.
+# OSRM_TEST_DEVICE=cuda puts the device-sensitive tests (encoder parity, packed against plain,
+# bf16 autocast) on a GPU; gpu_check.py sets it. Everything else runs on the CPU.
+TEST_DEVICE = os.environ.get("OSRM_TEST_DEVICE", "cpu")
 REAL_GLUE = Path(os.environ.get("GLUE_DIR") or ROOT.parent / "shared" / "glue")
 
 

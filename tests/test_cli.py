@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import cli
+import report
 import train
 from conftest import ROOT
 
@@ -205,3 +206,39 @@ def test_the_data_aware_merges_write_rows_without_a_lambda_and_are_reused(tmp_pa
     assert cli.main(args) == 0
     assert calls == []
     assert json.loads((tmp_path / "out" / "results.json").read_text())["rows"] == results["rows"]
+
+
+def test_select_on_heldout_picks_lambda_on_held_out_rows_and_pairs_every_init_with_lora(
+        tmp_path, tiny_model, monkeypatch, capsys):
+    write_tiny_glue(tmp_path / "glue")
+    args = tiny_args(tmp_path, tiny_model, "--inits", "lora,osrm-own,osrm-mean-random,lora-gaussian",
+                     "--merges", "ta,emr", "--lams", "0.5,1.0", "--seeds", "1,2",
+                     "--select-on", "heldout", "--heldout-samples", "6")
+    assert cli.main(args) == 0
+    out = capsys.readouterr().out
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    held = results["heldout_rows"]
+    # only the merges with a lambda to pick are scored on the held-out rows, at every lambda
+    assert {(r["init"], r["merge"], r["lambda"], r["split"]) for r in held} == {
+        (i, "ta", lam, "heldout") for i in ("lora", "osrm-own", "osrm-mean-random", "lora-gaussian")
+        for lam in (0.5, 1.0)}
+    curves = report.lambda_curves(results, "heldout")
+    for (init, merge), lam in report.best_lambdas(results).items():
+        if merge == "ta":
+            assert lam == max(curves[init, merge], key=lambda x: sum(curves[init, merge][x]))
+    assert "lambda picked on dev (the paper's way)" in out
+    # paired differences against lora: one per other init and merge, with a 95% interval
+    paired = {(e["init"], e["merge"]): e for e in results["paired"]}
+    assert set(paired) == {(i, m) for i in ("osrm-own", "osrm-mean-random", "lora-gaussian")
+                           for m in ("none", "ta", "emr")}
+    table = report.headline(results)
+    avg = {(i, m): a for i, m, _, _, a, _ in table}
+    e = paired["osrm-own", "ta"]
+    assert e["differences"] == pytest.approx([x - y for x, y in zip(avg["osrm-own", "ta"], avg["lora", "ta"])])
+    assert e["low"] <= e["mean"] <= e["high"]
+    # a rerun reuses every score, on dev and held out
+    calls = []
+    evaluate = train.evaluate
+    monkeypatch.setattr(train, "evaluate", lambda *a, **k: calls.append(a[2].name) or evaluate(*a, **k))
+    assert cli.main(args) == 0
+    assert calls == []

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from checkpoint import load_checkpoint
+from conftest import TEST_DEVICE
 
 FIXTURE = Path(__file__).parent / "fixtures" / "encoder_minilm.npz"
 
@@ -16,11 +17,13 @@ FIXTURE = Path(__file__).parent / "fixtures" / "encoder_minilm.npz"
 def test_hidden_states_match_transformers(minilm_dir):
     ref = np.load(FIXTURE)
     encoder, pooling = load_checkpoint(minilm_dir)
-    encoder.eval()
+    encoder.eval().to(TEST_DEVICE)
     mask = torch.from_numpy(ref["attention_mask"])
     with torch.no_grad():
-        hidden = encoder(torch.from_numpy(ref["input_ids"]), torch.from_numpy(ref["token_type_ids"]), mask)
-        pooled = torch.tanh(encoder.pooler(hidden[:, 0]))
+        hidden = encoder(*(torch.from_numpy(ref[k]).to(TEST_DEVICE) for k in ("input_ids", "token_type_ids")),
+                         mask.to(TEST_DEVICE))
+        pooled = torch.tanh(encoder.pooler(hidden[:, 0])).cpu()
+        hidden = hidden.cpu()
     # Only real tokens are compared: padded positions are never read downstream.
     err = (hidden - torch.from_numpy(ref["last_hidden_state"])).abs()[mask].max().item()
     assert err < 1e-4, err

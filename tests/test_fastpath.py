@@ -5,6 +5,7 @@ import torch
 import checkpoint
 import fastpath
 import lora
+from conftest import TEST_DEVICE
 
 
 def test_keep_mask_keeps_1_minus_p_and_dropout_rescales():
@@ -48,11 +49,12 @@ def test_layout_groups_similar_lengths_and_restores_the_order():
 
 def test_packed_encoder_equals_the_plain_one_on_a_tiny_model(tiny_model):
     encoder, _ = checkpoint.load_checkpoint(tiny_model)
-    encoder.eval()
+    encoder.eval().to(TEST_DEVICE)
     lengths = torch.tensor([9, 2, 5, 9, 3, 4, 9, 2, 6])
     mask = torch.arange(9)[None, :] < lengths[:, None]
     ids = torch.randint(5, 30, (9, 9), generator=torch.Generator().manual_seed(0)) * mask
     assert fastpath.pays_off(mask)
+    ids, mask = ids.to(TEST_DEVICE), mask.to(TEST_DEVICE)
     with torch.no_grad():
         packed = encoder(ids, torch.zeros_like(ids), mask)
         encoder.unpad = False
@@ -74,6 +76,8 @@ def test_packed_encoder_equals_the_plain_one_on_the_real_model(minilm_dir):
     ids = torch.randint(1000, 20000, (5, 11), generator=g) * mask
     types = (torch.arange(11)[None, :] >= 4).long() * mask
     assert fastpath.pays_off(mask)  # 37 real tokens of 55: the encoder packs this batch
+    encoder.to(TEST_DEVICE)
+    ids, types, mask = ids.to(TEST_DEVICE), types.to(TEST_DEVICE), mask.to(TEST_DEVICE)
     results = {}
     for unpad in (True, False):
         encoder.unpad = unpad

@@ -31,3 +31,28 @@ def test_normalised_is_na_when_an_individual_score_is_not_positive():
     lines = report.format_table(results_with([10.0, 0.0])).splitlines()
     assert lines[2].split()[-1] == "n/a"
     assert lines[2].split()[-2] == "37.50±0.00"  # the plain average is still defined
+
+
+def test_t_quantile_matches_the_tables():
+    # Student's t, two-sided 95%: 12.7062 (1 df), 4.3027 (2 df), 2.2622 (9 df); large df: 1.96
+    for df, value in ((1, 12.706205), (2, 4.302653), (9, 2.262157), (1000, 1.962339)):
+        assert abs(report.t_quantile(0.975, df) - value) < 2e-6
+
+
+def test_paired_differences_and_their_interval_on_a_worked_case():
+    rows = []
+    # three seeds; task averages of lora alone 80, 82, 84 and of osrm alone 79, 82, 82
+    for seed, (lora, osrm) in zip((1, 2, 3), ((80.0, 79.0), (82.0, 82.0), (84.0, 82.0))):
+        for init, score in (("lora", lora), ("osrm", osrm)):
+            rows += [dict(seed=seed, init=init, merge="none", task=t, score=score, **{"lambda": None})
+                     for t in ("a", "b")]
+    config = dict(tasks=["a", "b"], seeds=[1, 2, 3], inits=["lora", "osrm"], merges=[])
+    [entry] = report.paired({"config": config, "rows": rows, "interference": []})
+    assert entry["differences"] == [-1.0, 0.0, -2.0]
+    # mean -1, sample sd 1, half-width 4.302653 / sqrt(3) = 2.484138
+    assert entry["mean"] == -1.0
+    assert abs(entry["low"] - (-1 - 2.484138)) < 1e-5 and abs(entry["high"] - (-1 + 2.484138)) < 1e-5
+    one_seed = {"config": dict(config, seeds=[1]), "rows": [r for r in rows if r["seed"] == 1],
+                "interference": []}
+    [entry] = report.paired(one_seed)
+    assert entry["low"] is None and "no interval (one seed)" in report.format_paired(one_seed)

@@ -17,6 +17,7 @@ import torch
 import cli
 import tokenization
 from checkpoint import load_checkpoint, read_safetensors
+from conftest import TEST_DEVICE
 from lora import ClassificationHead
 from test_cli import tiny_args, write_tiny_glue
 
@@ -99,20 +100,22 @@ def test_roberta_folder_runs_the_whole_experiment(tmp_path, tiny_roberta):
 
 
 def test_a_training_step_under_bf16_autocast_keeps_fp32_gradients():
-    """--device cuda trains under bf16 autocast; CPU autocast stands in for it here, to check that
-    the written-out attention, dropout and heads accept bf16 activations and that the adapters'
-    gradients stay float32."""
+    """--device cuda trains under bf16 autocast; CPU autocast stands in for it here (unless
+    OSRM_TEST_DEVICE says cuda), to check that the written-out attention, dropout and heads
+    accept bf16 activations and that the adapters' gradients stay float32."""
     from lora import add_lora
     ref = np.load(FIXTURES / "roberta_tiny.npz")
     encoder, _ = load_checkpoint(TINY)
     add_lora(encoder, ("query", "value"), rank=2, alpha=4)
     head = ClassificationHead(16, 3, "roberta", dropout=0.1)
-    ids, mask = torch.from_numpy(ref["input_ids"]), torch.from_numpy(ref["attention_mask"])
+    encoder.to(TEST_DEVICE), head.to(TEST_DEVICE)
+    ids = torch.from_numpy(ref["input_ids"]).to(TEST_DEVICE)
+    mask = torch.from_numpy(ref["attention_mask"]).to(TEST_DEVICE)
     for unpad in (True, False):
         encoder.unpad = unpad
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.autocast(torch.device(TEST_DEVICE).type, dtype=torch.bfloat16):
             logits = head(encoder(ids, torch.zeros_like(ids), mask), mask)
-            loss = torch.nn.functional.cross_entropy(logits, torch.arange(8) % 3)
+            loss = torch.nn.functional.cross_entropy(logits, torch.arange(8, device=TEST_DEVICE) % 3)
         assert logits.dtype == torch.bfloat16 and torch.isfinite(loss)
         loss.backward()
     grads = [p.grad for p in encoder.parameters() if p.requires_grad]

@@ -1,0 +1,100 @@
+"""osrm-min's own additions to OSRM, beyond the paper: each is named as this project's in the
+--inits help and the README, and none changes what the paper's `osrm` computes.
+
+Measured on the default encoder (PAPER.md section 7): OSRM's A_t, where the other tasks'
+inputs have least energy, reads about 0.1% of its own task's input energy, because the tasks
+of one encoder share their low-energy directions, and one of its r directions is a LayerNorm
+direction that carries no information at all. These functions let a run separate the causes:
+
+- `own_task_subspace` (--inits osrm-own): directions with much of task t's own energy and
+  little of the others', instead of little of anybody's.
+- `random_null_basis` (--inits osrm-mean-random): the authors' mean statistic with a seeded
+  random basis of the null space, instead of LAPACK's basis, which puts every task on nearly
+  the same last coordinates.
+- `layernorm_direction`, `without_direction` (--osrm-skip-ln-direction): the constant input
+  direction of a LayerNorm output, and OSRM's subspace chosen away from it.
+"""
+
+import torch
+
+
+def own_task_subspace(S_own, S_others, rank, eps=0.1):
+    """A (rank x d) with orthonormal rows spanning the top `rank` generalised eigenvectors of
+    S_own v = mu M v, with M = S_others + eps * tr(S_others) / d * I.
+
+    Derivation. The paper's objective asks A_t to read little of the other tasks' inputs,
+    min tr(A S_others A^T) over A A^T = I, and nothing asks it to read its own task's; its
+    minimiser can be blind to both. Asking for the task's own energy too, with the others'
+    energy held fixed, max tr(A S_own A^T) subject to tr(A M A^T) = c, has the Lagrangian
+    condition S_own a = mu M a for each row a: the generalised eigenvectors, the largest mu
+    first (mu = own energy / others' energy along a). M is S_others, the mean of the other
+    tasks' second moments, plus a ridge eps relative to its average eigenvalue, which keeps M
+    invertible and stops a direction that nobody uses from winning on a ratio of two zeros.
+    The generalised eigenvectors are M-orthogonal, not orthonormal; only A's row space
+    matters (B A = (B R^-1)(R A)), so they are re-orthonormalised by a QR decomposition.
+    """
+    d = S_own.shape[0]
+    M = S_others + eps * torch.trace(S_others) / d * torch.eye(d, dtype=S_others.dtype)
+    # S_own v = mu M v  <=>  (L^-1 S_own L^-T) w = mu w  with M = L L^T and v = L^-T w
+    L = torch.linalg.cholesky(M)
+    C = torch.linalg.solve_triangular(L, torch.linalg.solve_triangular(L, S_own, upper=False).T,
+                                      upper=False)  # L^-1 S_own L^-T, symmetric
+    _, W = torch.linalg.eigh((C + C.T) / 2)  # ascending
+    V = torch.linalg.solve_triangular(L.T, W[:, -rank:], upper=True)  # (d, rank), v = L^-T w
+    Q, _ = torch.linalg.qr(V)
+    return Q.T.float()
+
+
+def random_null_basis(mus, rank, seed):
+    """A (rank x d): a seeded, uniformly random orthonormal basis of part of the null space of
+    X = [mu_j]_j, so that A mu_j = 0 for every given mean, as the authors' mean statistic asks,
+    without LAPACK's choice of basis (which is the same last coordinates for every task)."""
+    X = torch.stack(mus).double()  # (T-1, d)
+    d = X.shape[1]
+    _, s, Vh = torch.linalg.svd(X, full_matrices=True)
+    null = Vh[int((s > s.max() * d * torch.finfo(torch.float64).eps).sum()):]  # (d - rank(X), d)
+    G = torch.randn(null.shape[0], rank, generator=torch.Generator().manual_seed(seed),
+                    dtype=torch.float64)
+    Q, _ = torch.linalg.qr(G)  # a random orthonormal frame in the null space's coordinates
+    return (Q.T @ null).float()
+
+
+def layernorm_inputs(encoder):
+    """{layer name: the LayerNorm whose output is that layer's input}, for the adapted layers
+    that read a LayerNorm output: query, key and value of block i read the output of block
+    i-1's last LayerNorm (the embeddings' for block 0), and ffn_in the block's attention
+    LayerNorm. attn_out and ffn_out read other things and have no such direction."""
+    out = {}
+    for i, block in enumerate(encoder.layers):
+        previous = encoder.layers[i - 1].ffn_norm if i else encoder.embeddings.norm
+        out.update({f"layers.{i}.{n}": previous for n in ("query", "key", "value")})
+        out[f"layers.{i}.ffn_in"] = block.attn_norm
+    return out
+
+
+def layernorm_directions(encoder, names):
+    """{layer name: u} for those of `names` whose input is a LayerNorm output."""
+    norms = layernorm_inputs(encoder)
+    return {n: layernorm_direction(norms[n].weight.detach().cpu()) for n in names if n in norms}
+
+
+def layernorm_direction(gain):
+    """u = (1/g) / ||1/g|| for a LayerNorm with gain g: its output h = g * z + b has
+    sum(z) = 0, so u . h = sum(b / g) / ||1/g|| is the same for every token. (Where some
+    g_i = 0, h_i = b_i is itself constant, and u is the unit vector on those coordinates.)"""
+    zero = gain == 0
+    u = zero.double() if zero.any() else 1.0 / gain.double()
+    return u / u.norm()
+
+
+def without_direction(S, u):
+    """S with u moved to the top of its spectrum (eigenvalue tr(S)), the rest of S restricted to
+    u's orthogonal complement: the smallest eigenvectors of the result are OSRM's subspace
+    chosen among the directions orthogonal to u."""
+    P = torch.eye(len(u), dtype=S.dtype) - torch.outer(u, u).to(S.dtype)
+    return P @ S @ P + torch.trace(S) * torch.outer(u, u).to(S.dtype)
+
+
+def direction_share(A, u):
+    """||A u||^2: how much of the unit direction u lies in A's row space (A has orthonormal rows)."""
+    return float((A.double() @ u.double()).pow(2).sum())
