@@ -337,6 +337,31 @@ def subspace_energy(A_init, stats, task):
     return sum(own) / len(own), sum(others) / len(others)
 
 
+def record_diagnostics(results, seed, rank, stats, subspaces, u):
+    """What the reports and figures show about the subspaces, before any training: for each
+    statistic's A_t (and, for scale, a random orthonormal A) the energy it reads of its own
+    task and of the others' and its share of the LayerNorm direction u; and the eigenvalues of
+    S_{-t} in the middle adapted layer, whose `rank` smallest OSRM takes."""
+    tasks = list(stats)
+    g = torch.Generator().manual_seed(seed)
+    random = {t: {n: torch.linalg.qr(torch.randn(s["S"].shape[0], rank, generator=g,
+                                                 dtype=torch.float64))[0].T
+                  for n, s in stats[t].items()} for t in tasks}
+    for name, by_task in {**subspaces, "random": random}.items():
+        for t, A_init in by_task.items():
+            own, others = subspace_energy(A_init, stats, t)
+            shares = [extensions.direction_share(A, u[n]) for n, A in A_init.items() if n in u]
+            results["subspace_energy"].append({"seed": seed, "stat": name, "task": t,
+                                               "own": own, "others": others,
+                                               "ln_share": sum(shares) / len(shares) if shares else None})
+    layers = list(stats[tasks[0]])
+    layer = layers[len(layers) // 2]
+    for t in tasks:
+        S_others = sum(stats[j][layer]["S"] for j in tasks if j != t)
+        results["spectrum"].append({"seed": seed, "task": t, "layer": layer, "rank": rank,
+                                    "eigenvalues": torch.linalg.eigvalsh(S_others).tolist()})
+
+
 # 7. The experiment
 
 def run_seed(cfg, encoder, tokenizer, store, results):
@@ -352,13 +377,7 @@ def run_seed(cfg, encoder, tokenizer, store, results):
     u = extensions.layernorm_directions(encoder, stats[cfg.tasks[0]])  # the LayerNorm directions
     subspaces = {s: {t: osrm_init(stats, t, cfg.rank, s, u if cfg.osrm_skip_ln_direction else None,
                                   cfg.own_eps, cfg.seed) for t in cfg.tasks} for s in statistics}
-    for s, by_task in subspaces.items():
-        for t, A_init in by_task.items():
-            own, others = subspace_energy(A_init, stats, t)
-            shares = [extensions.direction_share(A, u[n]) for n, A in A_init.items() if n in u]
-            results["subspace_energy"].append({"seed": cfg.seed, "stat": s, "task": t,
-                                               "own": own, "others": others,
-                                               "ln_share": sum(shares) / len(shares) if shares else None})
+    record_diagnostics(results, cfg.seed, cfg.rank, stats, subspaces, u)
     trained = {}
     for init in cfg.inits:
         # 3-4. each task's adapter, built as the init says and fine-tuned; scored alone
@@ -461,7 +480,8 @@ def run(cfg, encoder, tokenizer, inputs):
     encoder.to(cfg.device)
     store = resume.Store(cfg, inputs)
     results = {"config": resume.plain(asdict(cfg)), "inputs": inputs, "rows": [], "heldout_rows": [],
-               "interference": [], "subspace_energy": [], "training": [], "merge_statistics_s": []}
+               "interference": [], "subspace_energy": [], "spectrum": [], "training": [],
+               "merge_statistics_s": []}
     for seed in cfg.seeds:
         print(f"seed {seed}")
         run_seed(replace(cfg, seed=seed), encoder, tokenizer, store, results)

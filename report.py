@@ -272,7 +272,55 @@ def write_figures(results, out):
         draw_lambda_curves(plt, results, curves, merges, out)
         drawn.insert(0, out / "lambda.png")
     draw_interference(plt, results, out)
+    if results.get("spectrum"):
+        draw_spectrum(plt, results, out)
+        drawn.append(out / "spectrum.png")
+    if results.get("subspace_energy"):
+        draw_energy(plt, results, out)
+        drawn.append(out / "energy.png")
     return f"figures: {', '.join(map(str, drawn))}"
+
+
+def draw_spectrum(plt, results, out):
+    """spectrum.png: the eigenvalues of S_{-t} (the other tasks' second moment) in one layer,
+    per task, first seed, with the r smallest, the ones OSRM's A_t spans, marked."""
+    entries = [e for e in results["spectrum"] if e["seed"] == results["spectrum"][0]["seed"]]
+    fig, ax = plt.subplots(figsize=(5.6, 3.6))
+    for e in entries:
+        values = sorted(e["eigenvalues"], reverse=True)
+        line, = ax.semilogy(range(1, len(values) + 1), values, label=f"S_-t, t = {e['task']}")
+        r = e["rank"]
+        ax.semilogy(range(len(values) - r + 1, len(values) + 1), values[-r:], "o",
+                    color=line.get_color(), markersize=4)
+    ax.set_xlabel("eigenvalue index (largest first)")
+    ax.set_ylabel("eigenvalue")
+    ax.set_title(f"{entries[0]['layer']}: dots = the {entries[0]['rank']} directions OSRM picks",
+                 fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "spectrum.png", dpi=120)
+    plt.close(fig)
+
+
+def draw_energy(plt, results, out):
+    """energy.png: the share of its own task's input energy and of the other tasks' that each
+    statistic's A_t reads (mean over tasks, layers and seeds), random subspace included."""
+    entries = results["subspace_energy"]
+    stats = list(dict.fromkeys(e["stat"] for e in entries))
+    mean = lambda stat, key: 100 * statistics.mean(e[key] for e in entries if e["stat"] == stat)
+    fig, ax = plt.subplots(figsize=(1.3 * len(stats) + 2.4, 3.4))
+    x = range(len(stats))
+    ax.bar([i - 0.2 for i in x], [mean(s, "own") for s in stats], 0.4, label="own task")
+    ax.bar([i + 0.2 for i in x], [mean(s, "others") for s in stats], 0.4, label="other tasks")
+    ax.set_xticks(list(x), stats, fontsize=8)
+    ax.set_yscale("log")
+    ax.set_ylabel("% of input energy A_t reads")
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "energy.png", dpi=120)
+    plt.close(fig)
 
 
 def draw_lambda_curves(plt, results, curves, merges, out):

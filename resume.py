@@ -39,12 +39,17 @@ WORK_KEYS = ("seeds", "seed", "inits", "merges", "lams", "lam_ta", "lam_ties", "
 
 # Writing files whole
 
+UMASK = os.umask(0o022)  # read once, and put back at once
+os.umask(UMASK)
+
+
 def write_atomic(path, write):
     """`write(f)` fills a temporary file beside `path`, under a name no other process uses;
     only once it is complete and on disk does it replace `path`."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.chmod(tmp, 0o666 & ~UMASK)  # mkstemp's file is private (0600); give the usual mode
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()

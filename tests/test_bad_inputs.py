@@ -122,6 +122,10 @@ CASES = [
     ("--max-length beyond the positions", setting("--max-length", "1000"), "positions"),
     ("--device tpu", setting("--device", "tpu"), "--device tpu: use cpu, cuda"),
     ("osrm-post before lora", setting("--inits", "osrm-post"), "list lora before it"),
+    ("--heldout-samples 0", setting("--heldout-samples", "0"), "--heldout-samples must be at least 1"),
+    ("--own-eps 0", setting("--own-eps", "0"), "--own-eps must be positive"),
+    ("held out more rows than a task has", setting("--select-on", "heldout", "--heldout-samples", "1000"),
+     "leaves none to train on"),
     ("--seeds not numbers", setting("--seeds", "a,b"), "--seeds: 'a,b' is not"),
     ("--dare-p 1", setting("--dare-p", "1"), "--dare-p is a probability"),
     ("--merges dare", setting("--merges", "dare"), "--merges: unknown value"),
@@ -305,3 +309,9 @@ def test_a_closed_output_pipe_ends_the_run_quietly(tmp_path, tiny_model):
     err = process.stderr.read()
     process.wait(timeout=120)
     assert b"Traceback" not in err and b"Exception ignored" not in err
+
+
+def test_atomically_written_files_get_the_usual_mode_not_a_private_one(tmp_path):
+    """mkstemp makes its file 0600; results must be as readable as any file the user writes."""
+    resume.write_json_atomic({"a": 1}, tmp_path / "r.json")
+    assert (tmp_path / "r.json").stat().st_mode & 0o777 == 0o666 & ~resume.UMASK

@@ -55,7 +55,8 @@ def test_end_to_end_writes_results_and_resumes(tmp_path, tiny_model, capsys):
         "lora-mrpc-seed42.pt", "lora-sst2-seed42.pt", "osrm-mrpc-seed42.pt", "osrm-sst2-seed42.pt"]
     out = capsys.readouterr().out
     assert "normalised" in out and "interference" in out and "input energy that OSRM" in out
-    assert {(e["stat"], e["task"]) for e in first["subspace_energy"]} == {("second_moment", "sst2"), ("second_moment", "mrpc")}
+    assert {(e["stat"], e["task"]) for e in first["subspace_energy"]} == {
+        (stat, t) for stat in ("second_moment", "random") for t in ("sst2", "mrpc")}  # random: the reference
     assert (tmp_path / "out" / "summary.txt").read_text().strip() in out
 
     # The same command again trains nothing and reproduces every score.
@@ -161,8 +162,19 @@ def test_figures_are_drawn_when_matplotlib_is_installed(tmp_path, tiny_model):
     pytest.importorskip("matplotlib")
     write_tiny_glue(tmp_path / "glue")
     assert cli.main(tiny_args(tmp_path, tiny_model, "--lams", "0.5,1.0")) == 0
-    for name in ("lambda.png", "interference.png"):
+    for name in ("lambda.png", "interference.png", "spectrum.png", "energy.png"):
         assert (tmp_path / "out" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_diagnostics_hold_the_spectrum_and_a_random_reference(tmp_path, tiny_model):
+    write_tiny_glue(tmp_path / "glue")
+    assert cli.main(tiny_args(tmp_path, tiny_model, "--merges", "ta")) == 0
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    for e in results["spectrum"]:
+        assert len(e["eigenvalues"]) == 32 and e["eigenvalues"] == sorted(e["eigenvalues"])
+    energy = {(e["stat"], e["task"]): e for e in results["subspace_energy"]}
+    for t in ("sst2", "mrpc"):  # Ky Fan: no orthonormal A reads less of the others than OSRM's
+        assert energy["second_moment", t]["others"] <= energy["random", t]["others"]
 
 
 def test_a_rerun_reuses_earlier_scores_and_evaluates_only_what_is_new(tmp_path, tiny_model,
@@ -213,10 +225,13 @@ def test_select_on_heldout_picks_lambda_on_held_out_rows_and_pairs_every_init_wi
     write_tiny_glue(tmp_path / "glue")
     args = tiny_args(tmp_path, tiny_model, "--inits", "lora,osrm-own,osrm-mean-random,lora-gaussian",
                      "--merges", "ta,emr", "--lams", "0.5,1.0", "--seeds", "1,2",
-                     "--select-on", "heldout", "--heldout-samples", "6")
+                     "--select-on", "heldout", "--heldout-samples", "6", "--osrm-skip-ln-direction")
     assert cli.main(args) == 0
     out = capsys.readouterr().out
     results = json.loads((tmp_path / "out" / "results.json").read_text())
+    # the own-task subspace was chosen away from every layer's LayerNorm direction
+    assert {e["stat"] for e in results["subspace_energy"]} == {"own", "mean-random", "random"}
+    assert all(e["ln_share"] < 1e-6 for e in results["subspace_energy"] if e["stat"] == "own")
     held = results["heldout_rows"]
     # only the merges with a lambda to pick are scored on the held-out rows, at every lambda
     assert {(r["init"], r["merge"], r["lambda"], r["split"]) for r in held} == {

@@ -1,0 +1,37 @@
+"""Your turn: four small pieces of the method, left for you to write (LAB.md, exercise 7).
+
+Each function says what to compute. `python -m pytest tests/test_lab.py` checks your version
+against the project's own (osrm_min.py, merge.py) and skips, with a message, every function
+that still raises NotImplementedError. Work in torch; every input is a torch tensor.
+"""
+
+import torch  # noqa: F401  (you will need it)
+
+
+def osrm_subspace_from(S_others, rank):
+    """OSRM's A_t for one layer (paper, section 3): the `rank` x d matrix with orthonormal rows
+    that minimises tr(A S A^T), where S = S_others is the sum of the other tasks' second
+    moments (d x d, symmetric). Hint: torch.linalg.eigh returns eigenvalues in ascending
+    order and eigenvectors as columns."""
+    raise NotImplementedError
+
+
+def interference_ratio(dW_t, dW_j, S_j):
+    """How strongly adapter t responds to task j's inputs, relative to task j's own adapter:
+    ||dW_t H_j^T|| / ||dW_j H_j^T|| (Frobenius), where S_j = H_j^T H_j / n is task j's second
+    moment. You do not have H_j: use ||M H^T||^2 = n tr(M S M^T)."""
+    raise NotImplementedError
+
+
+def trim(delta, keep):
+    """TIES step 1: keep the int(keep * delta.numel()) entries of `delta` that are largest in
+    magnitude (their values, not their magnitudes), zero the others; same shape as `delta`."""
+    raise NotImplementedError
+
+
+def elect_and_merge(trimmed, lam):
+    """TIES steps 2 and 3 on trimmed task vectors stacked as `trimmed` (T, ...): elect each
+    entry's sign as the sign of its sum over tasks; average only the values that agree with it
+    (and are not zero), dividing by how many agree (an entry nobody keeps stays 0); scale by
+    `lam`."""
+    raise NotImplementedError

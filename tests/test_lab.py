@@ -1,0 +1,68 @@
+"""The lab's "your turn" functions (lab/your_turn.py) against the project's own. A function that
+still raises NotImplementedError is skipped with a message, so the suite passes while a
+student works; a wrong answer fails."""
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lab"))
+import your_turn  # noqa: E402
+import merge  # noqa: E402
+from osrm_min import interference, osrm_subspace  # noqa: E402
+from test_osrm import random_second_moment  # noqa: E402
+
+
+def attempt(name, *args):
+    try:
+        return getattr(your_turn, name)(*args)
+    except NotImplementedError:
+        pytest.skip(f"lab/your_turn.py: {name} is not written yet (LAB.md, exercise 7)")
+
+
+def test_osrm_subspace_from():
+    S = random_second_moment(10, 30, 0) + random_second_moment(10, 30, 1)
+    A = attempt("osrm_subspace_from", S, 3).double()
+    ours = osrm_subspace([{"S": S}], 3).double()
+    assert A.shape == (3, 10)
+    assert torch.allclose(A @ A.T, torch.eye(3, dtype=torch.float64), atol=1e-5), "rows must be orthonormal"
+    assert torch.allclose(A.T @ A, ours.T @ ours, atol=1e-5), "not the subspace of the smallest eigenvalues"
+
+
+def test_interference_ratio():
+    g = torch.Generator().manual_seed(0)
+    dW_t, dW_j = torch.randn(6, 8, generator=g), torch.randn(6, 8, generator=g)
+    S_j = random_second_moment(8, 20, 2)
+    ratio = float(attempt("interference_ratio", dW_t, dW_j, S_j))
+    ours = interference({"t": {"l": dW_t}, "j": {"l": dW_j}}, {"t": {"l": {"S": S_j}}, "j": {"l": {"S": S_j}}})[0][1]
+    assert ratio == pytest.approx(ours, rel=1e-5)
+
+
+def test_trim():
+    delta = torch.randn(5, 7, generator=torch.Generator().manual_seed(3))
+    for keep in (0.2, 0.5, 1.0):
+        assert torch.equal(attempt("trim", delta, keep), merge.trim(delta, keep))
+
+
+def test_elect_and_merge():
+    g = torch.Generator().manual_seed(4)
+    trimmed = torch.stack([merge.trim(torch.randn(4, 6, generator=g), 0.5) for _ in range(3)])
+    assert torch.allclose(attempt("elect_and_merge", trimmed, 0.7), merge.ties_merge(trimmed, 0.7), atol=1e-6)
+
+
+def test_the_solutions_pass_these_checks_and_a_wrong_answer_fails(monkeypatch):
+    """The instructor's solutions (lab/SOLUTIONS.md) pass every check above; a classic mistake
+    (the largest eigenvectors instead of the smallest) fails, so the checks can fail."""
+    text = (Path(__file__).resolve().parents[1] / "lab" / "SOLUTIONS.md").read_text()
+    code = text.split("```python\n")[1].split("```")[0]
+    solutions = {"torch": torch}
+    exec(code, solutions)
+    for name in ("osrm_subspace_from", "interference_ratio", "trim", "elect_and_merge"):
+        monkeypatch.setattr(your_turn, name, solutions[name])
+    test_osrm_subspace_from(), test_interference_ratio(), test_trim(), test_elect_and_merge()
+    monkeypatch.setattr(your_turn, "osrm_subspace_from",
+                        lambda S, r: torch.linalg.eigh(S).eigenvectors[:, -r:].T)
+    with pytest.raises(AssertionError, match="smallest eigenvalues"):
+        test_osrm_subspace_from()
