@@ -81,9 +81,7 @@ def initial_A(init, t, stats, r, seed):
     """A_t (r x d) as each init builds it; stats: {task: second moments of its first inputs}."""
     others = [stats[j]["W"] for j in stats if j != t]
     if init == "lora":  # Kaiming-uniform, as lora.add_lora draws it
-        d = stats[t]["W"]["S"].shape[0]
-        g = torch.Generator().manual_seed(seed)
-        return (torch.rand(r, d, generator=g) * 2 - 1) / math.sqrt(d)
+        return lora.random_A(r, stats[t]["W"]["S"].shape[0], torch.Generator().manual_seed(seed))
     if init in ("osrm", "osrm-frozen"):
         return osrm_subspace(others, r)
     return extensions.own_task_subspace(stats[t]["W"]["S"], sum(s["S"] for s in others) / len(others), r)

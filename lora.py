@@ -85,12 +85,18 @@ def add_lora(encoder, targets, rank, alpha, dropout=0.0, A_init=None, seed=0, A_
     for name, layer in target_layers(encoder, targets).items():
         if A_init is not None:
             A = A_init[name]
-        elif A_dist == "gaussian":
-            A = torch.randn(rank, layer.in_features, generator=g) / rank  # std 1/r
         else:
-            bound = 1 / math.sqrt(layer.in_features)  # kaiming_uniform_(a=sqrt(5)) on (r, d_in)
-            A = (torch.rand(rank, layer.in_features, generator=g) * 2 - 1) * bound
+            A = random_A(rank, layer.in_features, g, A_dist)
         layer.set_lora(A, rank, alpha, dropout)
+
+
+def random_A(rank, d_in, generator, A_dist="kaiming"):
+    """A random (r x d_in) A: Kaiming-uniform with a=sqrt(5), the nn.Linear default, which
+    loralib and PEFT use, or PEFT's "gaussian", N(0, 1/r^2) per entry."""
+    if A_dist == "gaussian":
+        return torch.randn(rank, d_in, generator=generator) / rank  # std 1/r
+    bound = 1 / math.sqrt(d_in)  # kaiming_uniform_(a=sqrt(5)) on (r, d_in)
+    return (torch.rand(rank, d_in, generator=generator) * 2 - 1) * bound
 
 
 def target_layers(encoder, targets):
