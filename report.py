@@ -151,13 +151,13 @@ def format_paired(results):
     entries = paired(results)
     if not entries:
         return ""
-    lines = [f"{'init':<18}{'merge':<10}{'differences per seed':>30}{'mean':>9}{'95% interval':>20}"]
+    lines = [f"{'init':<18}{'merge':<10}{'differences per seed':>30}{'mean':>9}{'95% interval':>24}"]
     for e in entries:
         diffs = " ".join(f"{d:+.2f}" for d in e["differences"])
         interval = ("no interval (one seed)" if e["low"] is None
                     else f"[{e['low']:+.2f}, {e['high']:+.2f}]")
         lines.append(f"{e['init']:<18}{'indiv' if e['merge'] == 'none' else e['merge']:<10}"
-                     f"{diffs:>30}{e['mean']:>+9.2f}{interval:>20}")
+                     f"{diffs:>30}{e['mean']:>+9.2f}{interval:>24}")
     return "\n".join(lines)
 
 
