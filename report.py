@@ -232,9 +232,10 @@ def summary(results):
     if on == "heldout":
         parts += ["", "the same, lambda picked on dev (the paper's way):",
                   format_table(results, "dev")]
-    if format_paired(results):
+    paired_table = format_paired(results)
+    if paired_table:
         parts += ["", "paired against plain LoRA: per-seed difference of the average (init - "
-                  "lora, lambda as above), mean and 95% t-interval:", format_paired(results)]
+                  "lora, lambda as above), mean and 95% t-interval:", paired_table]
     parts += ["", "merged average score on dev against lambda:",
              format_curves(results), "", "interference ||dW_t H_j|| / ||dW_j H_j||, mean over "
              "layers and seeds:", format_interference(results)]
