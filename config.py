@@ -57,12 +57,20 @@ class Config:
     batch_size: int = setting(16, "training batch size")
     train_samples: int = setting(8000, "training rows per task, a seeded random subset (0: all, "
                                        "QQP and MNLI capped at 105k as in the paper)")
+    train_samples_per_task: tuple = setting((), "osrm-min's own: exceptions to --train-samples "
+                                                "as task=rows, e.g. mrpc=0,stsb=4000 (0: all)")
+    dev_samples: int = setting(0, "osrm-min's own, for quick runs: score on this many dev rows "
+                                  "per task, a fixed random subset (0: the whole dev set, as GLUE "
+                                  "reports)")
     max_length: int = setting(128, "longest input in tokens; longer ones are truncated")
     group_by_length: bool = setting(True, "cut training batches from length-sorted chunks (less "
                                           "padding; the batch order is still shuffled)")
     weight_decay: float = setting(0.0, "AdamW weight decay")
     warmup: float = setting(0.06, "fraction of the steps with a linear warm-up")
     max_grad_norm: float = setting(1.0, "gradient clipping norm")
+    head_bias_mean: bool = setting(True, "osrm-min's own: a regression head (STS-B) starts with "
+                                         "its bias at the mean training target, not 0 (at 0, "
+                                         "some seeds collapse to a near-constant prediction)")
     # OSRM
     osrm_samples: int = setting(100, "k, training examples per task for the layer statistics")
     osrm_skip_ln_direction: bool = setting(False, "osrm-min's extension: choose the second-"
@@ -96,11 +104,17 @@ class Config:
     eval_batch_size: int = setting(128, "batch size of evaluation")
     full: bool = setting(False, "the paper's protocol for a GPU (PAPER_PROTOCOL): all training "
                                 "rows, 10 epochs, batch 64, lr 4e-4; other flags still apply")
+    lab: bool = setting(False, "osrm-min's lab-sized run (LAB_PRESET): SST-2 and STS-B, fewer "
+                               "rows, in about 3 minutes on 2 CPU cores (LAB.md); other flags "
+                               "still apply")
     seed: int = setting(42, "the seed of the run in progress, one of `seeds`", flag=False)
 
 
 # The paper's fine-tuning (section 4.1; the authors' code for RoBERTa): what --full selects.
 PAPER_PROTOCOL = {"train_samples": 0, "epochs": 10, "batch_size": 64, "lr": 4e-4}
+# A teaching lab's run (LAB.md): two tasks that learn quickly on the default model (MRPC
+# barely passes its majority class at small budgets), sized for a 2-core laptop.
+LAB_PRESET = {"tasks": ("sst2", "stsb"), "train_samples": 500, "dev_samples": 400}
 LORA_TARGETS = ("query", "key", "value", "attn_out", "ffn_in", "ffn_out")
 CHOICES = {"targets": LORA_TARGETS, "ties_scope": ("tensor", "global"), "select_on": ("dev", "heldout"),
            "pooling": ("auto", "cls", "mean", "roberta")}
@@ -111,12 +125,14 @@ def flag(name):
 
 
 def default_text(name):
-    """' (default: 8)', with the paper's value where --full changes it; '' for an empty
+    """' (default: 8)', with the preset's value where --full or --lab changes it; '' for an empty
     default, whose help says what empty means."""
     default = Config.__dataclass_fields__[name].default
     text = ",".join(map(str, default)) if isinstance(default, tuple) else str(default)
-    if name in PAPER_PROTOCOL:
-        text += f"; --full: {PAPER_PROTOCOL[name]}"
+    for preset, changes in (("--full", PAPER_PROTOCOL), ("--lab", LAB_PRESET)):
+        if name in changes:
+            value = changes[name]
+            text += f"; {preset}: {','.join(value) if isinstance(value, tuple) else value}"
     return f" (default: {text})" if text else ""
 
 
@@ -136,7 +152,7 @@ def parser(inits, merges):
             help += ". " + "; ".join(f"{k}: {v}" for k, v in names[f.name].items())
         elif f.name == "tasks":
             help += f"; from {', '.join(data.TASKS)}"
-        if f.type is bool and f.name == "full":
+        if f.type is bool and f.name in ("full", "lab"):
             p.add_argument(flag(f.name), action="store_true", default=None, help=help)
         elif f.type is bool:
             p.add_argument(flag(f.name), action=argparse.BooleanOptionalAction, default=None,
@@ -173,8 +189,12 @@ def parse_command_line(argv, inits, merges):
             raise ExperimentError(f"{flag(name)} is empty; give a path, or leave the flag out "
                                   f"for its default")
     values = {f.name: f.default for f in fields(Config)}
+    if given.get("full") and given.get("lab"):
+        raise ExperimentError("--full and --lab are two presets; choose one")
     if given.get("full"):
         values.update(PAPER_PROTOCOL)
+    if given.get("lab"):
+        values.update(LAB_PRESET)
     for name, value in given.items():
         if name in ("tasks",):
             value = tuple(data.parse_tasks(value))
@@ -197,6 +217,29 @@ def parse_command_line(argv, inits, merges):
     cfg.out = cfg.out or os.path.join("runs", "-".join(cfg.tasks))
     cfg.device = resolve_device(cfg.device)
     return cfg
+
+
+def train_rows(cfg):
+    """{task: training rows} (0: all): --train-samples, except where --train-samples-per-task
+    names the task."""
+    rows = {t: cfg.train_samples for t in cfg.tasks}
+    for item in cfg.train_samples_per_task:
+        task, _, n = item.partition("=")
+        rows[data.parse_tasks(task)[0]] = int(n)
+    return rows
+
+
+def check_train_rows(cfg):
+    named = []
+    for item in cfg.train_samples_per_task:
+        task, _, n = item.partition("=")
+        task = task.strip().lower().replace("-", "")
+        if not re.fullmatch(r"\d+", n.strip()) or task not in cfg.tasks:
+            raise ExperimentError(f"--train-samples-per-task: {item!r} is not task=rows for one of "
+                                  f"--tasks {','.join(cfg.tasks)} (e.g. mrpc=0 for all of MRPC's rows)")
+        if task in named:
+            raise ExperimentError(f"--train-samples-per-task lists {task} twice")
+        named.append(task)
 
 
 def check(cfg, inits, merges):
@@ -225,6 +268,7 @@ def check(cfg, inits, merges):
         (cfg.epochs >= 1, "--epochs must be at least 1"),
         (cfg.batch_size >= 1, "--batch-size must be at least 1"),
         (cfg.eval_batch_size >= 1, "--eval-batch-size must be at least 1"),
+        (cfg.dev_samples >= 0, "--dev-samples must be 0 (every dev row) or more"),
         (cfg.train_samples >= 0, "--train-samples must be at least 1 (or 0 for all rows)"),
         (cfg.osrm_samples >= 1, "--osrm-samples must be at least 1"),
         (cfg.weight_decay >= 0, "--weight-decay must be 0 or positive"),
@@ -251,6 +295,7 @@ def check(cfg, inits, merges):
     for ok, message in checks:
         if not ok:
             raise ExperimentError(message)
+    check_train_rows(cfg)
 
 
 def default_model_dir():
@@ -286,8 +331,10 @@ def check_against_model(cfg, smallest_input, max_positions):
 
 def banner(cfg):
     lines = ["osrm-min: OSRM (Zhang & Zhou, ACL 2025) on GLUE"
-             + (" (the paper's protocol, --full)" if cfg.full else " (CPU budget; --full: the paper's)")]
-    for name, value in asdict(cfg).items():
-        if name != "seed":
-            lines.append(f"  {name:<16}{','.join(map(str, value)) if isinstance(value, (tuple, list)) else value}")
+             + (" (the paper's protocol, --full)" if cfg.full else
+                " (the lab preset, --lab)" if cfg.lab else " (CPU budget; --full: the paper's)")]
+    settings = {name: value for name, value in asdict(cfg).items() if name != "seed"}
+    width = max(map(len, settings)) + 2
+    for name, value in settings.items():
+        lines.append(f"  {name:<{width}}{','.join(map(str, value)) if isinstance(value, (tuple, list)) else value}")
     return "\n".join(lines)

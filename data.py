@@ -180,24 +180,37 @@ def train_subset(name, rows, n, seed, n_heldout=0):
     return sample, [rows[i] for i in order[len(order) - n_heldout:]]
 
 
+def dev_subset(rows, n):
+    """osrm-min's own (--dev-samples, for quick runs such as the lab's): n dev rows drawn with a
+    fixed seed, the same for every --seeds, kept in file order; n = 0 (or n >= all): every row."""
+    if not n or n >= len(rows):
+        return rows
+    order = torch.randperm(len(rows), generator=torch.Generator().manual_seed(0))[:n]
+    return [rows[i] for i in sorted(order.tolist())]
+
+
 def prepare_tasks(names, data_dir, tokenizer, n_train, seed, max_length, k, eval_batch_size,
-                  n_heldout=0):
+                  n_heldout=0, n_dev=0):
     """Load, sample and tokenise every task once: {task: {"task", "train", "stats",
-    "dev_batches", "pad_id"}}. "train" is a seeded subset of n_train rows (train_subset);
+    "dev_batches", "pad_id"}}. "train" is a seeded subset of n_train rows (train_subset; n_train
+    is a number, or {task: number});
     "stats" its first k rows, the examples OSRM's statistics read. With n_heldout > 0, also
-    "heldout_batches": that many training rows that nothing trains on (--select-on heldout)."""
+    "heldout_batches": that many training rows that nothing trains on (--select-on heldout).
+    With n_dev > 0, the dev batches hold only n_dev of the dev rows (dev_subset)."""
     prepared = {}
     for name in names:
         task = TASKS[name]
         train, skipped_train = load_split(task, "train", data_dir)
         dev, skipped_dev = load_split(task, "dev", data_dir)
+        n_dev_all, dev = len(dev), dev_subset(dev, n_dev)
         for split, n in (("train", skipped_train), ("dev", skipped_dev)):
             if n:
                 print(f"note: {name} {split}: skipped {n} malformed rows")
         if n_heldout and n_heldout >= len(train):
             raise DataError(f"{name} has {len(train)} training rows; --heldout-samples "
                             f"{n_heldout} leaves none to train on: use fewer")
-        sample = train_subset(name, train, n_train, seed, n_heldout)
+        sample = train_subset(name, train, n_train[name] if isinstance(n_train, dict) else n_train,
+                              seed, n_heldout)
         if n_heldout:
             sample, heldout = sample
         encoded = encode_examples(tokenizer, sample, max_length)
@@ -214,7 +227,8 @@ def prepare_tasks(names, data_dir, tokenizer, n_train, seed, max_length, k, eval
             prepared[name]["heldout_batches"] = make_batches(
                 encode_examples(tokenizer, heldout, max_length), eval_batch_size,
                 group_by_length=True, pad_id=tokenizer.pad_id)
-        print(f"{name}: {len(sample)} of {len(train)} training rows, {len(dev)} dev rows"
+        print(f"{name}: {len(sample)} of {len(train)} training rows, "
+              + (f"{len(dev)} dev rows" if len(dev) == n_dev_all else f"{len(dev)} of {n_dev_all} dev rows")
               + (f", {len(heldout)} held-out rows" if n_heldout else ""))
     return prepared
 
@@ -337,3 +351,14 @@ def main_score(task: Task, metrics: dict) -> float:
     or the mean of the two for MRPC and QQP (accuracy, F1) and STS-B (Pearson, Spearman)."""
     keys = _METRIC_KEYS[task.metric]
     return 100 * sum(metrics[k] for k in keys) / len(keys)
+
+
+def constant_baseline(task: Task, labels) -> float:
+    """The best score x100 that one constant prediction gets on these labels: every class tried
+    for every row (the majority class, except where F1 rewards the minority); 0 for STS-B,
+    whose correlations are undefined for a constant prediction, and CoLA's Matthews
+    correlation is 0 for any constant. A fine-tune should clear it by a margin."""
+    if not task.labels:
+        return 0.0
+    return max(main_score(task, glue_metrics(task, [c] * len(labels), labels))
+               for c in range(task.num_labels))

@@ -283,12 +283,10 @@ def main(argv=None):
     with tempfile.TemporaryDirectory() as tmp:
         tiny = {}
         if args.dry_run:  # the test suite's own tiny checkpoint and GLUE files
-            sys.path.insert(0, str(ROOT / "tests"))
-            from conftest import write_tiny_checkpoint
-            from test_cli import write_tiny_glue
+            import tiny as build
             tiny = {"model": Path(tmp) / "tiny-bert", "glue": Path(tmp) / "glue"}
-            write_tiny_checkpoint(tiny["model"])
-            write_tiny_glue(tiny["glue"])
+            build.write_checkpoint(tiny["model"])
+            build.write_glue(tiny["glue"])
         model_dir = tiny.get("model") or config.default_model_dir()
         r = {"date": time.strftime("%Y-%m-%d"), "dry_run": args.dry_run, "environment": environment(device)}
         steps = [("tests", lambda: device_tests(device, args.dry_run)),

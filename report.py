@@ -89,17 +89,54 @@ def headline(results, on=None):
     return out
 
 
+LEARNED_MARGIN = 5.0  # points (x100) that a fine-tune must score above a constant prediction
+
+
+def failed_finetunes(results):
+    """[(seed, init, task, why)] for every adapter whose individual dev score says it failed:
+    less than LEARNED_MARGIN points above what a constant prediction scores (the run's
+    `baselines`), or less than half-way from that baseline to the best individual score of the
+    task in this run (a collapsed STS-B fine-tune: 21.6 where the others reach 80)."""
+    base = results.get("baselines") or {}
+    alone = [r for r in results["rows"] if r["merge"] == "none" and r["task"] in base]
+    best = {}
+    for r in alone:
+        best[r["task"]] = max(best.get(r["task"], r["score"]), r["score"])
+    failed = []
+    for r in alone:
+        b, score = base[r["task"]], r["score"]
+        if score < b + LEARNED_MARGIN:
+            why = f"{score:.2f}, not {LEARNED_MARGIN:g} points above a constant prediction's {b:.2f}"
+        elif score < (b + best[r["task"]]) / 2:
+            why = (f"{score:.2f}, less than half-way from a constant prediction's {b:.2f} to the "
+                   f"task's best {best[r['task']]:.2f}")
+        else:
+            continue
+        failed.append((r["seed"], r["init"], r["task"], why))
+    return failed
+
+
 def format_table(results, on=None):
-    """The headline table: a row per init and merge (at its best lambda), a column per task."""
+    """The headline table: a row per init and merge (at its best lambda), a column per task;
+    first the score of a constant prediction, and a * on every mean that holds a failed
+    fine-tune (failed_finetunes)."""
     cfg = results["config"]
     cols = cfg["tasks"] + ["average", "normalised"]
-    widths = [max(len(c), 13 if len(cfg["seeds"]) > 1 else 7) + 2 for c in cols]
-    lines = [f"{'init':<12}{'merge':<10}{'lambda':>7}" + "".join(f"{c:>{w}}" for c, w in zip(cols, widths))]
+    widths = [max(len(c), 13 if len(cfg["seeds"]) > 1 else 7) + 3 for c in cols]
+    row = lambda a, b, c, cells: (f"{a:<12}{b:<10}{c:>7}"
+                                  + "".join(f"{x:>{w}}" for x, w in zip(cells, widths)))
+    lines = [row("init", "merge", "lambda", cols)]
+    base = results.get("baselines")
+    if base:
+        cells = [f"{base[t]:.2f}" for t in cfg["tasks"]] + [f"{task_mean(base):.2f}", "-"]
+        lines.append(row("constant", "-", "-", cells))
+    failed = {(init, task) for _, init, task, _ in failed_finetunes(results)}
     for init, merge, lam, by_task, avg, norm in headline(results, on):
-        cells = [mean_std(by_task[t]) for t in cfg["tasks"]] + [mean_std(avg), mean_std(norm)]
-        lam_text = "-" if lam is None else f"{lam:g}"
-        lines.append(f"{init:<12}{'indiv' if merge == 'none' else merge:<10}{lam_text:>7}"
-                     + "".join(f"{c:>{w}}" for c, w in zip(cells, widths)))
+        mark = {t: "*" if (init, t) in failed else "" for t in cfg["tasks"]}
+        cells = ([mean_std(by_task[t]) + mark[t] for t in cfg["tasks"]]
+                 + [mean_std(avg) + ("*" if any(mark.values()) else ""), mean_std(norm)])
+        lines.append(row(init, "indiv" if merge == "none" else merge,
+                         "-" if lam is None else f"{lam:g}", cells))
     return "\n".join(lines)
 
 
@@ -226,8 +263,11 @@ def summary(results):
     cfg = results["config"]
     on = selected_on(results)
     where = "dev" if on == "dev" else "held-out training rows, scored on dev"
+    dev = (f"{cfg['dev_samples']} rows of each GLUE dev set (--dev-samples)"
+           if cfg.get("dev_samples") else "GLUE dev")
     parts = [f"tasks {','.join(cfg['tasks'])}; seeds {','.join(map(str, cfg['seeds']))}; "
-             f"scores x100 on GLUE dev; merges at their best lambda on {where} (mean over seeds)",
+             f"scores x100 on {dev}; merges at their best lambda on {where} (mean over seeds); "
+             f"constant: the best constant prediction",
              format_table(results)]
     if on == "heldout":
         parts += ["", "the same, lambda picked on dev (the paper's way):",
@@ -245,6 +285,10 @@ def summary(results):
                   f"layers and seeds; a random {cfg['rank']}-dimensional subspace reads "
                   f"{cfg['rank']}/d_in of isotropic inputs); ||A u||^2: the share of the "
                   f"LayerNorm direction u, constant over all inputs, in A_t (1: all of it):", energy]
+    failed = failed_finetunes(results)
+    if failed:
+        parts += ["", "warning: failed fine-tunes, in every mean marked * above:"]
+        parts += [f"  {init}/{task} (seed {seed}): {why}" for seed, init, task, why in failed]
     stalled = [f"{t['init']}/{t['task']} (seed {t['seed']})" for t in results.get("training", [])
                if not t["learned"]]
     if stalled:

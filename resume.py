@@ -25,6 +25,8 @@ from pathlib import Path
 
 import torch
 
+import config
+import data
 from config import ExperimentError
 
 # Everything that shapes one trained adapter; a saved adapter is reused only if all match.
@@ -34,7 +36,7 @@ ADAPTER_KEYS = ("model", "data_dir", "full", "rank", "alpha", "targets", "lora_d
 OSRM_KEYS = ("osrm_samples", "osrm_skip_ln_direction", "own_eps")  # A_t also depends on the other tasks
 # Settings that say which evaluations a run makes, not what any one of them scores
 WORK_KEYS = ("seeds", "seed", "inits", "merges", "lams", "lam_ta", "lam_ties", "out", "device",
-             "eval_batch_size")
+             "eval_batch_size", "lab")  # --lab only sets other settings
 
 
 # Writing files whole
@@ -174,7 +176,9 @@ class Store:
         """The settings and inputs saved with an adapter; it is reused only if they match.
         Its own training file shapes it, and with OSRM the other tasks' too (the subspace)."""
         d = {k: getattr(cfg, k) for k in ADAPTER_KEYS}
-        d.update(task=task, init=init)
+        d.update(task=task, init=init, train_samples=config.train_rows(cfg)[task])
+        if not data.TASKS[task].labels:  # only a regression head's start depends on it
+            d["head_bias_mean"] = cfg.head_bias_mean
         if cfg.select_on == "heldout":  # held-out rows are taken out of the training rows
             d["heldout_samples"] = cfg.heldout_samples
         reads = cfg.tasks if uses_osrm else [task]

@@ -16,7 +16,8 @@ import torch
 
 import cli
 import resume
-from conftest import ROOT, hf_names, write_safetensors, write_tiny_checkpoint
+from conftest import ROOT, write_tiny_checkpoint
+from tiny import hf_names, write_safetensors
 from test_cli import tiny_args, write_tiny_glue
 
 
@@ -128,6 +129,11 @@ CASES = [
      "leaves none to train on"),
     ("--seeds not numbers", setting("--seeds", "a,b"), "--seeds: 'a,b' is not"),
     ("--dare-p 1", setting("--dare-p", "1"), "--dare-p is a probability"),
+    ("rows for a task not run", setting("--train-samples-per-task", "cola=3"), "'cola=3' is not task=rows"),
+    ("rows without a count", setting("--train-samples-per-task", "mrpc"), "'mrpc' is not task=rows"),
+    ("rows for a task twice", setting("--train-samples-per-task", "mrpc=1,MRPC=2"), "lists mrpc twice"),
+    ("--dev-samples -1", setting("--dev-samples", "-1"), "--dev-samples must be 0"),
+    ("two presets", setting("--lab", "--full"), "--full and --lab are two presets"),
     ("--merges dare", setting("--merges", "dare"), "--merges: unknown value"),
     ("unknown task", setting("--tasks", "sst2,foo"), "unknown task 'foo'"),
     # model folders whose JSON parses but says something impossible

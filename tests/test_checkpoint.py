@@ -4,7 +4,8 @@ import pytest
 import torch
 
 import checkpoint
-from conftest import hf_names, write_safetensors, write_tiny_checkpoint
+from conftest import write_tiny_checkpoint
+from tiny import hf_names, write_safetensors
 
 
 def test_checkpoint_round_trip_with_bert_prefix(tmp_path):

@@ -12,25 +12,7 @@ import cli
 import report
 import train
 from conftest import ROOT
-
-POSITIVE = ["the movie was good", "a great film", "fun and very good", "the actors were great"]
-NEGATIVE = ["the movie was bad", "an awful film", "dull and very bad", "the plot was awful"]
-
-
-def write_tiny_glue(folder):
-    """SST-2 and MRPC files in the GLUE layout (MRPC with its byte-order mark)."""
-    (folder / "SST-2").mkdir(parents=True)
-    (folder / "MRPC").mkdir()
-    sst = ([f"{s}\t1" for s in POSITIVE] + [f"{s}\t0" for s in NEGATIVE]) * 3
-    for split in ("train", "dev"):
-        (folder / "SST-2" / f"{split}.tsv").write_text("\n".join(["sentence\tlabel"] + sst) + "\n")
-    mrpc = ["\ufeffQuality\t#1 ID\t#2 ID\t#1 String\t#2 String"]
-    mrpc += [f"1\t{i}\t{i}\t{a}\t{a}" for i, a in enumerate(POSITIVE)]
-    mrpc += [f"0\t{i}\t{i}\t{a}\t{b}" for i, (a, b) in enumerate(zip(POSITIVE, NEGATIVE))]
-    for split in ("train", "dev"):
-        (folder / "MRPC" / f"{split}.tsv").write_text("\n".join(mrpc) + "\n", encoding="utf-8")
-    return folder
-
+from tiny import write_glue as write_tiny_glue
 
 def tiny_args(tmp_path, model, *extra):
     return ["--tasks", "sst2,mrpc", "--model", str(model), "--data-dir", str(tmp_path / "glue"),

@@ -175,3 +175,23 @@ def test_group_by_length_uses_every_example_once_with_less_padding():
     assert padding(grouped) < padding(plain) / 4
     again = make_batches(data, 8, shuffle=True, seed=0, group_by_length=True)
     assert all(torch.equal(a["input_ids"], b["input_ids"]) for a, b in zip(grouped, again))
+
+
+# what a constant prediction scores, and a fixed subset of dev
+
+def test_constant_baseline_is_the_best_single_class():
+    from data import constant_baseline
+    assert constant_baseline(TASKS["sst2"], [1, 1, 0]) == pytest.approx(200 / 3)
+    # MRPC: always 1 gives accuracy 1/2 and F1 2*2/(2*2+2) = 2/3, mean 58.33; always 0 gives 25
+    assert constant_baseline(TASKS["mrpc"], [1, 1, 0, 0]) == pytest.approx(100 * (0.5 + 2 / 3) / 2)
+    assert constant_baseline(TASKS["cola"], [1, 1, 0]) == 0.0  # Matthews of a constant
+    assert constant_baseline(TASKS["stsb"], [0.5, 4.0, 2.5]) == 0.0  # correlation undefined: 0
+
+
+def test_dev_subset_is_fixed_in_file_order_and_optional():
+    from data import dev_subset
+    rows = list(range(100))
+    subset = dev_subset(rows, 30)
+    assert len(subset) == 30 and subset == sorted(subset) and len(set(subset)) == 30
+    assert dev_subset(rows, 30) == subset  # the same rows every time, whatever the run's seed
+    assert dev_subset(rows, 0) == rows and dev_subset(rows, 100) == rows and dev_subset(rows, 500) == rows

@@ -57,7 +57,7 @@ def safetensors_bytes(tensors):
     """The bytes of a .safetensors file holding `tensors`."""
     import tempfile
     import torch
-    from conftest import write_safetensors
+    from tiny import write_safetensors
     with tempfile.TemporaryDirectory() as d:
         write_safetensors({k: torch.tensor(v) for k, v in tensors.items()}, f"{d}/w.safetensors")
         return open(f"{d}/w.safetensors", "rb").read()

@@ -66,3 +66,32 @@ def test_the_solutions_pass_these_checks_and_a_wrong_answer_fails(monkeypatch):
                         lambda S, r: torch.linalg.eigh(S).eigenvectors[:, -r:].T)
     with pytest.raises(AssertionError, match="smallest eigenvalues"):
         test_osrm_subspace_from()
+
+
+def test_load_run_sees_what_the_run_saw(tmp_path, tiny_model):
+    """lab/load_run.py (exercises 2 and 3) rebuilds the layer inputs and task vectors of a saved
+    run: the interference it gives by hand, ||dW_t H_j|| / ||dW_j H_j|| from real activations,
+    is the matrix the run reported."""
+    import cli
+    from load_run import load
+    from test_cli import tiny_args, write_tiny_glue
+    write_tiny_glue(tmp_path / "glue")
+    assert cli.main(tiny_args(tmp_path, tiny_model, "--inits", "lora,osrm")) == 0
+    run = load(tmp_path / "out")
+    for reported in run.results["interference"]:
+        dW = {t: run.task_vector(reported["init"], t) for t in run.tasks}
+        for i, t in enumerate(run.tasks):
+            for j, other in enumerate(run.tasks):
+                H = {n: run.layer_inputs(other, n) for n in run.layers}
+                ratios = [((H[n] @ dW[t][n].double().T).norm() / (H[n] @ dW[other][n].double().T).norm()).item()
+                          for n in run.layers]
+                assert sum(ratios) / len(ratios) == pytest.approx(reported["matrix"][i][j], rel=1e-6)
+
+
+def test_tiny_writes_a_checkpoint_and_data_once(tmp_path, capsys):
+    import tiny
+    assert tiny.main([str(tmp_path / "t")]) == 0
+    assert (tmp_path / "t" / "model" / "model.safetensors").exists()
+    assert (tmp_path / "t" / "glue" / "SST-2" / "train.tsv").exists()
+    assert "python osrm_min.py --tasks sst2,mrpc" in capsys.readouterr().out
+    assert tiny.main([str(tmp_path / "t")]) == 2  # never over an earlier one

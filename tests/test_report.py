@@ -56,3 +56,21 @@ def test_paired_differences_and_their_interval_on_a_worked_case():
                 "interference": []}
     [entry] = report.paired(one_seed)
     assert entry["low"] is None and "no interval (one seed)" in report.format_paired(one_seed)
+
+
+def test_failed_finetunes_are_named_and_marked_in_the_table():
+    # STS-B: seeds 1 and 2 learn (80, 82), seed 3 collapses (21.6: above a constant's 0, but not
+    # half-way to the best); SST-2's seed 3 is within 5 points of its majority class (50)
+    rows = []
+    for seed, stsb, sst2 in ((1, 80.0, 81.0), (2, 82.0, 80.0), (3, 21.6, 53.0)):
+        rows += [dict(seed=seed, init="lora", merge="none", task="stsb", score=stsb, **{"lambda": None}),
+                 dict(seed=seed, init="lora", merge="none", task="sst2", score=sst2, **{"lambda": None})]
+    results = {"config": dict(tasks=["sst2", "stsb"], seeds=[1, 2, 3], inits=["lora"], merges=[]),
+               "rows": rows, "interference": [], "baselines": {"sst2": 50.0, "stsb": 0.0}}
+    failed = report.failed_finetunes(results)
+    assert [(seed, task) for seed, _, task, _ in failed] == [(3, "stsb"), (3, "sst2")]
+    assert "half-way" in failed[0][3] and "not 5 points above" in failed[1][3]
+    lines = report.format_table(results).splitlines()
+    assert lines[1].split() == ["constant", "-", "-", "50.00", "0.00", "25.00", "-"]
+    assert lines[2].split()[3:6] == ["71.33±15.89*", "61.20±34.31*", "66.27±25.09*"]
+    assert "lora/stsb (seed 3): 21.60" in report.summary(results)

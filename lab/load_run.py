@@ -1,0 +1,89 @@
+"""A finished run, opened for a few lines of Python (LAB.md, exercises 2 and 3).
+
+    import sys; sys.path[:0] = [".", "lab"]
+    from load_run import load
+    run = load("runs/sst2-stsb")                     # what `python osrm_min.py --lab` wrote
+    X = run.layer_inputs("stsb", "layers.2.value")   # (tokens, 384): what that layer reads
+    dW = run.task_vector("lora", "sst2")             # {layer name: s B A} of the saved adapter
+
+It reads the run's results.json for its settings, the pretrained model and the training rows
+the run took for OSRM's statistics (the first --osrm-samples rows of each task's seeded
+subset), and the adapters the run saved. Nothing is trained and nothing is written.
+"""
+
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import checkpoint  # noqa: E402
+import data  # noqa: E402
+import lora  # noqa: E402
+import osrm_min  # noqa: E402
+import tokenization  # noqa: E402
+
+
+class Run:
+    def __init__(self, out, seed=None):
+        self.out = Path(out)
+        path = self.out / "results.json"
+        if not path.exists():
+            raise FileNotFoundError(f"{path} is missing: run `python osrm_min.py --lab` first")
+        self.results = json.loads(path.read_text())
+        self.cfg = cfg = self.results["config"]
+        self.seed = cfg["seeds"][0] if seed is None else seed
+        self.tasks = cfg["tasks"]
+        self.encoder, _ = checkpoint.load_checkpoint(cfg["model"])
+        self.encoder.eval()  # no dropout: the inputs the frozen model sees
+        self.layers = list(lora.target_layers(self.encoder, cfg["targets"]))
+        tokenizer = tokenization.load_tokenizer(cfg["model"])
+        self.batches = {}
+        for name in self.tasks:  # the same k rows the run's statistics read
+            rows, _ = data.load_split(data.TASKS[name], "train", cfg["data_dir"])
+            rows = data.train_subset(name, rows, cfg["osrm_samples"], self.seed)
+            self.batches[name] = data.make_batches(
+                data.encode_examples(tokenizer, rows, cfg["max_length"]), cfg["batch_size"],
+                pad_id=tokenizer.pad_id)
+        self._stats = None
+
+    def layer_inputs(self, task, layer):
+        """H: the inputs that `layer` of the frozen pretrained encoder sees on the task's k
+        rows, one row per real token (padding left out), float64."""
+        module, rows, mask = dict(self.encoder.named_modules())[layer], [], None
+        hook = module.register_forward_hook(lambda m, inputs, out: rows.append(inputs[0][mask].double()))
+        unpad, self.encoder.unpad = self.encoder.unpad, False
+        try:
+            with torch.inference_mode():
+                for b in self.batches[task]:
+                    mask = b["attention_mask"]
+                    self.encoder(b["input_ids"], b["token_type_ids"], mask)
+        finally:
+            hook.remove()
+            self.encoder.unpad = unpad
+        return torch.cat(rows)
+
+    def statistics(self):
+        """{task: {layer: {"S", "mu", "n"}}}, as osrm_min.collect_statistics gives them."""
+        if self._stats is None:
+            self._stats = {t: osrm_min.collect_statistics(self.encoder, b, self.layers)
+                           for t, b in self.batches.items()}
+        return self._stats
+
+    def adapter(self, init, task):
+        """The saved LoRA state {"layers.0.query.A": A, ...B: B} of one adapter."""
+        path = self.out / "adapters" / f"{init}-{task}-seed{self.seed}.pt"
+        if not path.exists():
+            raise FileNotFoundError(f"{path} is missing: run with --inits {init} first")
+        return torch.load(path, map_location="cpu", weights_only=True)["lora"]
+
+    def task_vector(self, init, task):
+        """{layer: dW = (alpha / r) B A}: what merging adds to the pretrained weights."""
+        scale = self.cfg["alpha"] / self.cfg["rank"]
+        return osrm_min.Adapter(self.adapter(init, task), None).task_vector(scale)
+
+
+def load(out, seed=None):
+    """The run written into `out` (seed: one of its --seeds; default the first)."""
+    return Run(out, seed)
