@@ -89,6 +89,11 @@ def headline(results, on=None):
     return out
 
 
+def init_width(results):
+    """The width of the init column: the longest init name and two spaces (at least 12)."""
+    return max(12, 2 + max(map(len, results["config"]["inits"])))
+
+
 LEARNED_MARGIN = 5.0  # points (x100) that a fine-tune must score above a constant prediction
 
 
@@ -123,7 +128,8 @@ def format_table(results, on=None):
     cfg = results["config"]
     cols = cfg["tasks"] + ["average", "normalised"]
     widths = [max(len(c), 13 if len(cfg["seeds"]) > 1 else 7) + 3 for c in cols]
-    row = lambda a, b, c, cells: (f"{a:<12}{b:<10}{c:>7}"
+    w0 = init_width(results)
+    row = lambda a, b, c, cells: (f"{a:<{w0}}{b:<10}{c:>7}"
                                   + "".join(f"{x:>{w}}" for x, w in zip(cells, widths)))
     lines = [row("init", "merge", "lambda", cols)]
     base = results.get("baselines")
@@ -202,11 +208,12 @@ def format_curves(results):
     """Merged average score against lambda, a row per init and merge (mean over seeds)."""
     curves = {key: c for key, c in lambda_curves(results).items() if None not in c}
     lams = sorted({lam for c in curves.values() for lam in c})
-    lines = [f"{'init':<12}{'merge':<10}" + "".join(f"{lam:>8g}" for lam in lams)]
+    w0 = init_width(results)
+    lines = [f"{'init':<{w0}}{'merge':<10}" + "".join(f"{lam:>8g}" for lam in lams)]
     for (init, merge), curve in curves.items():
         cells = [f"{statistics.mean(curve[lam]):>8.2f}" if lam in curve else f"{'':>8}"
                  for lam in lams]
-        lines.append(f"{init:<12}{merge:<10}" + "".join(cells))
+        lines.append(f"{init:<{w0}}{merge:<10}" + "".join(cells))
     return "\n".join(lines)
 
 

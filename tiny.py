@@ -104,7 +104,7 @@ def main(argv):
     write_glue(folder / "glue")
     print(f"wrote {folder / 'model'} and {folder / 'glue'}; try:\n  python osrm_min.py --tasks "
           f"sst2,mrpc --model {folder / 'model'} --data-dir {folder / 'glue'} --out "
-          f"{folder / 'run'} --train-samples 16 --osrm-samples 4 --rank 2")
+          f"{folder / 'run'} --train-samples 16 --osrm-samples 4 --rank 2 --max-length 32")
     return 0
 
 

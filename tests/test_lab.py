@@ -93,5 +93,9 @@ def test_tiny_writes_a_checkpoint_and_data_once(tmp_path, capsys):
     assert tiny.main([str(tmp_path / "t")]) == 0
     assert (tmp_path / "t" / "model" / "model.safetensors").exists()
     assert (tmp_path / "t" / "glue" / "SST-2" / "train.tsv").exists()
-    assert "python osrm_min.py --tasks sst2,mrpc" in capsys.readouterr().out
+    command = capsys.readouterr().out.splitlines()[-1].split()
+    assert command[:2] == ["python", "osrm_min.py"]
+    import cli
+    assert cli.main(command[2:]) == 0  # the command it suggests runs
+    assert (tmp_path / "t" / "run" / "results.json").exists()
     assert tiny.main([str(tmp_path / "t")]) == 2  # never over an earlier one

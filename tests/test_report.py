@@ -74,3 +74,13 @@ def test_failed_finetunes_are_named_and_marked_in_the_table():
     assert lines[1].split() == ["constant", "-", "-", "50.00", "0.00", "25.00", "-"]
     assert lines[2].split()[3:6] == ["71.33±15.89*", "61.20±34.31*", "66.27±25.09*"]
     assert "lora/stsb (seed 3): 21.60" in report.summary(results)
+
+
+def test_long_init_names_keep_their_own_column():
+    results = results_with([10.0, 20.0])
+    for r in results["rows"]:
+        r["init"] = "osrm-mean-random"
+    results["config"]["inits"] = ["osrm-mean-random"]
+    for text in (report.format_table(results), report.format_curves(results)):
+        for line in text.splitlines()[1:]:
+            assert line.split()[0] == "osrm-mean-random", line  # once 'osrm-mean-randomindiv'
