@@ -396,7 +396,7 @@ def run_seed(cfg, encoder, tokenizer, store, results):
             if score < results["baselines"][t] + report.LEARNED_MARGIN:
                 print(f"warning: {init}/{t}: {score:.2f} on dev is not {report.LEARNED_MARGIN:g} "
                       f"points above a constant prediction's {results['baselines'][t]:.2f}; this "
-                      f"fine-tune failed (more --train-samples or --epochs may help)")
+                      f"fine-tune did not clearly learn its task (more --train-samples may help)")
             record_training(results, cfg.seed, init, t, adapters[t].training)
         trained[init] = adapters
         task_vectors = {t: a.task_vector(cfg.alpha / cfg.rank) for t, a in adapters.items()}

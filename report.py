@@ -98,7 +98,8 @@ LEARNED_MARGIN = 5.0  # points (x100) that a fine-tune must score above a consta
 
 
 def failed_finetunes(results):
-    """[(seed, init, task, why)] for every adapter whose individual dev score says it failed:
+    """[(seed, init, task, why)] for every adapter whose individual dev score says it did not
+    clearly learn its task (a failed fine-tune, or a budget too small for the task):
     less than LEARNED_MARGIN points above what a constant prediction scores (the run's
     `baselines`), or less than half-way from that baseline to the best individual score of the
     task in this run (a collapsed STS-B fine-tune: 21.6 where the others reach 80)."""
@@ -123,8 +124,8 @@ def failed_finetunes(results):
 
 def format_table(results, on=None):
     """The headline table: a row per init and merge (at its best lambda), a column per task;
-    first the score of a constant prediction, and a * on every mean that holds a failed
-    fine-tune (failed_finetunes)."""
+    first the score of a constant prediction, and a * on every mean that holds a fine-tune
+    that did not clearly learn (failed_finetunes)."""
     cfg = results["config"]
     cols = cfg["tasks"] + ["average", "normalised"]
     widths = [max(len(c), 13 if len(cfg["seeds"]) > 1 else 7) + 3 for c in cols]
@@ -294,7 +295,8 @@ def summary(results):
                   f"LayerNorm direction u, constant over all inputs, in A_t (1: all of it):", energy]
     failed = failed_finetunes(results)
     if failed:
-        parts += ["", "warning: failed fine-tunes, in every mean marked * above:"]
+        parts += ["", "warning: fine-tunes that did not clearly learn their task, in every mean "
+                      "marked * above:"]
         parts += [f"  {init}/{task} (seed {seed}): {why}" for seed, init, task, why in failed]
     stalled = [f"{t['init']}/{t['task']} (seed {t['seed']})" for t in results.get("training", [])
                if not t["learned"]]
