@@ -194,7 +194,8 @@ def prepare_tasks(names, data_dir, tokenizer, n_train, seed, max_length, k, eval
     """Load, sample and tokenise every task once: {task: {"task", "train", "stats",
     "dev_batches", "pad_id"}}. "train" is a seeded subset of n_train rows (train_subset; n_train
     is a number, or {task: number});
-    "stats" its first k rows, the examples OSRM's statistics read. With n_heldout > 0, also
+    "stats" its first k rows, the examples OSRM's statistics read; "baseline" what a constant
+    prediction scores on the dev rows (constant_baseline). With n_heldout > 0, also
     "heldout_batches": that many training rows that nothing trains on (--select-on heldout).
     With n_dev > 0, the dev batches hold only n_dev of the dev rows (dev_subset)."""
     prepared = {}
@@ -222,6 +223,7 @@ def prepare_tasks(names, data_dir, tokenizer, n_train, seed, max_length, k, eval
             "dev_batches": make_batches(encode_examples(tokenizer, dev, max_length), eval_batch_size,
                                         group_by_length=True, pad_id=tokenizer.pad_id),
             "pad_id": tokenizer.pad_id,
+            "baseline": constant_baseline(task, [ex.label for ex in dev]),
         }
         if n_heldout:
             prepared[name]["heldout_batches"] = make_batches(

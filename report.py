@@ -97,6 +97,11 @@ def init_width(results):
 LEARNED_MARGIN = 5.0  # points (x100) that a fine-tune must score above a constant prediction
 
 
+def clearly_above(score, baseline):
+    """Whether a fine-tune's dev score clears a constant prediction's by LEARNED_MARGIN."""
+    return score >= baseline + LEARNED_MARGIN
+
+
 def failed_finetunes(results):
     """[(seed, init, task, why)] for every adapter whose individual dev score says it did not
     clearly learn its task (a failed fine-tune, or a budget too small for the task):
@@ -111,7 +116,7 @@ def failed_finetunes(results):
     failed = []
     for r in alone:
         b, score = base[r["task"]], r["score"]
-        if score < b + LEARNED_MARGIN:
+        if not clearly_above(score, b):
             why = f"{score:.2f}, not {LEARNED_MARGIN:g} points above a constant prediction's {b:.2f}"
         elif score < (b + best[r["task"]]) / 2:
             why = (f"{score:.2f}, less than half-way from a constant prediction's {b:.2f} to the "

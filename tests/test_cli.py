@@ -40,6 +40,10 @@ def test_end_to_end_writes_results_and_resumes(tmp_path, tiny_model, capsys):
     assert {(e["stat"], e["task"]) for e in first["subspace_energy"]} == {
         (stat, t) for stat in ("second_moment", "random") for t in ("sst2", "mrpc")}  # random: the reference
     assert (tmp_path / "out" / "summary.txt").read_text().strip() in out
+    # what one constant prediction scores on the tiny dev sets: SST-2 half positive, MRPC's
+    # always-paraphrase accuracy 1/2 and F1 2/3
+    assert first["baselines"] == {"sst2": 50.0, "mrpc": pytest.approx(100 * (0.5 + 2 / 3) / 2)}
+    assert "constant    -               -     50.00     58.33" in out
 
     # The same command again trains nothing and reproduces every score.
     assert cli.main(tiny_args(tmp_path, tiny_model)) == 0
