@@ -223,25 +223,20 @@ def parse_command_line(argv, inits, merges):
 
 def train_rows(cfg):
     """{task: training rows} (0: all): --train-samples, except where --train-samples-per-task
-    names the task."""
+    names the task; an ExperimentError for an item that is not task=rows of a task run."""
     rows = {t: cfg.train_samples for t in cfg.tasks}
+    named = set()
     for item in cfg.train_samples_per_task:
         task, _, n = item.partition("=")
-        rows[data.parse_tasks(task)[0]] = int(n)
-    return rows
-
-
-def check_train_rows(cfg):
-    named = []
-    for item in cfg.train_samples_per_task:
-        task, _, n = item.partition("=")
-        task = task.strip().lower().replace("-", "")
+        task = data.task_key(task)
         if not re.fullmatch(r"\d+", n.strip()) or task not in cfg.tasks:
             raise ExperimentError(f"--train-samples-per-task: {item!r} is not task=rows for one of "
                                   f"--tasks {','.join(cfg.tasks)} (e.g. mrpc=0 for all of MRPC's rows)")
         if task in named:
             raise ExperimentError(f"--train-samples-per-task lists {task} twice")
-        named.append(task)
+        named.add(task)
+        rows[task] = int(n)
+    return rows
 
 
 def check(cfg, inits, merges):
@@ -297,7 +292,7 @@ def check(cfg, inits, merges):
     for ok, message in checks:
         if not ok:
             raise ExperimentError(message)
-    check_train_rows(cfg)
+    train_rows(cfg)  # the per-task exceptions parse
 
 
 def default_model_dir():

@@ -57,11 +57,16 @@ TASKS = {t.name: t for t in [
 ]}
 
 
+def task_key(text: str) -> str:
+    """'SST-2 ' -> 'sst2': a task as named on the command line, in TASKS' spelling."""
+    return text.strip().lower().replace("-", "")  # also the folder spellings SST-2, STS-B
+
+
 def parse_tasks(spec: str) -> list:
     """'sst2,MRPC, sts-b' -> ['sst2', 'mrpc', 'stsb'] (order kept, duplicates dropped)."""
     names = []
     for part in spec.split(","):
-        name = part.strip().lower().replace("-", "")  # also accept the folder spellings SST-2, STS-B
+        name = task_key(part)
         if not name or name in names:
             continue
         if name not in TASKS:
