@@ -39,6 +39,8 @@ def main(argv=None):
             results = osrm_min.run(cfg, encoder, tokenizer, fingerprint(cfg))
             results["wall_time_s"] = round(time.time() - t0, 1)
             results["paired"] = report.paired(results)
+            results["paired_lambda_spread"] = report.paired_spread(results)
+            results["claims"] = report.claims(results)
             resume.write_json_atomic(results, Path(cfg.out) / "results.json")
             text = report.summary(results)
             resume.write_text_atomic(text + "\n", Path(cfg.out) / "summary.txt")

@@ -172,11 +172,21 @@ def t_quantile(p, df):
     return (lo + hi) / 2
 
 
+def t_interval(differences):
+    """{"mean", "low", "high"}: the mean of paired differences and its 95% t-interval,
+    mean +- t(0.975, n-1) sd / sqrt(n); low and high are None with one seed."""
+    n, mean = len(differences), statistics.mean(differences)
+    if n < 2:
+        return {"mean": mean, "low": None, "high": None}
+    half = t_quantile(0.975, n - 1) * statistics.stdev(differences) / math.sqrt(n)
+    return {"mean": mean, "low": mean - half, "high": mean + half}
+
+
 def paired(results, baseline="lora"):
     """For every init against `baseline`, alone and under every merge (each at its own selected
     lambda): the per-seed differences of the task-averaged scores, their mean and a 95%
-    t-interval, mean +- t(0.975, n-1) sd / sqrt(n); no interval with one seed. The seeds
-    pair the runs: the same training rows and statistics examples for both inits."""
+    t-interval. The seeds pair the runs: the same training rows and statistics examples for
+    both inits."""
     rows = {(init, merge): (lam, avg) for init, merge, lam, _, avg, _ in headline(results)}
     out = []
     for (init, merge), (lam, avg) in rows.items():
@@ -184,29 +194,109 @@ def paired(results, baseline="lora"):
             continue
         base_lam, base = rows[baseline, merge]
         diffs = [a - b for a, b in zip(avg, base)]
-        n, mean = len(diffs), statistics.mean(diffs)
-        entry = {"init": init, "baseline": baseline, "merge": merge, "lambda": lam,
-                 "baseline_lambda": base_lam, "differences": diffs, "mean": mean,
-                 "low": None, "high": None}
-        if n > 1:
-            half = t_quantile(0.975, n - 1) * statistics.stdev(diffs) / math.sqrt(n)
-            entry.update(low=mean - half, high=mean + half)
-        out.append(entry)
+        out.append({"init": init, "baseline": baseline, "merge": merge, "lambda": lam,
+                    "baseline_lambda": base_lam, "differences": diffs, **t_interval(diffs)})
     return out
 
 
-def format_paired(results):
-    """The paired differences against plain LoRA, one line per init and merge."""
-    entries = paired(results)
+def lambda_spread(results):
+    """{(init, merge): [per seed: best minus worst merged average on dev over the lambdas]}
+    for every merge run at two or more lambdas: how much the choice of lambda matters (the
+    paper's third claim is that it matters far less for OSRM's adapters)."""
+    by_seed = {}
+    for (seed, init, merge, lam), by_task in scores(results).items():
+        if merge != "none" and lam is not None:
+            by_seed.setdefault((init, merge), {}).setdefault(seed, []).append(task_mean(by_task))
+    seeds = results["config"]["seeds"]
+    return {key: [max(v[s]) - min(v[s]) for s in seeds]
+            for key, v in by_seed.items() if len(v[seeds[0]]) > 1}
+
+
+def paired_spread(results, baseline="lora"):
+    """Per init and merge, the per-seed difference of lambda_spread against `baseline`, with
+    its mean and 95% t-interval; negative: flatter in lambda than plain LoRA."""
+    spread = lambda_spread(results)
+    out = []
+    for (init, merge), own in spread.items():
+        if init == baseline or (baseline, merge) not in spread:
+            continue
+        diffs = [a - b for a, b in zip(own, spread[baseline, merge])]
+        out.append({"init": init, "baseline": baseline, "merge": merge, "spread": own,
+                    "baseline_spread": spread[baseline, merge], "differences": diffs,
+                    **t_interval(diffs)})
+    return out
+
+
+POINT = 1.0  # "within about a point": the paper's own wording for its single-task scores
+
+
+def verdict(low, high, held, not_held):
+    """'held', 'not held' or 'inconclusive' for a 95% interval [low, high]; 'no interval'
+    with one seed. held/not_held: predicates on the interval."""
+    if low is None:
+        return "no interval"
+    return "held" if held(low, high) else "not held" if not_held(low, high) else "inconclusive"
+
+
+def claims(results, baseline="lora"):
+    """The paper's three claims for every init against plain LoRA, read off the 95% intervals
+    of the paired differences (Section 1 and 4 of the paper):
+      1 merged: the merged average is above plain LoRA's (held: the interval is above 0;
+        not held: below 0; inconclusive: it holds 0);
+      2 alone: the single-task average is within about a point of plain LoRA's (held: the
+        interval is above -POINT; not held: below -POINT);
+      3 lambda: the merged average depends less on lambda (the spread over the lambdas is
+        smaller: held: the interval of the spread's difference is below 0; not held: above 0).
+    [{"claim", "init", "merge", "mean", "low", "high", "verdict"}]."""
+    out = []
+    for e in paired(results, baseline):
+        if e["merge"] == "none":
+            v = verdict(e["low"], e["high"], lambda lo, hi: lo > -POINT, lambda lo, hi: hi < -POINT)
+            claim = "2 alone within a point"
+        else:
+            v = verdict(e["low"], e["high"], lambda lo, hi: lo > 0, lambda lo, hi: hi < 0)
+            claim = "1 merged above lora"
+        out.append({"claim": claim, "init": e["init"], "merge": e["merge"], "mean": e["mean"],
+                    "low": e["low"], "high": e["high"], "verdict": v})
+    for e in paired_spread(results, baseline):
+        v = verdict(e["low"], e["high"], lambda lo, hi: hi < 0, lambda lo, hi: lo > 0)
+        out.append({"claim": "3 flatter in lambda", "init": e["init"], "merge": e["merge"],
+                    "mean": e["mean"], "low": e["low"], "high": e["high"], "verdict": v})
+    return sorted(out, key=lambda c: (c["claim"], c["init"]))
+
+
+def interval_text(e):
+    """'[-1.23, +0.45]', or 'no interval (one seed)'."""
+    return ("no interval (one seed)" if e["low"] is None
+            else f"[{e['low']:+.2f}, {e['high']:+.2f}]")
+
+
+def format_claims(results):
+    """The claims table: one line per claim, init and merge, with the interval behind it."""
+    entries = claims(results)
     if not entries:
         return ""
-    lines = [f"{'init':<18}{'merge':<10}{'differences per seed':>30}{'mean':>9}{'95% interval':>24}"]
+    w0 = init_width(results)
+    lines = [f"{'claim':<26}{'init':<{w0}}{'merge':<10}{'mean':>8}{'95% interval':>20}  verdict"]
+    for c in entries:
+        lines.append(f"{c['claim']:<26}{c['init']:<{w0}}"
+                     f"{'indiv' if c['merge'] == 'none' else c['merge']:<10}"
+                     f"{c['mean']:>+8.2f}{interval_text(c):>20}  {c['verdict']}")
+    return "\n".join(lines)
+
+
+def format_paired(results, entries=None):
+    """Paired differences against plain LoRA (default: paired(results)), one line per init and
+    merge: the per-seed differences, their mean and 95% interval."""
+    entries = paired(results) if entries is None else entries
+    if not entries:
+        return ""
+    w0 = init_width(results)
+    lines = [f"{'init':<{w0}}{'merge':<10}{'differences per seed':>30}{'mean':>9}{'95% interval':>24}"]
     for e in entries:
         diffs = " ".join(f"{d:+.2f}" for d in e["differences"])
-        interval = ("no interval (one seed)" if e["low"] is None
-                    else f"[{e['low']:+.2f}, {e['high']:+.2f}]")
-        lines.append(f"{e['init']:<18}{'indiv' if e['merge'] == 'none' else e['merge']:<10}"
-                     f"{diffs:>30}{e['mean']:>+9.2f}{interval:>24}")
+        lines.append(f"{e['init']:<{w0}}{'indiv' if e['merge'] == 'none' else e['merge']:<10}"
+                     f"{diffs:>30}{e['mean']:>+9.2f}{interval_text(e):>24}")
     return "\n".join(lines)
 
 
@@ -289,6 +379,16 @@ def summary(results):
     if paired_table:
         parts += ["", "paired against plain LoRA: per-seed difference of the average (init - "
                   "lora, lambda as above), mean and 95% t-interval:", paired_table]
+    spread_table = format_paired(results, paired_spread(results))
+    if spread_table:
+        parts += ["", "sensitivity to lambda: per-seed spread of the merged average over the "
+                  "lambdas (best - worst, on dev), init - lora; negative: flatter than plain "
+                  "LoRA:", spread_table]
+    claims_table = format_claims(results)
+    if claims_table:
+        parts += ["", f"the paper's three claims against plain LoRA, read off the 95% intervals "
+                  f"above (1: held if above 0; 2: held if above -{POINT:g}, not held if below; "
+                  f"3: held if below 0; inconclusive: the interval holds the bar):", claims_table]
     parts += ["", "merged average score on dev against lambda:",
              format_curves(results), "", "interference ||dW_t H_j|| / ||dW_j H_j||, mean over "
              "layers and seeds:", format_interference(results)]

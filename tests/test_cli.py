@@ -237,6 +237,12 @@ def test_select_on_heldout_picks_lambda_on_held_out_rows_and_pairs_every_init_wi
     e = paired["osrm-own", "ta"]
     assert e["differences"] == pytest.approx([x - y for x, y in zip(avg["osrm-own", "ta"], avg["lora", "ta"])])
     assert e["low"] <= e["mean"] <= e["high"]
+    # the lambda spread (TA only: emr has no lambda) and a verdict per claim, init and merge
+    assert {(e["init"], e["merge"]) for e in results["paired_lambda_spread"]} == {
+        (i, "ta") for i in ("osrm-own", "osrm-mean-random", "lora-gaussian")}
+    assert len(results["claims"]) == 9 + 3
+    assert {c["verdict"] for c in results["claims"]} <= {"held", "not held", "inconclusive"}
+    assert "the paper's three claims against plain LoRA" in out
     # a rerun reuses every score, on dev and held out
     calls = []
     evaluate = train.evaluate

@@ -84,3 +84,41 @@ def test_long_init_names_keep_their_own_column():
     for text in (report.format_table(results), report.format_curves(results)):
         for line in text.splitlines()[1:]:
             assert line.split()[0] == "osrm-mean-random", line  # once 'osrm-mean-randomindiv'
+
+
+def three_seed_merges():
+    """Two inits, three seeds, one task; alone and under TA at lambdas 0.5 and 1.0, with
+    averages chosen so that every difference is worked out by hand below."""
+    scores = {  # (init, merge, lambda): score per seed 1, 2, 3
+        ("lora", "none", None): (80.0, 81.0, 82.0), ("osrm", "none", None): (76.0, 77.5, 78.0),
+        ("lora", "ta", 0.5): (70.0, 71.0, 72.0), ("lora", "ta", 1.0): (60.0, 63.0, 62.0),
+        ("osrm", "ta", 0.5): (73.0, 74.0, 76.0), ("osrm", "ta", 1.0): (71.0, 72.0, 73.0)}
+    rows = [dict(seed=seed, init=init, merge=merge, task="a", score=score, **{"lambda": lam})
+            for (init, merge, lam), per_seed in scores.items()
+            for seed, score in zip((1, 2, 3), per_seed)]
+    config = dict(tasks=["a"], seeds=[1, 2, 3], inits=["lora", "osrm"], merges=["ta"])
+    return {"config": config, "rows": rows, "interference": []}
+
+
+def test_lambda_spread_is_best_minus_worst_per_seed_and_is_paired_against_lora():
+    results = three_seed_merges()
+    spread = report.lambda_spread(results)
+    assert spread == {("lora", "ta"): [10.0, 8.0, 10.0], ("osrm", "ta"): [2.0, 2.0, 3.0]}
+    [entry] = report.paired_spread(results)
+    assert entry["differences"] == [-8.0, -6.0, -7.0]
+    # mean -7, sd 1, half-width 4.302653 / sqrt(3) = 2.484138
+    assert abs(entry["low"] - (-7 - 2.484138)) < 1e-5 and abs(entry["high"] - (-7 + 2.484138)) < 1e-5
+
+
+def test_claims_read_each_interval_against_its_bar():
+    claims = {c["claim"][0]: c for c in report.claims(three_seed_merges())}
+    # 1: merged (TA at the best lambda 0.5): osrm - lora = +3, +3, +4: interval above 0
+    assert claims["1"]["mean"] == 10 / 3 and claims["1"]["verdict"] == "held"
+    # 2: alone: -4, -3.5, -4: interval [-4.55, -3.12], below -1 point
+    assert claims["2"]["verdict"] == "not held"
+    # 3: the spread's difference -8, -6, -7: interval below 0
+    assert claims["3"]["verdict"] == "held"
+    assert report.verdict(-0.5, 0.5, lambda lo, hi: lo > 0, lambda lo, hi: hi < 0) == "inconclusive"
+    assert report.verdict(None, None, lambda lo, hi: True, lambda lo, hi: True) == "no interval"
+    text = report.summary(three_seed_merges())
+    assert "3 flatter in lambda" in text and "not held" in text
