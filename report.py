@@ -240,7 +240,7 @@ def verdict(low, high, held, not_held):
 
 def claims(results, baseline="lora"):
     """The paper's three claims for every init against plain LoRA, read off the 95% intervals
-    of the paired differences (Section 1 and 4 of the paper):
+    of the paired differences (the claims as PAPER.md section 3 summarises the paper):
       1 merged: the merged average is above plain LoRA's (held: the interval is above 0;
         not held: below 0; inconclusive: it holds 0);
       2 alone: the single-task average is within about a point of plain LoRA's (held: the
