@@ -215,7 +215,7 @@ def bench_osrm(model_dir, data_dir, tokenizer, repeats):
     """
     cfg = config.Config(tasks=("sst2", "mrpc"), model=str(model_dir), data_dir=str(data_dir))
     with contextlib.redirect_stdout(sys.stderr):  # its notes, away from --json's output
-        prepared = data.prepare_tasks(cfg.tasks, cfg.data_dir, tokenizer, cfg.train_samples, cfg.seed,
+        prepared = data.prepare_tasks(cfg.tasks, cfg.data_dir, tokenizer, config.train_rows(cfg), cfg.seed,
                                       cfg.max_length, cfg.osrm_samples, cfg.eval_batch_size)
     encoder, pooling = checkpoint.load_checkpoint(model_dir)
 

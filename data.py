@@ -197,10 +197,10 @@ def dev_subset(rows, n):
 def prepare_tasks(names, data_dir, tokenizer, n_train, seed, max_length, k, eval_batch_size,
                   n_heldout=0, n_dev=0):
     """Load, sample and tokenise every task once: {task: {"task", "train", "stats",
-    "dev_batches", "pad_id"}}. "train" is a seeded subset of n_train rows (train_subset; n_train
-    is a number, or {task: number});
-    "stats" its first k rows, the examples OSRM's statistics read; "baseline" what a constant
-    prediction scores on the dev rows (constant_baseline). With n_heldout > 0, also
+    "dev_batches", "pad_id", "baseline"}}. "train" is a seeded subset of n_train[task] rows
+    (train_subset; n_train as config.train_rows gives it); "stats" its first k rows, the
+    examples OSRM's statistics read; "baseline" what a constant prediction scores on the dev
+    rows (constant_baseline). With n_heldout > 0, also
     "heldout_batches": that many training rows that nothing trains on (--select-on heldout).
     With n_dev > 0, the dev batches hold only n_dev of the dev rows (dev_subset)."""
     prepared = {}
@@ -215,8 +215,7 @@ def prepare_tasks(names, data_dir, tokenizer, n_train, seed, max_length, k, eval
         if n_heldout and n_heldout >= len(train):
             raise DataError(f"{name} has {len(train)} training rows; --heldout-samples "
                             f"{n_heldout} leaves none to train on: use fewer")
-        sample = train_subset(name, train, n_train[name] if isinstance(n_train, dict) else n_train,
-                              seed, n_heldout)
+        sample = train_subset(name, train, n_train[name], seed, n_heldout)
         if n_heldout:
             sample, heldout = sample
         encoded = encode_examples(tokenizer, sample, max_length)

@@ -176,7 +176,8 @@ class Store:
         """The settings and inputs saved with an adapter; it is reused only if they match.
         Its own training file shapes it, and with OSRM the other tasks' too (the subspace)."""
         d = {k: getattr(cfg, k) for k in ADAPTER_KEYS}
-        d.update(task=task, init=init, train_samples=config.train_rows(cfg)[task])
+        rows = config.train_rows(cfg)
+        d.update(task=task, init=init, train_samples=rows[task])
         if not data.TASKS[task].labels:  # only a regression head's start depends on it
             d["head_bias_mean"] = cfg.head_bias_mean
         if cfg.select_on == "heldout":  # held-out rows are taken out of the training rows
@@ -185,6 +186,11 @@ class Store:
         if uses_osrm:
             d.update({k: getattr(cfg, k) for k in OSRM_KEYS},
                      other_tasks=sorted(set(cfg.tasks) - {task}))
+            # the statistics read each task's first --osrm-samples training rows, a prefix of
+            # the same seeded order whatever the count, unless a task has fewer rows than that
+            short = {t: n for t, n in rows.items() if t != task and 0 < n < cfg.osrm_samples}
+            if short:
+                d["statistics_rows"] = short
         d["inputs"] = {k: self.inputs[k] for k in ["model", "tokenizer"] + [f"train:{t}" for t in reads]}
         return plain(d)
 

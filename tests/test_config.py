@@ -1,4 +1,5 @@
-"""The settings: presets, per-task rows, the banner; and the regression head's start."""
+"""The settings: presets, per-task rows, the banner, what a saved adapter is keyed by; and the
+regression head's start."""
 
 import pytest
 import torch
@@ -56,3 +57,21 @@ def test_a_regression_head_starts_at_the_mean_target_and_a_classifier_as_before(
     a = osrm_min.new_head(encoder, data.TASKS["sst2"], cfg, 0, sst2)
     b = osrm_min.new_head(encoder, data.TASKS["sst2"], cfg, 0)
     assert torch.equal(a.classifier.bias, b.classifier.bias)
+
+
+def test_an_osrm_adapter_is_keyed_by_the_rows_its_statistics_read(tmp_path):
+    import resume
+    inputs = {k: "x" for k in ("model", "tokenizer", "train:sst2", "train:mrpc")}
+
+    def settings(init, *args):  # what SST-2's saved adapter is keyed by
+        cfg = parse("--out", str(tmp_path), "--tasks", "sst2,mrpc", "--train-samples", "2000", *args)
+        return resume.Store(cfg, inputs).adapter_settings(cfg, "sst2", init, init == "osrm")
+
+    base = settings("osrm")
+    # MRPC's count above --osrm-samples (100): the statistics read the same first 100 rows
+    assert settings("osrm", "--train-samples-per-task", "mrpc=0") == base
+    # below it they read fewer rows, a different subspace: the adapter is not reused
+    assert settings("osrm", "--train-samples-per-task", "mrpc=50") != base
+    # plain LoRA reads no statistics: only its own task's count matters
+    assert settings("lora", "--train-samples-per-task", "mrpc=50") == settings("lora")
+    assert settings("lora", "--train-samples-per-task", "sst2=50") != settings("lora")
