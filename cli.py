@@ -40,6 +40,7 @@ def main(argv=None):
             results["wall_time_s"] = round(time.time() - t0, 1)
             results["paired"] = report.paired(results)
             results["paired_lambda_spread"] = report.paired_spread(results)
+            results["cost_reduction"] = report.cost_reduction(results)
             results["claims"] = report.claims(results)
             resume.write_json_atomic(results, Path(cfg.out) / "results.json")
             text = report.summary(results)
@@ -71,8 +72,8 @@ def main(argv=None):
 def fingerprint(cfg):
     """The content digests of every input file (resume.py), and what they cost."""
     t0 = time.time()
-    data_files = {f"{split}:{t}": data.split_path(data.TASKS[t], split, cfg.data_dir)
-                  for t in cfg.tasks for split in ("train", "dev")}
+    data_files = {f"{split}:{t}": path for t in cfg.tasks for split, path in
+                  data.split_sources(data.TASKS[t], cfg.data_dir, cfg.carve_splits)[0].items()}
     inputs = resume.fingerprint_inputs(checkpoint.model_files(cfg.model),
                                        tokenization.tokenizer_files(cfg.model), data_files)
     print(f"fingerprints of the model, tokenizer and data files: {time.time() - t0:.2f}s")

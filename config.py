@@ -62,6 +62,11 @@ class Config:
     dev_samples: int = setting(0, "osrm-min's own, for quick runs: score on this many dev rows "
                                   "per task, a fixed random subset (0: the whole dev set, as GLUE "
                                   "reports)")
+    carve_splits: int = setting(0, "osrm-min's own, opt-in: for a task whose GLUE folder lacks "
+                                   "its dev or its training file (QQP, QNLI in a partial copy), "
+                                   "score this many rows carved, seeded, from the file it has; "
+                                   "training and held-out rows come from the rest (0: off, a "
+                                   "missing file is an error)")
     max_length: int = setting(128, "longest input in tokens; longer ones are truncated")
     group_by_length: bool = setting(True, "cut training batches from length-sorted chunks (less "
                                           "padding; the batch order is still shuffled)")
@@ -79,6 +84,9 @@ class Config:
                                                   "direction u = (1/g)/||1/g||, along which every "
                                                   "input has the same value")
     own_eps: float = setting(0.1, "osrm-own's ridge eps, relative to tr(S_others)/d")
+    measure_samples: int = setting(256, "scored dev rows per task (a fixed random subset) on "
+                                        "which interference, subspace energy and A's movement "
+                                        "are measured: rows that neither fit A nor train it")
     # Merging
     lam_ta: float = setting(0.7, "lambda of Task Arithmetic (without --lams)")
     lam_ties: float = setting(1.0, "lambda of TIES (without --lams)")
@@ -275,6 +283,8 @@ def check(cfg, inits, merges):
         (cfg.regmean_samples >= 1 and cfg.fisher_samples >= 1,
          "--regmean-samples and --fisher-samples must be at least 1"),
         (cfg.heldout_samples >= 1, "--heldout-samples must be at least 1"),
+        (cfg.carve_splits >= 0, "--carve-splits must be 0 (off) or a number of rows"),
+        (cfg.measure_samples >= 1, "--measure-samples must be at least 1"),
         (cfg.own_eps > 0, "--own-eps must be positive"),
         (0 <= cfg.warmup <= 1, "--warmup is a fraction of the steps in [0, 1]"),
         (cfg.max_grad_norm > 0, "--max-grad-norm must be positive"),

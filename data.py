@@ -129,6 +129,43 @@ def split_path(task: Task, split: str, data_dir) -> pathlib.Path:
     return path
 
 
+def split_sources(task: Task, data_dir, carve=0) -> tuple:
+    """({"train": path, "dev": path}, carved): the file each split is read from, and which
+    split is carved (None, "train" or "dev"). osrm-min's own, opt-in (carve > 0,
+    --carve-splits): a split the GLUE folder lacks is carved from the one it has (see
+    `carve_split`), and both point at that file. Without carving, or with neither file, a
+    missing split is a DataError that says what is missing."""
+    folder = pathlib.Path(data_dir) / task.folder
+    paths = {"train": folder / task.train_file, "dev": folder / task.dev_file}
+    have = {split: path.is_file() for split, path in paths.items()}
+    if all(have.values()):
+        return paths, None
+    missing = next(split for split in paths if not have[split])
+    other = "dev" if missing == "train" else "train"
+    if not carve or not have[other]:
+        offer = (f"; --carve-splits N carves it, seeded, from {task.name}'s {other} split"
+                 if have[other] else "")
+        raise DataError(f"missing {paths[missing]}: the GLUE folder may be partial (see its README "
+                        f"for what it holds){offer}")
+    return {"train": paths[other], "dev": paths[other]}, missing
+
+
+CARVE_SEED = 0  # carved rows are the same for every --seeds, as a real split would be
+
+
+def carve_split(rows, n):
+    """(carved, rest): n of `rows` drawn with a fixed seed, and every other row, both in file
+    order, with no row in both. The carved rows are what gets scored: a dev set carved from
+    training rows (QQP's partial copy), or the scored part of a dev set whose rest becomes the
+    training pool (QNLI's); training and held-out rows are then drawn from `rest` only."""
+    if not 0 < n < len(rows):
+        raise DataError(f"--carve-splits {n}: the split to carve from has {len(rows)} rows; "
+                        f"carve between 1 and {len(rows) - 1}")
+    picked = set(torch.randperm(len(rows), generator=torch.Generator().manual_seed(CARVE_SEED))[:n].tolist())
+    return ([r for i, r in enumerate(rows) if i in picked],
+            [r for i, r in enumerate(rows) if i not in picked])
+
+
 def load_split(task: Task, split: str, data_dir, limit=None) -> tuple:
     """Read the train or dev split of a task. Returns (examples, n_skipped).
 
@@ -195,19 +232,29 @@ def dev_subset(rows, n):
 
 
 def prepare_tasks(names, data_dir, tokenizer, n_train, seed, max_length, k, eval_batch_size,
-                  n_heldout=0, n_dev=0):
+                  n_heldout=0, n_dev=0, carve=0, n_measure=0):
     """Load, sample and tokenise every task once: {task: {"task", "train", "stats",
-    "dev_batches", "pad_id", "baseline"}}. "train" is a seeded subset of n_train[task] rows
-    (train_subset; n_train as config.train_rows gives it); "stats" its first k rows, the
+    "dev_batches", "pad_id", "baseline", "carved"}}. "train" is a seeded subset of n_train[task]
+    rows (train_subset; n_train as config.train_rows gives it); "stats" its first k rows, the
     examples OSRM's statistics read; "baseline" what a constant prediction scores on the dev
-    rows (constant_baseline). With n_heldout > 0, also
-    "heldout_batches": that many training rows that nothing trains on (--select-on heldout).
-    With n_dev > 0, the dev batches hold only n_dev of the dev rows (dev_subset)."""
+    rows (constant_baseline). With n_heldout > 0, also "heldout_batches": that many training
+    rows that nothing trains on (--select-on heldout). With n_dev > 0, the dev batches hold
+    only n_dev of the dev rows (dev_subset). With carve > 0, a missing split is carved from
+    the other (split_sources, carve_split); "carved" names it (None: none). With n_measure > 0,
+    "measure": n_measure of the scored dev rows (a fixed random subset), on which the
+    interference and the subspace energy are measured: rows that neither fitted A nor trained."""
     prepared = {}
     for name in names:
         task = TASKS[name]
-        train, skipped_train = load_split(task, "train", data_dir)
-        dev, skipped_dev = load_split(task, "dev", data_dir)
+        _, carved = split_sources(task, data_dir, carve)
+        if carved is None:
+            train, skipped_train = load_split(task, "train", data_dir)
+            dev, skipped_dev = load_split(task, "dev", data_dir)
+        else:
+            source = "dev" if carved == "train" else "train"
+            rows, skipped = load_split(task, source, data_dir)
+            dev, train = carve_split(rows, carve)
+            skipped_train, skipped_dev = (skipped, 0) if source == "train" else (0, skipped)
         n_dev_all, dev = len(dev), dev_subset(dev, n_dev)
         for split, n in (("train", skipped_train), ("dev", skipped_dev)):
             if n:
@@ -219,23 +266,30 @@ def prepare_tasks(names, data_dir, tokenizer, n_train, seed, max_length, k, eval
         if n_heldout:
             sample, heldout = sample
         encoded = encode_examples(tokenizer, sample, max_length)
+        encoded_dev = encode_examples(tokenizer, dev, max_length)
         prepared[name] = {
             "task": task,
             "train": encoded,
             "stats": encoded[:k],
             # sorted by length (order does not change a metric), which cuts most of the padding
-            "dev_batches": make_batches(encode_examples(tokenizer, dev, max_length), eval_batch_size,
-                                        group_by_length=True, pad_id=tokenizer.pad_id),
+            "dev_batches": make_batches(encoded_dev, eval_batch_size, group_by_length=True,
+                                        pad_id=tokenizer.pad_id),
             "pad_id": tokenizer.pad_id,
             "baseline": constant_baseline(task, [ex.label for ex in dev]),
+            "carved": carved,
         }
+        if n_measure:
+            prepared[name]["measure"] = dev_subset(encoded_dev, n_measure)
         if n_heldout:
             prepared[name]["heldout_batches"] = make_batches(
                 encode_examples(tokenizer, heldout, max_length), eval_batch_size,
                 group_by_length=True, pad_id=tokenizer.pad_id)
+        where = {None: "", "dev": f" (dev carved, seeded, from the training file: {n_dev_all} rows)",
+                 "train": f" (scored rows carved, seeded, from the dev file: {n_dev_all}; the "
+                          f"other {len(train)} are the training pool)"}[carved]
         print(f"{name}: {len(sample)} of {len(train)} training rows, "
               + (f"{len(dev)} dev rows" if len(dev) == n_dev_all else f"{len(dev)} of {n_dev_all} dev rows")
-              + (f", {len(heldout)} held-out rows" if n_heldout else ""))
+              + (f", {len(heldout)} held-out rows" if n_heldout else "") + where)
     return prepared
 
 

@@ -74,27 +74,38 @@ def add_lora(encoder, targets, rank, alpha, dropout=0.0, A_init=None, seed=0, A_
     """Freeze the encoder and give every `targets` layer a fresh adapter.
 
     `A_init` maps layer names (as in `lora_layers`) to an `A` (r x d_in), the OSRM
-    initialisation; otherwise `A` is drawn from a generator seeded with `seed`, as in
-    loralib/PEFT's default (`A_dist="kaiming"`: Kaiming-uniform with a=sqrt(5), the nn.Linear
-    default) or as PEFT's init_lora_weights="gaussian" (N(0, 1/r^2) per entry), which the OSRM
-    authors' plain LoRA uses (PAPER.md section 3). `B` is always zero.
+    initialisation; otherwise `A` is drawn by `random_As` from a generator seeded with `seed`.
+    `B` is always zero.
     """
     for p in encoder.parameters():
         p.requires_grad_(False)
-    g = torch.Generator().manual_seed(seed)
+    A_init = A_init if A_init is not None else random_As(encoder, targets, rank, seed, A_dist)
     for name, layer in target_layers(encoder, targets).items():
-        if A_init is not None:
-            A = A_init[name]
-        else:
-            A = random_A(rank, layer.in_features, g, A_dist)
-        layer.set_lora(A, rank, alpha, dropout)
+        layer.set_lora(A_init[name], rank, alpha, dropout)
+
+
+def random_As(encoder, targets, rank, seed, A_dist="kaiming"):
+    """{layer name: a random A (r x d_in)} for every `targets` layer, drawn in layer order from
+    one generator seeded with `seed`: what `add_lora` starts from without an `A_init`."""
+    g = torch.Generator().manual_seed(seed)
+    return {name: random_A(rank, layer.in_features, g, A_dist)
+            for name, layer in target_layers(encoder, targets).items()}
 
 
 def random_A(rank, d_in, generator, A_dist="kaiming"):
-    """A random (r x d_in) A: Kaiming-uniform with a=sqrt(5), the nn.Linear default, which
-    loralib and PEFT use, or PEFT's "gaussian", N(0, 1/r^2) per entry."""
+    """A random (r x d_in) A:
+    "kaiming": Kaiming-uniform with a=sqrt(5), the nn.Linear default, which loralib and PEFT
+      use (rows of norm about 0.58);
+    "gaussian": PEFT's init_lora_weights="gaussian", N(0, 1/r^2) per entry, which the OSRM
+      authors' plain LoRA uses (rows of norm about sqrt(d_in)/r);
+    "orthonormal" (osrm-min's own control): a uniformly random A with orthonormal rows, the
+      shape and scale of OSRM's A (rows of norm 1) pointing nowhere in particular."""
     if A_dist == "gaussian":
         return torch.randn(rank, d_in, generator=generator) / rank  # std 1/r
+    if A_dist == "orthonormal":
+        G = torch.randn(d_in, rank, generator=generator, dtype=torch.float64)
+        Q, R = torch.linalg.qr(G)  # Q (d_in, r): orthonormal columns
+        return (Q * torch.sign(torch.diagonal(R))).T.float()  # signs fixed: Haar-distributed
     bound = 1 / math.sqrt(d_in)  # kaiming_uniform_(a=sqrt(5)) on (r, d_in)
     return (torch.rand(rank, d_in, generator=generator) * 2 - 1) * bound
 

@@ -170,6 +170,9 @@ INITS = {
                                                  "random basis of the same null space"),
     "lora-gaussian": Init(A_dist="gaussian", help="plain LoRA with A ~ N(0, 1/r^2), PEFT's "
                                                   "gaussian init, the authors' baseline"),
+    "lora-orthonormal": Init(A_dist="orthonormal", help="osrm-min's control: a random A with "
+                                                        "orthonormal rows, OSRM's shape and scale "
+                                                        "without its directions, B = 0"),
 }
 
 
@@ -212,9 +215,8 @@ def build_adapter(encoder, init, task, cfg, prepared, subspaces, trained, store)
     saved = store.load_adapter(cfg, task, init, uses_osrm, lora.lora_shapes(encoder, cfg.targets, cfg.rank), head)
     if saved is not None:
         return Adapter(*saved[:1], head, saved[1])
-    A_init = subspaces[spec.statistic][task] if uses_osrm else None
-    lora.add_lora(encoder, cfg.targets, cfg.rank, cfg.alpha, cfg.lora_dropout, A_init, seed,
-                  spec.A_dist)
+    lora.add_lora(encoder, cfg.targets, cfg.rank, cfg.alpha, cfg.lora_dropout,
+                  initial_A(encoder, init, task, cfg, subspaces))
     for m in lora.lora_layers(encoder).values():
         m.A.requires_grad_(spec.train_A)
     rows = prepared[task]["train"]
@@ -230,6 +232,15 @@ def build_adapter(encoder, init, task, cfg, prepared, subspaces, trained, store)
     lora.remove_lora(encoder)
     store.save_adapter(cfg, task, init, uses_osrm, adapter.lora, head.state_dict(), training)
     return adapter
+
+
+def initial_A(encoder, init, task, cfg, subspaces):
+    """{layer name: A_t} that task `task`'s adapter starts from under `init`: OSRM's subspace
+    for the OSRM inits, a seeded random draw (lora.random_As) for the plain ones."""
+    spec = INITS[init]
+    if spec.statistic is not None:
+        return subspaces[spec.statistic][task]
+    return lora.random_As(encoder, cfg.targets, cfg.rank, task_seed(cfg.seed, task), spec.A_dist)
 
 
 def osrm_post(A, B, A_osrm):
@@ -338,11 +349,34 @@ def subspace_energy(A_init, stats, task):
     return sum(own) / len(own), sum(others) / len(others)
 
 
-def record_diagnostics(results, seed, rank, stats, subspaces, u):
+def row_space(A):
+    """An orthonormal basis (r x d_in) of A's row space: what an adapter reads, at any scale."""
+    Q, _ = torch.linalg.qr(A.double().T)
+    return Q.T
+
+
+def movement(A_start, A_end, stats, task):
+    """How far training moved task t's A, averaged over layers: the share of its own task's and
+    of the other tasks' input energy that A's row space reads at the start and at the end
+    (`subspace_energy`, on `stats`), and the overlap of the two row spaces, the mean cos^2 of
+    their principal angles, ||Q_start Q_end^T||_F^2 / r (1: A did not turn; about r / d_in
+    between unrelated random subspaces)."""
+    Q_start = {n: row_space(A) for n, A in A_start.items()}
+    Q_end = {n: row_space(A) for n, A in A_end.items()}
+    own_start, others_start = subspace_energy(Q_start, stats, task)
+    own_end, others_end = subspace_energy(Q_end, stats, task)
+    overlap = [(Q_start[n] @ Q_end[n].T).pow(2).sum().item() / Q_start[n].shape[0] for n in Q_start]
+    return {"own_start": own_start, "others_start": others_start, "own_end": own_end,
+            "others_end": others_end, "overlap": sum(overlap) / len(overlap)}
+
+
+def record_diagnostics(results, seed, rank, stats, measured, subspaces, u):
     """What the reports and figures show about the subspaces, before any training: for each
     statistic's A_t (and, for scale, a random orthonormal A) the energy it reads of its own
-    task and of the others' and its share of the LayerNorm direction u; and the eigenvalues of
-    S_{-t} in the middle adapted layer, whose `rank` smallest OSRM takes."""
+    task and of the others' and its share of the LayerNorm direction u, on the rows that
+    fitted A (`stats`, "fit") and on held-out rows (`measured`, "heldout", which is fair to
+    every init: OSRM's A is fitted to the first); and the eigenvalues of S_{-t} in the middle
+    adapted layer, whose `rank` smallest OSRM takes."""
     tasks = list(stats)
     g = torch.Generator().manual_seed(seed)
     random = {t: {n: torch.linalg.qr(torch.randn(s["S"].shape[0], rank, generator=g,
@@ -350,11 +384,12 @@ def record_diagnostics(results, seed, rank, stats, subspaces, u):
                   for n, s in stats[t].items()} for t in tasks}
     for name, by_task in {**subspaces, "random": random}.items():
         for t, A_init in by_task.items():
-            own, others = subspace_energy(A_init, stats, t)
             shares = [extensions.direction_share(A, u[n]) for n, A in A_init.items() if n in u]
-            results["subspace_energy"].append({"seed": seed, "stat": name, "task": t,
-                                               "own": own, "others": others,
-                                               "ln_share": sum(shares) / len(shares) if shares else None})
+            for rows, on in (("fit", stats), ("heldout", measured)):
+                own, others = subspace_energy(A_init, on, t)
+                results["subspace_energy"].append({
+                    "seed": seed, "stat": name, "task": t, "rows": rows, "own": own,
+                    "others": others, "ln_share": sum(shares) / len(shares) if shares else None})
     layers = list(stats[tasks[0]])
     layer = layers[len(layers) // 2]
     for t in tasks:
@@ -371,16 +406,18 @@ def run_seed(cfg, encoder, tokenizer, store, results):
     prepared = data.prepare_tasks(cfg.tasks, cfg.data_dir, tokenizer, config.train_rows(cfg), cfg.seed,
                                   cfg.max_length, cfg.osrm_samples, cfg.eval_batch_size,
                                   cfg.heldout_samples if cfg.select_on == "heldout" else 0,
-                                  cfg.dev_samples)
+                                  cfg.dev_samples, cfg.carve_splits, cfg.measure_samples)
     results["baselines"] = {t: p["baseline"] for t, p in prepared.items()}
+    results["carved"] = {t: p["carved"] for t, p in prepared.items() if p["carved"]}
     # 1. each task's layer statistics, from the frozen pretrained encoder
     stats = layer_statistics(encoder, cfg, prepared)
+    measured = layer_statistics(encoder, cfg, prepared, "measure")  # held-out rows, to measure on
     # 2. OSRM's subspace of every task, once per statistic that the inits use
     statistics = dict.fromkeys(INITS[i].statistic for i in cfg.inits if INITS[i].statistic)
     u = extensions.layernorm_directions(encoder, stats[cfg.tasks[0]])  # the LayerNorm directions
     subspaces = {s: {t: osrm_init(stats, t, cfg.rank, s, u if cfg.osrm_skip_ln_direction else None,
                                   cfg.own_eps, cfg.seed) for t in cfg.tasks} for s in statistics}
-    record_diagnostics(results, cfg.seed, cfg.rank, stats, subspaces, u)
+    record_diagnostics(results, cfg.seed, cfg.rank, stats, measured, subspaces, u)
     trained = {}
     for init in cfg.inits:
         # 3-4. each task's adapter, built as the init says and fine-tuned; scored alone
@@ -396,6 +433,10 @@ def run_seed(cfg, encoder, tokenizer, store, results):
                       f"points above a constant prediction's {results['baselines'][t]:.2f}; this "
                       f"fine-tune did not clearly learn its task (more --train-samples may help)")
             record_training(results, cfg.seed, init, t, adapters[t].training)
+            if not INITS[init].post_hoc:  # how far training moved A, on held-out rows
+                A_end = {k.removesuffix(".A"): v for k, v in adapters[t].lora.items() if k.endswith(".A")}
+                results["movement"].append({"seed": cfg.seed, "init": init, "task": t, **movement(
+                    initial_A(encoder, init, t, cfg, subspaces), A_end, measured, t)})
         trained[init] = adapters
         task_vectors = {t: a.task_vector(cfg.alpha / cfg.rank) for t, a in adapters.items()}
         heads = {t: a.head for t, a in adapters.items()}
@@ -415,9 +456,11 @@ def run_seed(cfg, encoder, tokenizer, store, results):
                                        score, cfg)
                 print(f"{init}/{method}{'' if lam is None else f' (lambda {lam:g})'}: average "
                       f"{report.task_mean(scores):.2f} ({time.time() - t0:.0f}s)")
-        # 6. how much each adapter writes on the other tasks' inputs
-        results["interference"].append({"seed": cfg.seed, "init": init, "tasks": list(cfg.tasks),
-                                        "matrix": interference(task_vectors, stats)})
+        # 6. how much each adapter writes on the other tasks' inputs: on held-out rows, and on
+        # the rows OSRM's subspace was fitted to (which flatters OSRM)
+        for key, on in (("interference", measured), ("interference_fit", stats)):
+            results[key].append({"seed": cfg.seed, "init": init, "tasks": list(cfg.tasks),
+                                 "matrix": interference(task_vectors, on)})
 
 
 def record_training(results, seed, init, task, training):
@@ -475,19 +518,21 @@ def new_head(encoder, task, cfg, seed, train_rows=()):
     return head.to(cfg.device)
 
 
-def layer_statistics(encoder, cfg, prepared):
-    """{task: {layer name: statistics}} on each task's k examples (order does not matter, so
-    batches are cut from length-sorted examples, with little padding)."""
+def layer_statistics(encoder, cfg, prepared, rows="stats"):
+    """{task: {layer name: statistics}} on each task's k examples (rows "stats"), or on its
+    held-out measurement rows ("measure"); order does not matter, so batches are cut from
+    length-sorted examples, with little padding."""
     lora.remove_lora(encoder)
     names = list(lora.target_layers(encoder, cfg.targets))
     t0 = time.time()
     stats = {}
     for n, p in prepared.items():
-        batches = data.make_batches(p["stats"], cfg.batch_size, group_by_length=True,
+        batches = data.make_batches(p[rows], cfg.batch_size, group_by_length=True,
                                     pad_id=p["pad_id"])
         stats[n] = collect_statistics(encoder, [train.to_device(b, cfg.device) for b in batches], names)
-    print(f"layer statistics: {cfg.osrm_samples} examples per task, {len(names)} layers, "
-          f"{time.time() - t0:.1f}s")
+    what = (f"{cfg.osrm_samples} training examples" if rows == "stats"
+            else f"{cfg.measure_samples} held-out dev rows (to measure on)")
+    print(f"layer statistics: {what} per task, {len(names)} layers, {time.time() - t0:.1f}s")
     return stats
 
 
@@ -498,8 +543,8 @@ def run(cfg, encoder, tokenizer, inputs):
     store = resume.Store(cfg, inputs)
     results = {"config": resume.plain(asdict(cfg)), "inputs": inputs, "baselines": {},
                "rows": [], "heldout_rows": [],
-               "interference": [], "subspace_energy": [], "spectrum": [], "training": [],
-               "merge_statistics_s": []}
+               "interference": [], "interference_fit": [], "subspace_energy": [], "spectrum": [],
+               "training": [], "movement": [], "merge_statistics_s": [], "carved": {}}
     for seed in cfg.seeds:
         print(f"seed {seed}")
         run_seed(replace(cfg, seed=seed), encoder, tokenizer, store, results)

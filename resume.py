@@ -182,6 +182,8 @@ class Store:
             d["head_bias_mean"] = cfg.head_bias_mean
         if cfg.select_on == "heldout":  # held-out rows are taken out of the training rows
             d["heldout_samples"] = cfg.heldout_samples
+        if cfg.carve_splits:  # a carved split's rows are taken out of the training pool
+            d["carve_splits"] = cfg.carve_splits
         reads = cfg.tasks if uses_osrm else [task]
         if uses_osrm:
             d.update({k: getattr(cfg, k) for k in OSRM_KEYS},

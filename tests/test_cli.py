@@ -36,7 +36,7 @@ def test_end_to_end_writes_results_and_resumes(tmp_path, tiny_model, capsys):
     assert sorted(p.name for p in (tmp_path / "out" / "adapters").iterdir()) == [
         "lora-mrpc-seed42.pt", "lora-sst2-seed42.pt", "osrm-mrpc-seed42.pt", "osrm-sst2-seed42.pt"]
     out = capsys.readouterr().out
-    assert "normalised" in out and "interference" in out and "input energy that OSRM" in out
+    assert "normalised" in out and "interference" in out and "input energy that each statistic" in out
     assert {(e["stat"], e["task"]) for e in first["subspace_energy"]} == {
         (stat, t) for stat in ("second_moment", "random") for t in ("sst2", "mrpc")}  # random: the reference
     assert (tmp_path / "out" / "summary.txt").read_text().strip() in out
@@ -210,7 +210,7 @@ def test_select_on_heldout_picks_lambda_on_held_out_rows_and_pairs_every_init_wi
         tmp_path, tiny_model, monkeypatch, capsys):
     write_tiny_glue(tmp_path / "glue")
     args = tiny_args(tmp_path, tiny_model, "--inits", "lora,osrm-own,osrm-mean-random,lora-gaussian",
-                     "--merges", "ta,emr", "--lams", "0.5,1.0", "--seeds", "1,2",
+                     "--merges", "ta,emr", "--lams", "0.5,1.0", "--seeds", "1,2,3",
                      "--select-on", "heldout", "--heldout-samples", "6", "--osrm-skip-ln-direction")
     assert cli.main(args) == 0
     out = capsys.readouterr().out
@@ -241,11 +241,49 @@ def test_select_on_heldout_picks_lambda_on_held_out_rows_and_pairs_every_init_wi
     assert {(e["init"], e["merge"]) for e in results["paired_lambda_spread"]} == {
         (i, "ta") for i in ("osrm-own", "osrm-mean-random", "lora-gaussian")}
     assert len(results["claims"]) == 9 + 3
-    assert {c["verdict"] for c in results["claims"]} <= {"held", "not held", "inconclusive"}
+    verdicts = {c["claim"][0]: set() for c in results["claims"]}
+    for c in results["claims"]:
+        verdicts[c["claim"][0]].add(c["verdict"].split(" (")[0])
+    assert verdicts["1"] <= {"held", "not held", "inconclusive"}
+    assert verdicts["2"] <= {"held", "no worse than a point", "not held", "inconclusive",
+                             "better by over a point"}
+    assert verdicts["3"] == {"not testable here"}  # two lambdas: none is inside the grid
     assert "the paper's three claims against plain LoRA" in out
+    # the primary endpoint, for every init and merge
+    assert {(e["init"], e["merge"]) for e in results["cost_reduction"]} == {
+        (i, m) for i in ("osrm-own", "osrm-mean-random", "lora-gaussian") for m in ("ta", "emr")}
+    assert "PRIMARY ENDPOINT" in out
     # a rerun reuses every score, on dev and held out
     calls = []
     evaluate = train.evaluate
     monkeypatch.setattr(train, "evaluate", lambda *a, **k: calls.append(a[2].name) or evaluate(*a, **k))
     assert cli.main(args) == 0
     assert calls == []
+
+
+def test_a_task_missing_a_split_is_carved_only_when_asked(tmp_path, tiny_model, capsys):
+    """QNLI with its dev file only: an error without --carve-splits; with it, a run whose QNLI
+    column is marked as carved, and which saves where each measure was taken."""
+    write_tiny_glue(tmp_path / "glue")
+    rows = ["index\tquestion\tsentence\tlabel"] + [
+        f"{i}\tis it good {i}?\t{'it is good' if i % 2 else 'it is bad'}\t"
+        f"{'entailment' if i % 2 else 'not_entailment'}" for i in range(40)]
+    (tmp_path / "glue" / "QNLI").mkdir()
+    (tmp_path / "glue" / "QNLI" / "dev.tsv").write_text("\n".join(rows) + "\n")
+    args = tiny_args(tmp_path, tiny_model, "--tasks", "sst2,qnli", "--inits", "lora,lora-orthonormal,osrm",
+                     "--merges", "ta")
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "QNLI/train.tsv" in err and "--carve-splits N carves it" in err
+    assert cli.main(args + ["--carve-splits", "12"]) == 0
+    out = capsys.readouterr().out
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert results["carved"] == {"qnli": "train"}
+    assert "qnli~" in out and "~ qnli: scored on rows carved from its dev file" in out
+    assert {r["task"] for r in results["rows"]} == {"sst2", "qnli"}
+    assert results["config"]["carve_splits"] == 12
+    # every trained adapter's movement; interference and energy on held-out and on fit rows
+    assert {(e["init"], e["task"]) for e in results["movement"]} == {
+        (i, t) for i in ("lora", "lora-orthonormal", "osrm") for t in ("sst2", "qnli")}
+    assert len(results["interference"]) == len(results["interference_fit"]) == 3
+    assert {e["rows"] for e in results["subspace_energy"]} == {"fit", "heldout"}

@@ -71,14 +71,14 @@ def test_the_solutions_pass_these_checks_and_a_wrong_answer_fails(monkeypatch):
 def test_load_run_sees_what_the_run_saw(tmp_path, tiny_model):
     """lab/load_run.py (exercises 2 and 3) rebuilds the layer inputs and task vectors of a saved
     run: the interference it gives by hand, ||dW_t H_j|| / ||dW_j H_j|| from real activations,
-    is the matrix the run reported."""
+    is the matrix the run reported on those rows (interference_fit: the statistics rows)."""
     import cli
     from load_run import load
     from test_cli import tiny_args, write_tiny_glue
     write_tiny_glue(tmp_path / "glue")
     assert cli.main(tiny_args(tmp_path, tiny_model, "--inits", "lora,osrm")) == 0
     run = load(tmp_path / "out")
-    for reported in run.results["interference"]:
+    for reported in run.results["interference_fit"]:
         dW = {t: run.task_vector(reported["init"], t) for t in run.tasks}
         for i, t in enumerate(run.tasks):
             for j, other in enumerate(run.tasks):

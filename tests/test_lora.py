@@ -70,3 +70,18 @@ def test_attention_equals_pytorchs_fused_kernel():
     fused_grads = torch.autograd.grad(fused.sum(), (q, k, v))
     assert torch.allclose(ours, fused, atol=1e-6)
     assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(grads, fused_grads))
+
+
+def test_the_orthonormal_control_has_osrms_shape_and_scale_in_random_directions():
+    g = torch.Generator().manual_seed(3)
+    A = lora.random_A(8, 384, g, "orthonormal")
+    assert A.shape == (8, 384) and A.dtype == torch.float32
+    assert torch.allclose(A @ A.T, torch.eye(8), atol=1e-6)  # rows of norm 1, like OSRM's A
+    assert torch.equal(A, lora.random_A(8, 384, torch.Generator().manual_seed(3), "orthonormal"))
+    # random directions: a fixed unit vector has about r/d = 8/384 of its energy in A's rows
+    shares = [lora.random_A(8, 384, g, "orthonormal")[:, 0].pow(2).sum().item() for _ in range(200)]
+    assert abs(sum(shares) / len(shares) - 8 / 384) < 0.005
+    # row norms of the other draws: Kaiming about sqrt(d/3)/sqrt(d) = 0.58, gaussian sqrt(d)/r
+    kaiming = lora.random_A(8, 384, g, "kaiming").norm(dim=1).mean().item()
+    gaussian = lora.random_A(8, 384, g, "gaussian").norm(dim=1).mean().item()
+    assert abs(kaiming - 3 ** -0.5) < 0.03 and abs(gaussian - 384 ** 0.5 / 8) < 0.15

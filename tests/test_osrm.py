@@ -209,3 +209,17 @@ def test_fisher_diagonal_equals_finite_differences_on_the_tiny_model(tiny_model,
             grad = (up.log_softmax(-1) - down.log_softmax(-1)) / (2 * h)
             expected = (p * grad ** 2).sum()
         assert F["layers.1.value"][i, j].item() == pytest.approx(expected.item(), rel=1e-5, abs=1e-12)
+
+
+def test_movement_reads_the_row_space_before_and_after_training():
+    from osrm_min import movement
+    stats = {"t": {"l": {"S": torch.diag(torch.tensor([4.0, 3.0, 2.0, 1.0], dtype=torch.float64))}},
+             "j": {"l": {"S": torch.eye(4, dtype=torch.float64)}}}
+    start = {"l": torch.tensor([[1.0, 0.0, 0.0, 0.0]])}
+    end = {"l": 5 * torch.tensor([[1.0, 1.0, 0.0, 0.0]]) / 2 ** 0.5}  # turned by 45 degrees, longer
+    m = movement(start, end, stats, "t")
+    # own energy: 4/10 along e1; along (e1 + e2)/sqrt(2), (4 + 3)/2 / 10 (the length does not count)
+    assert m["own_start"] == pytest.approx(0.4) and m["own_end"] == pytest.approx(0.35)
+    assert m["others_start"] == pytest.approx(0.25) and m["others_end"] == pytest.approx(0.25)
+    assert m["overlap"] == pytest.approx(0.5)  # cos^2 of 45 degrees
+    assert movement(start, start, stats, "t")["overlap"] == pytest.approx(1.0)
