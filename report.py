@@ -590,6 +590,9 @@ def summary(results):
     if stalled:
         parts += ["", f"warning: the training loss did not fall for {', '.join(stalled)}: "
                       f"these adapters learned nothing"]
+    if results.get("parts"):
+        parts += ["", "combined from runs side by side: " + "; ".join(
+            f"{p['out']} ({','.join(p['inits'])}, {p['wall_time_s'] or 0:.0f}s)" for p in results["parts"])]
     if "wall_time_s" in results:
         parts += ["", f"wall time {results['wall_time_s']:.0f}s"]
     return "\n".join(parts)
@@ -707,14 +710,87 @@ def draw_interference(plt, results, out):
     plt.close(fig)
 
 
+def finish(results):
+    """Add the paired comparisons, the primary endpoint and the claims to a run's results (what
+    results.json holds beside the raw rows)."""
+    results["paired"] = paired(results)
+    results["paired_lambda_spread"] = paired_spread(results)
+    results["cost_reduction"] = cost_reduction(results)
+    results["claims"] = claims(results)
+    return results
+
+
+LISTS = ("rows", "heldout_rows", "interference", "interference_fit", "subspace_energy",
+         "spectrum", "training", "movement", "merge_statistics_s")
+
+
+def combine(parts):
+    """One results dict from runs that differ only in their --inits and --out, such as a study
+    split over two processes: the same seeds, tasks, settings and input files, disjoint inits.
+    Entries both runs record (the subspace energy of the random reference, the spectra) are
+    kept once. A ValueError names what differs."""
+    first = parts[0]
+    inits = []
+    for p in parts:
+        c = p["config"]
+        differ = sorted(k for k in set(c) | set(first["config"])
+                        if k not in ("inits", "out", "seed") and c.get(k) != first["config"].get(k))
+        if differ or p.get("inputs") != first.get("inputs"):
+            raise ValueError(f"{c['out']} and {first['config']['out']} differ in "
+                             f"{', '.join(differ) or 'their input files'}; only --inits and --out may")
+        if set(c["inits"]) & set(inits):
+            raise ValueError(f"{c['out']} repeats inits of another run: {sorted(set(c['inits']) & set(inits))}")
+        inits += c["inits"]
+    out = {k: v for k, v in first.items() if k not in LISTS}
+    out["config"] = dict(first["config"], inits=inits, out=None)
+    for key in LISTS:
+        seen, out[key] = set(), []
+        for p in parts:
+            for entry in p.get(key) or []:
+                text = json.dumps(entry, sort_keys=True)
+                if text not in seen:
+                    seen.add(text)
+                    out[key].append(entry)
+    out["parts"] = [{"out": p["config"]["out"], "inits": p["config"]["inits"],
+                     "wall_time_s": p.get("wall_time_s")} for p in parts]
+    out["wall_time_s"] = max((p.get("wall_time_s") or 0) for p in parts)
+    return finish(out)
+
+
 def main(argv=None):
-    argv = sys.argv[1:] if argv is None else argv
-    if len(argv) != 1 or not Path(argv[0]).is_file():
-        print("usage: python report.py PATH/results.json", file=sys.stderr)
+    """python report.py RUN/results.json [RUN2/results.json ...] [--out DIR]: print the summary
+    and draw the figures again; several runs that differ only in --inits are combined into one
+    report, written with its results.json into --out."""
+    import argparse
+    p = argparse.ArgumentParser(description=main.__doc__.split(":", 1)[1].strip())
+    p.add_argument("results", nargs="+", help="results.json of a finished run")
+    p.add_argument("--out", help="where a combined report goes (results.json, summary.txt, figures)")
+    args = p.parse_args(sys.argv[1:] if argv is None else argv)
+    paths = [Path(r) for r in args.results]
+    missing = [str(r) for r in paths if not r.is_file()]
+    if missing or (len(paths) > 1 and not args.out):
+        print(f"error: {'no file ' + missing[0] if missing else 'combining runs needs --out DIR'}",
+              file=sys.stderr)
         return 2
-    results = json.loads(Path(argv[0]).read_text())
-    print(summary(results))
-    print(write_figures(results, Path(argv[0]).parent))
+    parts = [json.loads(r.read_text()) for r in paths]
+    if len(parts) == 1 and not args.out:
+        results, out = parts[0], paths[0].parent
+    else:
+        try:
+            results = combine(parts) if len(parts) > 1 else finish(parts[0])
+        except ValueError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        import resume
+        resume.write_json_atomic(results, out / "results.json")
+    text = summary(results)
+    if args.out:
+        import resume
+        resume.write_text_atomic(text + "\n", Path(out) / "summary.txt")
+    print(text)
+    print(write_figures(results, out))
     return 0
 
 

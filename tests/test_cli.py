@@ -287,3 +287,32 @@ def test_a_task_missing_a_split_is_carved_only_when_asked(tmp_path, tiny_model, 
         (i, t) for i in ("lora", "lora-orthonormal", "osrm") for t in ("sst2", "qnli")}
     assert len(results["interference"]) == len(results["interference_fit"]) == 3
     assert {e["rows"] for e in results["subspace_energy"]} == {"fit", "heldout"}
+
+
+def test_runs_split_by_init_combine_into_the_report_of_one_run(tmp_path, tiny_model, capsys):
+    """A study split over two processes (different --inits and --out) gives, combined by
+    report.py, the rows and the paired endpoints of the same study run as one."""
+    write_tiny_glue(tmp_path / "glue")
+    common = ["--merges", "ta", "--lams", "0.5,1.0", "--seeds", "1,2,3"]
+    runs = {}
+    for name, inits in (("one", "lora,osrm"), ("a", "lora"), ("b", "osrm")):
+        args = tiny_args(tmp_path, tiny_model, "--inits", inits, *common)
+        args[args.index("--out") + 1] = str(tmp_path / name)
+        assert cli.main(args) == 0
+        runs[name] = tmp_path / name / "results.json"
+    assert report.main([str(runs["a"]), str(runs["b"]), "--out", str(tmp_path / "both")]) == 0
+    one = json.loads(runs["one"].read_text())
+    both = json.loads((tmp_path / "both" / "results.json").read_text())
+    key = lambda r: json.dumps(r, sort_keys=True)
+    for field in ("rows", "interference", "movement", "subspace_energy", "spectrum"):
+        assert sorted(map(key, both[field])) == sorted(map(key, one[field])), field
+    assert both["cost_reduction"] == one["cost_reduction"] and both["claims"] == one["claims"]
+    assert "combined from runs side by side" in (tmp_path / "both" / "summary.txt").read_text()
+    # runs that differ in more than their inits are refused, in one line
+    args = tiny_args(tmp_path, tiny_model, "--inits", "osrm", "--merges", "ta", "--seeds", "4")
+    args[args.index("--out") + 1] = str(tmp_path / "c")
+    assert cli.main(args) == 0
+    capsys.readouterr()
+    assert report.main([str(runs["a"]), str(tmp_path / "c" / "results.json"), "--out",
+                        str(tmp_path / "bad")]) == 2
+    assert "differ in lams, seeds" in capsys.readouterr().err
