@@ -91,15 +91,27 @@ class Config:
     lam_ta: float = setting(0.7, "lambda of Task Arithmetic (without --lams)")
     lam_ties: float = setting(1.0, "lambda of TIES (without --lams)")
     ties_keep: float = setting(0.2, "fraction of each task vector's entries that TIES keeps")
-    ties_scope: str = setting("tensor", "where TIES trims: each tensor (PEFT, mergekit) or the "
-                                        "whole task vector (global, the TIES paper)")
+    ties_scope: str = setting("tensor", "where TIES trims: each tensor (PEFT's ties) or the "
+                                        "whole task vector (global: MergeLM's ties_merging, as "
+                                        "the TIES paper)")
     dare_p: float = setting(0.5, "DARE's drop rate p")
-    regmean_alpha: float = setting(0.9, "RegMean's scale of the off-diagonal entries of each "
-                                        "Gram matrix (1: the plain least-squares merge)")
+    regmean_alpha: float = setting(1.0, "RegMean's scale of the off-diagonal entries of each "
+                                        "Gram matrix (1: the plain least-squares merge, "
+                                        "MergeLM's default)")
+    regmean_grams: str = setting("mean", "each task's Gram matrix for RegMean: mean (X^T X over "
+                                         "its n tokens, divided by n, as MergeLM and RegMean's "
+                                         "code: tasks weigh the same) or sum (X^T X: tasks weigh "
+                                         "by their token counts)")
     regmean_samples: int = setting(256, "training examples per task whose layer inputs RegMean "
                                         "reads (the RegMean paper's grid: 256 to 2048)")
     fisher_samples: int = setting(256, "training examples per task for Fisher merging's "
                                        "diagonal Fisher")
+    fisher_normalize: bool = setting(True, "Fisher merging weighs each task's Fisher by 1 / its "
+                                           "norm over all layers (MergeLM's and FusionBench's "
+                                           "default; --no-fisher-normalize: each task 1/T)")
+    fisher_eps: float = setting(1e-6, "added to every task's Fisher before merging (MergeLM's "
+                                      "minimal_fisher_weight); where the Fishers are smaller, "
+                                      "the merge leans towards averaging")
     select_on: str = setting("dev", "what picks each merge's lambda: dev (the paper: the dev "
                                     "set that is also reported) or heldout (training rows that "
                                     "no adapter trains on; the table reports dev at that lambda)")
@@ -127,6 +139,7 @@ PAPER_PROTOCOL = {"train_samples": 0, "epochs": 10, "batch_size": 64, "lr": 4e-4
 LAB_PRESET = {"tasks": ("sst2", "stsb"), "train_samples": 500, "dev_samples": 400, "batch_size": 8}
 LORA_TARGETS = ("query", "key", "value", "attn_out", "ffn_in", "ffn_out")
 CHOICES = {"targets": LORA_TARGETS, "ties_scope": ("tensor", "global"), "select_on": ("dev", "heldout"),
+           "regmean_grams": ("mean", "sum"),
            "pooling": ("auto", "cls", "mean", "roberta")}
 
 
@@ -280,6 +293,8 @@ def check(cfg, inits, merges):
         (0 < cfg.ties_keep <= 1, "--ties-keep is a fraction in (0, 1]"),
         (0 <= cfg.dare_p < 1, "--dare-p is a probability in [0, 1)"),
         (0 < cfg.regmean_alpha <= 1, "--regmean-alpha is a fraction in (0, 1]"),
+        (cfg.fisher_eps > 0, "--fisher-eps must be positive (where every task's Fisher is 0, "
+                             "it makes the merge their mean)"),
         (cfg.regmean_samples >= 1 and cfg.fisher_samples >= 1,
          "--regmean-samples and --fisher-samples must be at least 1"),
         (cfg.heldout_samples >= 1, "--heldout-samples must be at least 1"),

@@ -14,6 +14,17 @@ works on the dense update).
 - Gradients are per example (batches of one), which is what makes the square of a sum over
   examples a sum of squares. W0 + s B A is additive in W0, so the gradient with respect to W0,
   with the adapter in place, is the gradient with respect to the dense weight.
+
+The references estimate it otherwise, each per batch, so that their squares hold cross terms
+between the batch's examples: MergeLM's `fisher_merging` (yule-BUAA/MergeLM,
+model_merging_methods/merging_methods.py; FusionBench copies it) squares the gradient of
+sum_x sum_y sqrt(p(y|x)) log p(y|x) for classification, and of the batch's MSE loss with the
+data's labels (an empirical Fisher) for regression; RegMean's code (bloomberg/
+dataless-model-merging, src/model_merge/local_trainer.py, `compute_fisher`) takes the argmax
+label ("hard", its default) or the probability-weighted loss ("soft"). Per example and summed
+exactly over the classes, the estimate here is the Fisher that Matena & Raffel define (labels
+drawn from the model); theirs are cheaper and biased ways to it, or, with the data's labels, to
+the empirical Fisher. The merge itself (merge.fisher_merge) follows MergeLM's.
 """
 
 import torch

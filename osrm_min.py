@@ -261,10 +261,21 @@ def lambdas(cfg, method):
     return list(cfg.lams) or [cfg.lam_ties if method.endswith("ties") else cfg.lam_ta]
 
 
+def regmean_grams(stats, weighting="mean"):
+    """RegMean's G_t of one task, {layer: G}, from its `collect_statistics`: "mean", X^T X / n
+    over the n real tokens (S itself), as MergeLM's and RegMean's hooks average over the rows
+    they see, so that every task weighs the same; "sum", X^T X, weighs tasks by their tokens.
+    The references' rows include the padding of their batches; these exclude it, as its
+    outputs are never read (and how much there is depends on how the batches were cut)."""
+    if weighting not in ("mean", "sum"):
+        raise ValueError(f"unknown RegMean Gram weighting {weighting!r}")
+    return {n: s["S"] if weighting == "mean" else s["S"] * s["n"] for n, s in stats.items()}
+
+
 def merge_statistics(encoder, adapters, prepared, cfg):
     """What the data-aware merges read from each task's fine-tuned model (its adapter in place)
-    on its first training rows: {"regmean": [{layer: G_t = X_t^T X_t}], "fisher": [{layer: F_t}]},
-    for those of the two that --merges asks for."""
+    on its first training rows: {"regmean": [{layer: G_t}] (`regmean_grams`), "fisher":
+    [{layer: F_t}]}, for those of the two that --merges asks for."""
     out = {}
     for t, adapter in adapters.items():
         rows, pad_id = prepared[t]["train"], prepared[t]["pad_id"]
@@ -275,7 +286,7 @@ def merge_statistics(encoder, adapters, prepared, cfg):
                                             group_by_length=True, pad_id=pad_id)
                 stats = collect_statistics(encoder, [train.to_device(b, cfg.device) for b in batches],
                                            list(layers))
-                out.setdefault("regmean", []).append({n: s["S"] * s["n"] for n, s in stats.items()})
+                out.setdefault("regmean", []).append(regmean_grams(stats, cfg.regmean_grams))
             if "fisher" in cfg.merges:
                 examples = data.make_batches(rows[:cfg.fisher_samples], 1, pad_id=pad_id)
                 out.setdefault("fisher", []).append(
@@ -296,7 +307,8 @@ def merged_scores(encoder, method, lam, task_vectors, heads, statistics, score, 
     try:
         merged = merge.merge_task_vectors(list(task_vectors.values()), method, lam, cfg.ties_keep,
                                           cfg.ties_scope, cfg.dare_p, cfg.seed,
-                                          statistics.get(method), cfg.regmean_alpha)
+                                          statistics.get(method), cfg.regmean_alpha,
+                                          cfg.fisher_normalize, cfg.fisher_eps)
     except ValueError as e:  # RegMean's sum of Gram matrices is singular
         raise ExperimentError(f"{method}: {e}; use more --regmean-samples or a --regmean-alpha "
                               f"below 1") from None

@@ -125,6 +125,7 @@ CASES = [
     ("osrm-post before lora", setting("--inits", "osrm-post"), "list lora before it"),
     ("--heldout-samples 0", setting("--heldout-samples", "0"), "--heldout-samples must be at least 1"),
     ("--own-eps 0", setting("--own-eps", "0"), "--own-eps must be positive"),
+    ("--fisher-eps 0", setting("--fisher-eps", "0"), "--fisher-eps must be positive"),
     ("held out more rows than a task has", setting("--select-on", "heldout", "--heldout-samples", "1000"),
      "leaves none to train on"),
     ("--seeds not numbers", setting("--seeds", "a,b"), "--seeds: 'a,b' is not"),

@@ -188,8 +188,9 @@ def test_a_rerun_reuses_earlier_scores_and_evaluates_only_what_is_new(tmp_path, 
 def test_the_data_aware_merges_write_rows_without_a_lambda_and_are_reused(tmp_path, tiny_model,
                                                                           monkeypatch, capsys):
     write_tiny_glue(tmp_path / "glue")
+    # 8 tiny rows have fewer tokens than the layers' 32 inputs: alpha below 1 keeps RegMean solvable
     args = tiny_args(tmp_path, tiny_model, "--merges", "regmean,fisher,emr", "--lams", "0.5",
-                     "--regmean-samples", "8", "--fisher-samples", "4")
+                     "--regmean-samples", "8", "--fisher-samples", "4", "--regmean-alpha", "0.9")
     assert cli.main(args) == 0
     results = json.loads((tmp_path / "out" / "results.json").read_text())
     merged = [r for r in results["rows"] if r["merge"] != "none"]

@@ -104,6 +104,26 @@ def test_statistics_equal_the_direct_computation_even_when_the_encoder_packs(tin
     assert encoder.unpad  # restored
 
 
+def test_merge_statistics_give_regmean_each_tasks_mean_gram(tiny_model):
+    """Task b's rows are task a's ten times over: the same mean Gram X^T X / n (MergeLM's and
+    RegMean's per-task average, the default), and with --regmean-grams sum ten times X^T X."""
+    import config
+    from osrm_min import Adapter, merge_statistics
+    encoder, _ = checkpoint.load_checkpoint(tiny_model)
+    lora.add_lora(encoder, ("query", "value"), rank=2, alpha=4, seed=1)
+    adapters = dict.fromkeys("ab", Adapter(lora.lora_state(encoder), head=None))
+    lora.remove_lora(encoder)
+    rows = [([2, 7, 8, 3], [0, 0, 0, 0], 0), ([2, 9, 3], [0, 0, 0], 1)]
+    prepared = {"a": {"train": rows, "pad_id": 0}, "b": {"train": rows * 10, "pad_id": 0}}
+    cfg = config.Config(merges=("regmean",), targets=("query", "value"), rank=2, alpha=4.0,
+                        batch_size=4)
+    grams = merge_statistics(encoder, adapters, prepared, cfg)["regmean"]
+    assert all(torch.allclose(grams[1][n], G, rtol=1e-12, atol=0) for n, G in grams[0].items())
+    cfg.regmean_grams = "sum"
+    grams = merge_statistics(encoder, adapters, prepared, cfg)["regmean"]
+    assert all(torch.allclose(grams[1][n], 10 * G, rtol=1e-12, atol=0) for n, G in grams[0].items())
+
+
 def orthonormal_rows(r, d, seed):
     Q, _ = torch.linalg.qr(torch.randn(d, r, generator=torch.Generator().manual_seed(seed)))
     return Q.T  # (r, d), A A^T = I
