@@ -519,7 +519,8 @@ def summary(results):
     where = "dev" if on == "dev" else "held-out training rows, scored on dev"
     dev = (f"{cfg['dev_samples']} rows of each GLUE dev set (--dev-samples)"
            if cfg.get("dev_samples") else "GLUE dev")
-    parts = [f"tasks {','.join(cfg['tasks'])}; seeds {','.join(map(str, cfg['seeds']))}; "
+    parts = [f"({note})" for note in results.get("notes", [])]
+    parts += [f"tasks {','.join(cfg['tasks'])}; seeds {','.join(map(str, cfg['seeds']))}; "
              f"scores x100 on {dev}; merges at their best lambda on {where} (mean over seeds); "
              f"constant: the best constant prediction",
              format_table(results)]
