@@ -5,7 +5,7 @@
 #     bash results/study.sh
 #
 # Four tasks that learn (SST-2, STS-B, QQP and QNLI, the last two on carved splits), four
-# inits, Task Arithmetic and TIES at five lambdas picked on held-out rows, five seeds. On two
+# inits, Task Arithmetic and TIES at six lambdas picked on held-out rows, five seeds. On two
 # cores, two one-thread processes train and score their adapters sooner than one process of
 # two threads, so the inits are split over two runs (a, b), which report.py combines; the
 # learning-rate check (the paper's 4e-4, one seed) starts when the first of them is done.
@@ -15,7 +15,7 @@ cd "$(dirname "$0")/.."
 mkdir -p results/parts
 export OMP_NUM_THREADS=1 GLUE_DIR="${GLUE_DIR:-../shared/glue}"
 STUDY=(--tasks sst2,stsb,qqp,qnli --carve-splits 800 --dev-samples 800 --train-samples 2000
-       --merges ta,ties --lams 0.3,0.5,0.7,1.0,1.5 --select-on heldout --heldout-samples 400)
+       --merges ta,ties --lams 0.1,0.2,0.3,0.5,0.7,1.0 --select-on heldout --heldout-samples 400)
 run() {  # name, flags...: one run into results/parts/<name>, its output in <name>.log
   local name=$1; shift
   python osrm_min.py "${STUDY[@]}" "$@" --out "results/parts/$name" > "results/parts/$name.log" 2>&1
