@@ -347,6 +347,11 @@ _METRIC_FNS = {"matthews": matthews_corrcoef, "accuracy": accuracy, "f1": f1, "p
                "spearman": spearman}
 
 
+def metric_names(task: Task) -> tuple:
+    """The metrics GLUE reports for a task, e.g. ("accuracy", "f1") for MRPC."""
+    return _METRIC_KEYS[task.metric]
+
+
 def glue_metrics(task: Task, preds, labels) -> dict:
     """The metrics GLUE reports for a task; preds are class indices (floats for STS-B)."""
     return {k: _METRIC_FNS[k](preds, labels) for k in _METRIC_KEYS[task.metric]}

@@ -6,6 +6,7 @@ all; one run per output folder at a time.
     <out>/adapters/<init>-<task>-seed<seed>.pt   one trained adapter: its settings and inputs,
                                                  A and B, the head, how its training loss moved
     <out>/evaluations.json                       every score computed so far, with its settings
+                                                 and a digest of the adapters it came from
     <out>/.lock                                  held by the run in progress
 
 The inputs are fingerprinted by content (SHA-256): the model's config and weights, the
@@ -29,14 +30,17 @@ import config
 import data
 from config import ExperimentError
 
-# Everything that shapes one trained adapter; a saved adapter is reused only if all match.
+# Everything that shapes one trained adapter; a saved adapter is reused only if all match
+# (the device too: a GPU trains in bf16 autocast).
 ADAPTER_KEYS = ("model", "data_dir", "full", "rank", "alpha", "targets", "lora_dropout", "lr",
                 "epochs", "batch_size", "train_samples", "max_length", "group_by_length",
-                "weight_decay", "warmup", "max_grad_norm", "seed", "pooling")
+                "weight_decay", "warmup", "max_grad_norm", "seed", "pooling", "device")
 OSRM_KEYS = ("osrm_samples", "osrm_skip_ln_direction", "own_eps")  # A_t also depends on the other tasks
-# Settings that say which evaluations a run makes, not what any one of them scores
-WORK_KEYS = ("seeds", "seed", "inits", "merges", "lams", "lam_ta", "lam_ties", "out", "device",
-             "eval_batch_size", "lab")  # --lab only sets other settings
+# Settings that say which evaluations a run makes, not what any one of them scores. The device
+# and --eval-batch-size are not among them: they change a score's rounding (STS-B's in the
+# fifth digit), and a reused score must be the one a fresh run computes.
+WORK_KEYS = ("seeds", "seed", "inits", "merges", "lams", "lam_ta", "lam_ties", "out",
+             "lab")  # --lab only sets other settings
 
 
 # Writing files whole
@@ -184,8 +188,11 @@ class Store:
             d["heldout_samples"] = cfg.heldout_samples
         reads = cfg.tasks if uses_osrm else [task]
         if uses_osrm:
+            # in --tasks order: osrm-mean stacks the other tasks' means in it (and LAPACK's null
+            # basis follows the order), and with three or more a float sum of their moments
+            # rounds differently in another order
             d.update({k: getattr(cfg, k) for k in OSRM_KEYS},
-                     other_tasks=sorted(set(cfg.tasks) - {task}))
+                     other_tasks=[t for t in cfg.tasks if t != task])
             # the statistics read each task's first --osrm-samples training rows, a prefix of
             # the same seeded order whatever the count, unless a task has fewer rows than that
             short = {t: n for t, n in rows.items() if t != task and 0 < n < cfg.osrm_samples}
@@ -219,17 +226,22 @@ class Store:
                        else "settings changed")
                 print(f"{init}/{task}: {why} since {path} was saved; training again")
                 return None
-            state = saved["lora"]
-            if set(state) != set(shapes) or any(tuple(state[k].shape) != shapes[k]
-                                                or not torch.isfinite(state[k]).all() for k in shapes):
+            # all of it checked before anything is loaded: a head half copied into `head` would
+            # start the training again from the old values
+            state, training = saved["lora"], saved.get("training")
+            if not fits(state, {k: (shape, torch.float32) for k, shape in shapes.items()}):
                 raise ValueError("its A and B do not fit this model")
+            if not fits(saved["head"], {k: (tuple(v.shape), v.dtype) for k, v in head.state_dict().items()}):
+                raise ValueError("its head does not fit this task and model")
+            if not usable_training(training):
+                raise ValueError("its training summary is not one that finetune writes")
             head.load_state_dict(saved["head"])
         except Exception as e:  # a truncated or foreign file: say so and retrain, never crash
             print(f"note: cannot use {path} ({type(e).__name__}: {str(e).splitlines()[0][:80] if str(e) else ''}); "
                   f"training again")
             return None
         print(f"{init}/{task}: loaded the adapter trained earlier ({path})")
-        return state, saved.get("training")
+        return state, training
 
     def save_adapter(self, cfg, task, init, uses_osrm, lora_state, head_state, training):
         save_atomic({"config": self.adapter_settings(cfg, task, init, uses_osrm),
@@ -237,23 +249,64 @@ class Store:
                     self.adapter_path(init, task, cfg.seed))
 
 
+def fits(tensors, like):
+    """Whether `tensors` is what a fresh run makes, as `like` ({name: (shape, dtype)}) says: the
+    same names, shapes and dtypes, and every value finite."""
+    return (isinstance(tensors, dict) and set(tensors) == set(like)
+            and all(isinstance(t, torch.Tensor) and (tuple(t.shape), t.dtype) == like[k]
+                    and torch.isfinite(t).all() for k, t in tensors.items()))
+
+
+def is_a(value, kind):
+    """isinstance, except that a bool is not a number (JSON's true would pass as 1)."""
+    return isinstance(value, kind) and not isinstance(value, bool)
+
+
+def usable_training(training):
+    """A training summary as train.finetune writes it: the mean losses of the first and last
+    quarter of the steps, finite and not negative, and a positive number of steps."""
+    return (isinstance(training, dict)
+            and all(is_a(training.get(k), float) and 0 <= training[k] < math.inf
+                    for k in ("loss_start", "loss_end"))
+            and is_a(training.get("steps"), int) and training["steps"] >= 1)
+
+
+def tensors_digest(tensors):
+    """A short digest of {name: tensor}: the names, dtypes, shapes and every byte of the values."""
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu().contiguous()
+        h.update(f"{name} {t.dtype} {tuple(t.shape)};".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy())
+    return h.hexdigest()[:16]
+
+
 ROW_TYPES = {"seed": int, "init": str, "merge": str, "task": str, "score": (int, float),
-             "metrics": dict, "inputs": str, "split": str}
+             "metrics": dict, "inputs": str, "adapters": str, "split": str}
 
 
 def usable_row(row):
-    """A saved score row with every field, of the right type, and a finite score."""
-    return (isinstance(row, dict) and all(isinstance(row.get(k), t) for k, t in ROW_TYPES.items())
-            and (row.get("lambda") is None or isinstance(row["lambda"], (int, float)))
-            and math.isfinite(row["score"]))
+    """A saved score row that a fresh run could have written: every field of its type, a task
+    and split that exist, a positive finite lambda or none, and the task's metrics, each in
+    [-1, 1], giving exactly its score."""
+    if not (isinstance(row, dict) and all(is_a(row.get(k), t) for k, t in ROW_TYPES.items())):
+        return False
+    task, lam, metrics = data.TASKS.get(row["task"]), row.get("lambda"), row["metrics"]
+    return (task is not None and row["split"] in ("dev", "heldout")
+            and (lam is None or (is_a(lam, (int, float)) and 0 < lam < math.inf))
+            and set(metrics) == set(data.metric_names(task))
+            and all(is_a(v, (int, float)) and -1 <= v <= 1 for v in metrics.values())
+            and data.main_score(task, metrics) == row["score"])
 
 
-def result_row(seed, init, merge_method, lam, task, score, metrics, inputs, split="dev"):
+def result_row(seed, init, merge_method, lam, task, score, metrics, inputs, adapters, split="dev"):
     """One row of results.json: a task's score under one init and one merge ("none": alone),
     on its dev set or its held-out training rows (`split`); `inputs` is the digest of the
-    files it was computed from (Store.row_inputs)."""
+    files it was computed from (Store.row_inputs), `adapters` that of the adapters (their
+    tensors_digest), so that a score is never reused beside an adapter trained again."""
     return {"seed": seed, "init": init, "merge": merge_method, "lambda": lam, "task": task,
-            "split": split, "score": score, "metrics": metrics, "inputs": inputs}
+            "split": split, "score": score, "metrics": metrics, "inputs": inputs,
+            "adapters": adapters}
 
 
 class Evaluations:
@@ -292,8 +345,10 @@ class Evaluations:
     def key(row):
         return (row["seed"], row["init"], row["merge"], row["lambda"], row["task"], row["split"])
 
-    def get(self, seed, init, merge_method, lam, task, split="dev"):
-        return self.rows.get((seed, init, merge_method, lam, task, split))
+    def get(self, seed, init, merge_method, lam, task, adapters, split="dev"):
+        """The saved row, if it was computed from the same adapters (result_row)."""
+        row = self.rows.get((seed, init, merge_method, lam, task, split))
+        return row if row is not None and row["adapters"] == adapters else None
 
     def add(self, rows):
         self.rows.update({self.key(r): r for r in rows})

@@ -16,6 +16,7 @@ import torch
 
 import cli
 import resume
+import train
 from conftest import ROOT, write_tiny_checkpoint
 from tiny import hf_names, write_safetensors
 from test_cli import tiny_args, write_tiny_glue
@@ -259,6 +260,147 @@ def test_a_damaged_adapter_file_is_trained_again(tmp_path, tiny_model, capsys, d
     first, second, out = run_twice(tmp_path, tiny_model, capsys, spoil)
     assert "note: cannot use" in out and "lora-sst2-seed42.pt" in out
     assert scores(first) == scores(second)  # retrained the same way
+
+
+# A cache entry is reused whole, and only where a fresh run gives the same; else it is dropped
+
+def saved_adapters(out):
+    """{file name: {tensor name: tensor}} of the adapters saved in `out`, A, B and the head."""
+    adapters = {}
+    for path in sorted((out / "adapters").glob("*.pt")):
+        saved = torch.load(path, weights_only=True)
+        adapters[path.name] = {**saved["lora"], **{f"head.{k}": v for k, v in saved["head"].items()}}
+    return adapters
+
+
+def same_adapters(a, b):
+    return a.keys() == b.keys() and all(
+        a[f].keys() == b[f].keys() and all(torch.equal(a[f][k], b[f][k]) for k in a[f]) for f in a)
+
+
+@pytest.fixture(scope="module")
+def fresh_lora(tmp_path_factory):
+    """(results, adapters) of run_twice's command in a new folder: what its reruns must give."""
+    tmp = tmp_path_factory.mktemp("fresh")
+    write_tiny_checkpoint(tmp / "tiny-bert")
+    write_tiny_glue(tmp / "glue")
+    assert cli.main(tiny_args(tmp, tmp / "tiny-bert", "--inits", "lora", "--merges", "ta")) == 0
+    return json.loads((tmp / "out" / "results.json").read_text()), saved_adapters(tmp / "out")
+
+
+def fresh_run(tmp_path, tiny_model, *args):
+    """The results and adapters of `args` (tiny_args' extras) in a new --out: what a rerun must give."""
+    out = tmp_path / "fresh"
+    assert cli.main(tiny_args(tmp_path, tiny_model, *args, "--out", str(out))) == 0
+    return json.loads((out / "results.json").read_text()), saved_adapters(out)
+
+
+def write_pairs(glue, folder, header, row):
+    """A third task's train and dev files, one `row(i, a, b)` per pair of tiny sentences."""
+    from tiny import NEGATIVE, POSITIVE
+    pairs = [(a, b) for a in POSITIVE + NEGATIVE for b in POSITIVE + NEGATIVE][::3]
+    (glue / folder).mkdir()
+    for split in ("train", "dev"):
+        lines = [header] + [row(i, a, b) for i, (a, b) in enumerate(pairs)]
+        (glue / folder / f"{split}.tsv").write_text("\n".join(lines) + "\n")
+
+
+def write_rte(glue):
+    write_pairs(glue, "RTE", "index\tsentence1\tsentence2\tlabel",
+                lambda i, a, b: f"{i}\t{a}\t{b}\t{'entailment' if i % 2 else 'not_entailment'}")
+
+
+def write_stsb(glue):
+    write_pairs(glue, "STS-B", "genre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\tscore",
+                lambda i, a, b: f"g\tf\ty\t{i}\ts\ts\t{a}\t{b}\t{i * 37 % 51 / 10}")
+
+
+@pytest.mark.parametrize("init", ["osrm-mean", "osrm-mean-random"])
+def test_an_adapter_made_from_the_other_tasks_in_order_is_not_reused_in_another_order(
+        tmp_path, tiny_model, init):
+    """osrm-mean stacks the other tasks' means in --tasks order, and its null basis follows the
+    order: the adapters of sst2,mrpc,rte are not those of sst2,rte,mrpc."""
+    write_rte(write_tiny_glue(tmp_path / "glue"))
+    args = ["--inits", init, "--merges", "ta"]
+    assert cli.main(tiny_args(tmp_path, tiny_model, *args, "--tasks", "sst2,mrpc,rte")) == 0
+    assert cli.main(tiny_args(tmp_path, tiny_model, *args, "--tasks", "sst2,rte,mrpc")) == 0
+    results, adapters = fresh_run(tmp_path, tiny_model, *args, "--tasks", "sst2,rte,mrpc")
+    assert same_adapters(saved_adapters(tmp_path / "out"), adapters)
+
+
+@pytest.mark.parametrize("flag, value", [("--eval-batch-size", "3"), ("--eval-batch-size", "7")])
+def test_a_setting_that_changes_a_scores_rounding_is_evaluated_again(tmp_path, tiny_model, flag,
+                                                                     value):
+    """STS-B's correlations move in the fifth digit with the evaluation's batches."""
+    write_stsb(write_tiny_glue(tmp_path / "glue"))
+    args = ["--tasks", "stsb,sst2", "--inits", "lora", "--merges", "ta"]
+    assert cli.main(tiny_args(tmp_path, tiny_model, *args)) == 0
+    assert cli.main(tiny_args(tmp_path, tiny_model, *args, flag, value)) == 0
+    rerun = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert scores(rerun) == scores(fresh_run(tmp_path, tiny_model, *args, flag, value)[0])
+
+
+def spoil_adapter(tmp_path, change):
+    path = tmp_path / "out" / "adapters" / "lora-sst2-seed42.pt"
+    saved = torch.load(path, weights_only=True)
+    change(saved)
+    torch.save(saved, path)
+
+
+ADAPTER_DAMAGE = {
+    "a head tensor of the wrong shape": lambda s: s["head"].update({"classifier.weight": torch.zeros(3, 3)}),
+    "a head tensor missing": lambda s: s["head"].pop("classifier.bias"),
+    "a head of NaN": lambda s: [v.fill_(float("nan")) for v in s["head"].values()],
+    "an A in float64": lambda s: s["lora"].update({"layers.0.query.A": s["lora"]["layers.0.query.A"].double()}),
+    "a training summary of text": lambda s: s["training"].update(loss_end="low"),
+    "no training summary": lambda s: s.update(training=None),
+}
+
+
+@pytest.mark.parametrize("damage", ADAPTER_DAMAGE, ids=list(ADAPTER_DAMAGE))
+def test_a_damaged_adapter_is_discarded_whole_and_trained_again_as_a_fresh_run_would(
+        tmp_path, tiny_model, capsys, fresh_lora, damage):
+    first, second, out = run_twice(tmp_path, tiny_model, capsys,
+                                   lambda: spoil_adapter(tmp_path, ADAPTER_DAMAGE[damage]))
+    assert "note: cannot use" in out and "lora-sst2-seed42.pt" in out
+    fresh, adapters = fresh_lora
+    assert same_adapters(saved_adapters(tmp_path / "out"), adapters)
+    assert scores(second) == scores(fresh) and second["training"] == fresh["training"]
+
+
+def test_a_score_is_not_reused_beside_another_adapter(tmp_path, tiny_model, monkeypatch):
+    """A saved adapter that a run can use but is not the one a score came from (here: edited,
+    its B doubled) is scored again, alone and in every merge that holds it."""
+    write_tiny_glue(tmp_path / "glue")
+    args = tiny_args(tmp_path, tiny_model, "--inits", "lora", "--merges", "ta")
+    assert cli.main(args) == 0
+    spoil_adapter(tmp_path, lambda s: s["lora"].update(
+        {k: 2 * v for k, v in s["lora"].items() if k.endswith(".B")}))
+    calls = []
+    evaluate = train.evaluate
+    monkeypatch.setattr(train, "evaluate", lambda *a, **k: calls.append(a[2].name) or evaluate(*a, **k))
+    assert cli.main(args) == 0
+    assert sorted(calls) == ["mrpc", "sst2", "sst2"]  # sst2 alone, and both tasks merged
+
+
+SCORE_DAMAGE = {
+    "a score of true": lambda row: row.update(score=True),
+    "a score that is not its metrics'": lambda row: row.update(score=99.0),
+    "metrics out of their range": lambda row: row.update(score=200.0, metrics={"accuracy": 2.0}),
+}
+
+
+@pytest.mark.parametrize("damage", SCORE_DAMAGE, ids=list(SCORE_DAMAGE))
+def test_a_score_a_fresh_run_could_not_give_is_evaluated_again(tmp_path, tiny_model, capsys,
+                                                               fresh_lora, damage):
+    def spoil():
+        path = tmp_path / "out" / "evaluations.json"
+        saved = json.loads(path.read_text())
+        SCORE_DAMAGE[damage](next(r for r in saved["rows"] if r["task"] == "sst2"))
+        path.write_text(json.dumps(saved))
+    first, second, out = run_twice(tmp_path, tiny_model, capsys, spoil)
+    assert "note: cannot use" in out and "evaluating again" in out
+    assert scores(second) == scores(fresh_lora[0])
 
 
 @pytest.mark.parametrize("content", ["[]", '{"settings": {}, "rows": [1, 2]}', "{not json"])
