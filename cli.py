@@ -28,7 +28,8 @@ def main(argv=None):
     try:
         inits = {name: init.help for name, init in osrm_min.INITS.items()}
         cfg = config.parse_command_line(argv, inits, merge.METHODS)
-        resume.check_writable(cfg.out)
+        resume.check_writable(cfg.out, ["results.json", "summary.txt", *report.FIGURES,
+                                        *resume.stored_files(cfg)])
         with resume.RunLock(cfg.out):
             encoder, pooling = checkpoint.load_checkpoint(cfg.model)
             cfg.pooling = pooling if cfg.pooling == "auto" else cfg.pooling
@@ -56,8 +57,8 @@ def main(argv=None):
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
     except OSError as e:  # permissions, a full disk, a file where a folder should be, ...
-        print(f"error: {e.strerror or e}: {e.filename or ''}; check the path, its permissions "
-              f"and the free space", file=sys.stderr)
+        print(f"error: {e.strerror or e}{f': {e.filename}' if e.filename else ''}; check the path, "
+              f"its permissions and the free space", file=sys.stderr)
     except MemoryError:
         print("error: out of memory; try a smaller --batch-size or --eval-batch-size",
               file=sys.stderr)

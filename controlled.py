@@ -44,6 +44,7 @@ import torch.nn.functional as F
 
 import extensions
 import lora
+import report
 import resume
 from osrm_min import interference, osrm_subspace, subspace_energy
 
@@ -203,7 +204,7 @@ def figure(results, out):
         ax.grid(alpha=0.3)
     axes[2].legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(out / "controlled.png", dpi=120)
+    report.save_figure(fig, out / "controlled.png")
     plt.close(fig)
     return f"figure: {out / 'controlled.png'}"
 

@@ -413,6 +413,16 @@ def summary(results):
     return "\n".join(parts)
 
 
+FIGURES = ("lambda.png", "interference.png", "spectrum.png", "energy.png")  # write_figures' files
+
+
+def save_figure(fig, path):
+    """fig as a PNG at `path`, written whole beside it and then put in its place
+    (resume.write_atomic), so that a link at `path` is replaced, never written through."""
+    import resume  # here, not above: `python report.py` without matplotlib needs no torch
+    resume.write_atomic(path, lambda f: fig.savefig(f, format="png", dpi=120))
+
+
 def write_figures(results, out):
     """Draw lambda.png and interference.png in `out`; returns a line saying where they are, or
     that they were skipped because matplotlib is missing (it is optional:
@@ -458,7 +468,7 @@ def draw_spectrum(plt, results, out):
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(out / "spectrum.png", dpi=120)
+    save_figure(fig, out / "spectrum.png")
     plt.close(fig)
 
 
@@ -478,7 +488,7 @@ def draw_energy(plt, results, out):
     ax.grid(alpha=0.3, axis="y")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(out / "energy.png", dpi=120)
+    save_figure(fig, out / "energy.png")
     plt.close(fig)
 
 
@@ -501,7 +511,7 @@ def draw_lambda_curves(plt, results, curves, merges, out):
     axes[0][0].set_ylabel("merged average score (dev)")
     axes[0][-1].legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(out / "lambda.png", dpi=120)
+    save_figure(fig, out / "lambda.png")
     plt.close(fig)
 
 
@@ -521,7 +531,7 @@ def draw_interference(plt, results, out):
         ax.set_xlabel("inputs of task j", fontsize=7)
     axes[0][0].set_ylabel("adapter of task t", fontsize=7)
     fig.tight_layout()
-    fig.savefig(out / "interference.png", dpi=120)
+    save_figure(fig, out / "interference.png")
     plt.close(fig)
 
 

@@ -15,10 +15,14 @@ osrm_min.py asks `Store` for an adapter or a score before computing it, and hand
 computed.
 """
 
+import errno
 import hashlib
+import io
 import json
 import math
 import os
+import re
+import stat
 import tempfile
 import time
 from dataclasses import asdict
@@ -50,10 +54,12 @@ os.umask(UMASK)
 
 
 def write_atomic(path, write):
-    """`write(f)` fills a temporary file beside `path`, under a name no other process uses;
-    only once it is complete and on disk does it replace `path`."""
+    """`write(f)` fills a temporary file beside `path`, under a name no other process uses
+    (TEMPORARY: osrm-min's and this process's); only once it is complete and on disk does it
+    replace `path`."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.osrm-min-{os.getpid()}-",
+                               suffix=".tmp")
     try:
         os.chmod(tmp, 0o666 & ~UMASK)  # mkstemp's file is private (0600); give the usual mode
         with os.fdopen(fd, "wb") as f:
@@ -61,13 +67,20 @@ def write_atomic(path, write):
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            # name the file meant: the error names the temporary file, or none (a full disk)
+            raise OSError(e.errno, e.strerror or str(e), str(path)) from e
         raise
 
 
 def save_atomic(obj, path):
-    write_atomic(path, lambda f: torch.save(obj, f))
+    # into memory first: torch's own file writer reports a full disk as a RuntimeError that
+    # names no file
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    write_atomic(path, lambda f: f.write(buffer.getbuffer()))
 
 
 def write_text_atomic(text, path):
@@ -95,15 +108,47 @@ def plain(obj):
     return json.loads(json.dumps(obj))
 
 
-def check_writable(out):
-    """Make the output folder, or say in one line why it cannot be written."""
+def check_writable(out, files=()):
+    """Make the output folder and its adapters folder, or say in one line why they cannot be
+    written, before any work rather than after it; likewise for a folder (or anything but a
+    file) where the run will write one of `files` (names under `out`)."""
+    out = Path(out)
+    if (out / "adapters").is_symlink():  # the adapters would be written wherever it points
+        raise ExperimentError(f"{out / 'adapters'} is a link, which osrm-min did not make and "
+                              f"does not write through; remove it, or choose another --out")
+    for folder in (out, out / "adapters"):
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            fd, probe = tempfile.mkstemp(dir=folder, prefix=".write-test.")
+            os.close(fd)
+            os.unlink(probe)
+        except OSError as e:
+            raise ExperimentError(f"--out {out}: {folder} is not writable ({e.strerror}); "
+                                  f"choose another folder")
+    for name in files:
+        if (out / name).exists() and not (out / name).is_file():
+            raise ExperimentError(f"{out / name} is a folder, where this run writes a file; "
+                                  f"move it away, or choose another --out")
+
+
+# write_atomic's temporary files: the name of the file they become, and the writer's pid
+TEMPORARY = re.compile(r"\..+\.osrm-min-(\d+)-[a-z0-9_]+\.tmp")
+
+
+def left_by_a_dead_run(path):
+    """Whether `path` is a temporary file of write_atomic's (a plain file, not a link) whose
+    process is gone, or is this one (which, taking the lock, is writing nothing yet)."""
+    match = TEMPORARY.fullmatch(path.name)
+    if not match or path.is_symlink() or not path.is_file():
+        return False
+    pid = int(match[1])
     try:
-        Path(out).mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(dir=out, prefix=".write-test.")
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as e:
-        raise ExperimentError(f"--out {out} is not writable ({e.strerror}); choose another folder")
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return True
+    except (PermissionError, OverflowError):  # another user's process, or not a pid at all
+        return False
+    return pid == os.getpid()
 
 
 class RunLock:
@@ -115,11 +160,23 @@ class RunLock:
 
     def __enter__(self):
         import fcntl  # POSIX; the lock is what keeps two runs from mixing their files
-        self.file = open(self.path, "a+")
+        # never through a link: a .lock that is one, or a hard link, would have this run
+        # truncate and write a file that it did not make, wherever that lies
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o666)
+        except OSError as e:
+            if e.errno != errno.ELOOP:
+                raise
+            fd = None
+        if fd is None or not stat.S_ISREG(os.fstat(fd).st_mode) or os.fstat(fd).st_nlink != 1:
+            if fd is not None:
+                os.close(fd)
+            raise ExperimentError(f"{self.path} is a link or not a plain file, so it is not "
+                                  f"osrm-min's lock; remove it, or choose another --out")
+        self.file = os.fdopen(fd, "r+")
         try:
             fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            self.file.seek(0)
             owner = self.file.read().strip()
             self.file.close()
             raise ExperimentError(f"--out {self.path.parent} is in use by another osrm-min run"
@@ -128,10 +185,11 @@ class RunLock:
         self.file.truncate(0)
         self.file.write(f"pid {os.getpid()}, started {time.strftime('%Y-%m-%d %H:%M:%S')}")
         self.file.flush()
-        # a run killed while writing leaves a temporary file; nobody else writes here now
+        # a run killed while writing leaves a temporary file; no other run writes here now
         for folder in (self.path.parent, self.path.parent / "adapters"):
             for tmp in folder.glob(".*.tmp"):
-                tmp.unlink(missing_ok=True)
+                if left_by_a_dead_run(tmp):
+                    tmp.unlink(missing_ok=True)
         return self
 
     def __exit__(self, *exc):
@@ -163,6 +221,16 @@ def fingerprint_inputs(model_files, tokenizer_files, data_files):
 
 # The stores
 
+def adapter_file(init, task, seed):
+    return f"adapters/{init}-{task}-seed{seed}.pt"
+
+
+def stored_files(cfg):
+    """The files under --out that Store may write for this run."""
+    return ["evaluations.json"] + [adapter_file(init, task, seed) for seed in cfg.seeds
+                                   for init in cfg.inits for task in cfg.tasks]
+
+
 class Store:
     """The adapters and scores of earlier runs into the same output folder."""
 
@@ -174,7 +242,7 @@ class Store:
                                   lambda task: self.row_inputs(cfg.tasks, task))
 
     def adapter_path(self, init, task, seed):
-        return self.out / "adapters" / f"{init}-{task}-seed{seed}.pt"
+        return self.out / adapter_file(init, task, seed)
 
     def adapter_settings(self, cfg, task, init, uses_osrm):
         """The settings and inputs saved with an adapter; it is reused only if they match.

@@ -7,14 +7,17 @@ where the input is refused, so the table runs in seconds.
 """
 
 import json
+import os
 import subprocess
 import sys
+import tempfile
 import time
 
 import pytest
 import torch
 
 import cli
+import report
 import resume
 import train
 from conftest import ROOT, write_tiny_checkpoint
@@ -66,6 +69,26 @@ def disk_full(tmp, model, monkeypatch):
         raise OSError(28, "No space left on device", str(tmp / "out" / "evaluations.json"))
     monkeypatch.setattr(resume, "write_atomic", no_space)
     return []
+
+
+def full_disk(tmp, model, monkeypatch):
+    """Every write fails as on a full disk: the temporary files are real, their bytes go to
+    /dev/full (whose errors name no file)."""
+    mkstemp = tempfile.mkstemp
+    def on_a_full_disk(*args, **kwargs):
+        fd, name = mkstemp(*args, **kwargs)
+        os.close(fd)
+        return os.open("/dev/full", os.O_WRONLY), name
+    monkeypatch.setattr(resume.tempfile, "mkstemp", on_a_full_disk)
+    return []
+
+
+def folder_at(name):
+    """A folder where the run writes the file `name` (under --out)."""
+    def setup(tmp, model, monkeypatch):
+        (tmp / "out" / name).mkdir(parents=True)
+        return []
+    return setup
 
 
 def nan_weights(tmp, model, monkeypatch):
@@ -164,6 +187,11 @@ CASES = [
     ("--out under a file", out_under_a_file, "--out"),
     ("--out held by another run", held_lock, "is in use by another osrm-min run (pid"),
     ("a full disk", disk_full, "No space left on device"),
+    ("a full disk names the file it could not write", full_disk,
+     ("No space left on device: ", "adapters/lora-sst2-seed42.pt; check")),
+    *[(f"{name} a folder", folder_at(name), f"{name} is a folder, where this run writes a file")
+      for name in ("results.json", "summary.txt", "evaluations.json", "lambda.png",
+                   "adapters/lora-sst2-seed42.pt")],
     # training that cannot go on
     ("an STS-B target beyond float32 is a malformed row; one that squares to inf is named",
      stsb("1e30"), "the labels are extreme"),
@@ -185,7 +213,65 @@ def test_bad_input_is_one_line_and_a_non_zero_exit(name, setup, first_line, tmp_
     err = [line for line in capsys.readouterr().err.replace("\r", "\n").splitlines()
            if line.startswith("error: ")]
     assert code == 2
-    assert len(err) == 1 and first_line in err[0], err
+    phrases = first_line if isinstance(first_line, tuple) else (first_line,)  # each in the line
+    assert len(err) == 1 and all(p in err[0] for p in phrases), err
+
+
+# Files the run did not make: never written through, never removed
+
+LINKS = {  # what is linked in --out, and how
+    ".lock, a symbolic link": (".lock", os.symlink), ".lock, a hard link": (".lock", os.link),
+    "adapters, a symbolic link": ("adapters", os.symlink)}
+
+
+@pytest.mark.parametrize("link", LINKS)
+def test_a_link_in_the_output_folder_is_refused_and_what_it_points_to_untouched(
+        tmp_path, tiny_model, capsys, link):
+    write_tiny_glue(tmp_path / "glue")
+    name, make = LINKS[link]
+    theirs = tmp_path / "theirs"  # outside --out: a user's file, or folder
+    if name == "adapters":
+        theirs.mkdir()
+    else:
+        theirs.write_text("the user's notes")
+    (tmp_path / "out").mkdir()
+    make(theirs, tmp_path / "out" / name)
+    assert cli.main(tiny_args(tmp_path, tiny_model)) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"out/{name} is a link" in err[0], err
+    assert (list(theirs.iterdir()) == [] if name == "adapters"
+            else theirs.read_text() == "the user's notes")
+
+
+def test_a_figure_replaces_a_link_at_its_path_instead_of_writing_through_it(tmp_path):
+    class Figure:  # all that save_figure asks of a matplotlib figure
+        def savefig(self, f, format, dpi):
+            f.write(b"\x89PNG")
+    theirs = tmp_path / "theirs.png"
+    theirs.write_bytes(b"the user's picture")
+    os.symlink(theirs, tmp_path / "lambda.png")
+    report.save_figure(Figure(), tmp_path / "lambda.png")
+    assert theirs.read_bytes() == b"the user's picture"
+    assert (tmp_path / "lambda.png").read_bytes() == b"\x89PNG"
+
+
+def test_only_the_temporary_files_a_dead_run_left_are_removed(tmp_path):
+    out = tmp_path / "out"
+    (out / "adapters").mkdir(parents=True)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True).stdout.strip()
+    left = [out / f".evaluations.json.osrm-min-{dead}-ab12cd34.tmp",
+            out / "adapters" / f".lora-sst2-seed42.pt.osrm-min-{dead}-x_9y8z7w.tmp"]
+    kept = [out / ".notes.tmp", out / "adapters" / ".draft.tmp",  # the user's own
+            out / ".results.json.ab12cd34.tmp",  # not osrm-min's name
+            out / f".results.json.osrm-min-{os.getppid()}-ab12cd34.tmp"]  # a live process's
+    for path in left + kept:
+        path.write_text("")
+    (out / ".folder.tmp").mkdir()
+    with resume.RunLock(out):
+        pass
+    assert [p.exists() for p in left + kept] == [False] * len(left) + [True] * len(kept)
+    assert (out / ".folder.tmp").is_dir()
 
 
 def test_argparse_keeps_its_usage_error_for_a_malformed_command_line(capsys):
