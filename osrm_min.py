@@ -453,7 +453,8 @@ def score_tasks(encoder, heads, prepared, cfg, store, results, init, method, lam
         if None in rows:
             rows = [resume.result_row(cfg.seed, init, method, lam, t,
                                       *train.evaluate(encoder, head, prepared[t]["task"],
-                                                      prepared[t][f"{split}_batches"], cfg.device),
+                                                      prepared[t][f"{split}_batches"], cfg.device,
+                                                      evaluation(init, method, lam, t)),
                                       store.row_inputs(cfg.tasks, t), adapters, split)
                     for t, head in heads.items()]
             store.scores.add(rows)
@@ -461,6 +462,14 @@ def score_tasks(encoder, heads, prepared, cfg, store, results, init, method, lam
         if split == "dev":
             dev_scores = {r["task"]: r["score"] for r in rows}
     return dev_scores
+
+
+def evaluation(init, method, lam, task):
+    """An evaluation in words, with what to try if its outputs are not finite (train.predict)."""
+    if method == "none":
+        return f"{init}/{task} alone (check the checkpoint, or try a lower --lr)"
+    at = "" if lam is None else f" at lambda {lam:g} (try a smaller --lams, --lam-ta or --lam-ties)"
+    return f"{init}/{task} merged by {method}{at}"
 
 
 def task_seed(seed, task):

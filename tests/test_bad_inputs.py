@@ -196,6 +196,10 @@ CASES = [
     ("an STS-B target beyond float32 is a malformed row; one that squares to inf is named",
      stsb("1e30"), "the labels are extreme"),
     ("a learning rate that diverges", setting("--lr", "1e30"), "the learning rate is too high"),
+    # evaluations whose outputs are not finite: an error, never a score
+    *[(f"{merge} at lambda 1e30", setting("--inits", "lora", "--merges", merge, flag, "1e30"),
+       f"lora/sst2 merged by {merge} at lambda 1e+30 (try a smaller --lams")
+      for merge, flag in (("ta", "--lam-ta"), ("ties", "--lam-ties"), ("dare-ta", "--lams"))],
 ]
 
 
