@@ -291,6 +291,7 @@ def machine():
 def run(args, model_dir, data_dir):
     tokenizer = tokenization.load_tokenizer(model_dir)
     config = checkpoint.load_checkpoint(model_dir)[0].config
+    checkpoint.check_tokenizer(model_dir, config, tokenizer, pairs=True)  # MRPC's, for OSRM
     batches = sst2_batches(tokenizer, data_dir, "train", 32 * (args.warmup + args.steps), 32, True)
     warm, train_batches = batches[:args.warmup], batches[args.warmup:]
     dev_batches = sst2_batches(tokenizer, data_dir, "dev", None, args.eval_batch_size, False)

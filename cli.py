@@ -36,6 +36,8 @@ def main(argv=None):
             config.check_against_model(cfg, min(m.in_features for m in lora.target_layers(
                 encoder, cfg.targets).values()), encoder.config.max_length)
             tokenizer = tokenization.load_tokenizer(cfg.model)
+            checkpoint.check_tokenizer(cfg.model, encoder.config, tokenizer, any(
+                len(data.TASKS[t].text_columns) > 1 for t in cfg.tasks))
             print(config.banner(cfg), flush=True)
             results = osrm_min.run(cfg, encoder, tokenizer, fingerprint(cfg))
             results["wall_time_s"] = round(time.time() - t0, 1)

@@ -21,7 +21,7 @@ import report
 import resume
 import train
 from conftest import ROOT, write_tiny_checkpoint
-from tiny import hf_names, write_safetensors
+from tiny import TINY_WORDS, hf_names, write_safetensors
 from test_cli import tiny_args, write_tiny_glue
 
 
@@ -99,6 +99,31 @@ def nan_weights(tmp, model, monkeypatch):
     return []
 
 
+def config_and_weights(**changes):
+    """config.json changed, and random weights of the shapes it now implies."""
+    def setup(tmp, model, monkeypatch):
+        from lora import BertConfig, BertEncoder
+        edit_json(model / "config.json", **changes)
+        encoder = BertEncoder(BertConfig.from_dict(json.loads((model / "config.json").read_text())))
+        write_safetensors(hf_names(encoder.state_dict()), model / "model.safetensors")
+        return []
+    return setup
+
+
+def roberta(keep_vocab_txt=False, **changes):
+    """The tiny RoBERTa checkpoint of test_roberta.py in the model folder, with its BPE files
+    (and the BERT vocab.txt left beside them: a second vocabulary file)."""
+    def setup(tmp, model, monkeypatch):
+        fixtures = ROOT / "tests" / "fixtures"
+        for path in [*(fixtures / "roberta_tiny").iterdir(), *(fixtures / "bpe").iterdir()]:
+            (model / path.name).write_bytes(path.read_bytes())
+        if not keep_vocab_txt:
+            (model / "vocab.txt").unlink()
+        edit_json(model / "config.json", **changes)
+        return []
+    return setup
+
+
 def cut_weights(tmp, model, monkeypatch):
     path = model / "model.safetensors"
     path.write_bytes(path.read_bytes()[:-100])
@@ -171,6 +196,23 @@ CASES = [
     ("pad id outside the vocabulary", config_json(pad_token_id=10_000), "pad_token_id 10000 is not"),
     ("hidden_act unknown", config_json(hidden_act="swish"), "hidden_act 'swish' is not supported"),
     ("model_type unknown", config_json(model_type="gpt2"), "model_type 'gpt2' is not supported"),
+    ("a size of 2^63", config_json(hidden_size=2**63), "hidden_size 9223372036854775808 is not a positive integer"),
+    ("a vocabulary of 2^63", config_json(vocab_size=2**63), "vocab_size 9223372036854775808 is not"),
+    ("sizes whose product overflows", config_json(vocab_size=2**31 - 1, hidden_size=2**31 - 1),
+     "parameters are beyond any encoder"),
+    ("200,000 layers (minutes to build)", config_json(num_hidden_layers=200_000),
+     "200000 layers and"),
+    ("hidden_act a list", config_json(hidden_act=["gelu"]), "hidden_act ['gelu'] is not supported"),
+    # tokenizers that do not fit the embeddings
+    ("a vocabulary longer than vocab_size", write("vocab.txt", "\n".join(
+        ["[unused0]", "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *TINY_WORDS]) + "\n"),
+     "the tokenizer's ids go up to 36, beyond config.json's vocab_size 36"),
+    ("pairs with type_vocab_size 1", config_and_weights(type_vocab_size=1),
+     "token type 1, beyond config.json's type_vocab_size 1"),
+    ("a second vocabulary file beside RoBERTa's", roberta(keep_vocab_txt=True),
+     "token type 1, beyond config.json's type_vocab_size 1"),
+    ("RoBERTa padding with another id", roberta(pad_token_id=3),
+     "the tokenizer pads with id 1, config.json's pad_token_id is 3"),
     ("pooling config not an object", write("1_Pooling/config.json", "[true]"),
      "1_Pooling/config.json is not a JSON object"),
     ("tokenizer config of the wrong type", write("tokenizer_config.json", '{"do_lower_case": "yes"}'),
@@ -418,16 +460,14 @@ def test_an_adapter_made_from_the_other_tasks_in_order_is_not_reused_in_another_
     assert same_adapters(saved_adapters(tmp_path / "out"), adapters)
 
 
-@pytest.mark.parametrize("flag, value", [("--eval-batch-size", "3"), ("--eval-batch-size", "7")])
-def test_a_setting_that_changes_a_scores_rounding_is_evaluated_again(tmp_path, tiny_model, flag,
-                                                                     value):
+def test_a_setting_that_changes_a_scores_rounding_is_evaluated_again(tmp_path, tiny_model):
     """STS-B's correlations move in the fifth digit with the evaluation's batches."""
     write_stsb(write_tiny_glue(tmp_path / "glue"))
     args = ["--tasks", "stsb,sst2", "--inits", "lora", "--merges", "ta"]
     assert cli.main(tiny_args(tmp_path, tiny_model, *args)) == 0
-    assert cli.main(tiny_args(tmp_path, tiny_model, *args, flag, value)) == 0
+    assert cli.main(tiny_args(tmp_path, tiny_model, *args, "--eval-batch-size", "3")) == 0
     rerun = json.loads((tmp_path / "out" / "results.json").read_text())
-    assert scores(rerun) == scores(fresh_run(tmp_path, tiny_model, *args, flag, value)[0])
+    assert scores(rerun) == scores(fresh_run(tmp_path, tiny_model, *args, "--eval-batch-size", "3")[0])
 
 
 def spoil_adapter(tmp_path, change):
