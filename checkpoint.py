@@ -94,7 +94,7 @@ def read_json(path):
     """A JSON object from a file, or a CheckpointError that says what is wrong with it."""
     try:
         value = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:  # (nested too deep)
         raise CheckpointError(f"{path} is not valid JSON ({e})") from None
     if not isinstance(value, dict):
         raise CheckpointError(f"{path} is not a JSON object")

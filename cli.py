@@ -6,6 +6,7 @@ report, and a one-line error with a non-zero exit for anything a user can fix.
 """
 
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -24,6 +25,24 @@ from config import ExperimentError
 
 
 def main(argv=None):
+    """The command, with Ctrl-C handled by `interrupted`; its exit code."""
+    previous = signal.signal(signal.SIGINT, interrupted)
+    try:
+        return run_command(argv)
+    finally:
+        if signal.getsignal(signal.SIGINT) is interrupted:  # not interrupted: as it was
+            signal.signal(signal.SIGINT, previous)
+
+
+def interrupted(signum, frame):
+    """Ctrl-C stops the run (KeyboardInterrupt, handled in run_command), and any Ctrl-C after it
+    is ignored: a second press a few milliseconds later would otherwise cut the clean-up short
+    with a traceback. The process is on its way out; the handler is not put back."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    raise KeyboardInterrupt
+
+
+def run_command(argv):
     t0 = time.time()
     try:
         inits = {name: init.help for name, init in osrm_min.INITS.items()}

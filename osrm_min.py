@@ -130,7 +130,12 @@ def osrm_init(stats, task, rank, statistic, ln_directions=None, own_eps=0.1, see
             of_others = [dict(s, S=extensions.without_direction(s["S"], u)) for s in of_others]
         if statistic == "own":
             S_others = sum(s["S"] for s in of_others) / len(of_others)
-            A[name] = extensions.own_task_subspace(stats[task][name]["S"], S_others, rank, own_eps)
+            try:
+                A[name] = extensions.own_task_subspace(stats[task][name]["S"], S_others, rank, own_eps)
+            except torch.linalg.LinAlgError:  # eps * tr(S)/d overflows, so Cholesky cannot run
+                raise ExperimentError(f"osrm-own ({task}, {name}): S_others + eps I cannot be "
+                                      f"factorised with --own-eps {own_eps:g}; use a smaller "
+                                      f"--own-eps (the default is 0.1)") from None
         elif statistic == "mean-random":
             A[name] = extensions.random_null_basis([s["mu"] for s in of_others], rank,
                                                    seed + zlib.crc32(name.encode()))
@@ -525,7 +530,6 @@ def run(cfg, encoder, tokenizer, inputs):
     return results
 
 
-if __name__ == "__main__":
-    signal.signal(signal.SIGINT, signal.default_int_handler)  # start-up is over (see the top)
+if __name__ == "__main__":  # the quiet exit on Ctrl-C (see the top) holds until main's own
     from cli import main  # the command line: settings, one-line errors, the run, its report
     sys.exit(main())

@@ -537,12 +537,24 @@ def draw_interference(plt, results, out):
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
-    if len(argv) != 1 or not Path(argv[0]).is_file():
+    if len(argv) != 1:
         print("usage: python report.py PATH/results.json", file=sys.stderr)
         return 2
-    results = json.loads(Path(argv[0]).read_text())
-    print(summary(results))
-    print(write_figures(results, Path(argv[0]).parent))
+    path = Path(argv[0])
+    try:
+        results = json.loads(path.read_text(encoding="utf-8"))
+        text, figures = summary(results), write_figures(results, path.parent)
+    except OSError as e:
+        print(f"error: {e.strerror or e}: {e.filename or path}", file=sys.stderr)
+        return 2
+    except (ValueError, KeyError, TypeError, IndexError, AttributeError, ArithmeticError,
+            RecursionError) as e:  # truncated, edited, nested too deep, or another program's
+        print(f"error: {path} does not hold the results of a finished osrm-min run "
+              f"({type(e).__name__}: {str(e)[:100]}); run the command that writes it again",
+              file=sys.stderr)
+        return 2
+    print(text)
+    print(figures)
     return 0
 
 

@@ -108,15 +108,15 @@ def plain(obj):
     return json.loads(json.dumps(obj))
 
 
-def check_writable(out, files=()):
-    """Make the output folder and its adapters folder, or say in one line why they cannot be
-    written, before any work rather than after it; likewise for a folder (or anything but a
-    file) where the run will write one of `files` (names under `out`)."""
+def check_writable(out, files):
+    """Make the output folder and the folders in it that `files` (names under `out`) go into,
+    or say in one line why one cannot be written, before any work rather than after it;
+    likewise for a folder (or anything but a file) where one of `files` will be written."""
     out = Path(out)
-    if (out / "adapters").is_symlink():  # the adapters would be written wherever it points
-        raise ExperimentError(f"{out / 'adapters'} is a link, which osrm-min did not make and "
-                              f"does not write through; remove it, or choose another --out")
-    for folder in (out, out / "adapters"):
+    for folder in sorted({out} | {(out / name).parent for name in files}):
+        if folder != out and folder.is_symlink():  # its files would go wherever it points
+            raise ExperimentError(f"{folder} is a link, which osrm-min did not make and does "
+                                  f"not write through; remove it, or choose another --out")
         try:
             folder.mkdir(parents=True, exist_ok=True)
             fd, probe = tempfile.mkstemp(dir=folder, prefix=".write-test.")
@@ -396,7 +396,7 @@ class Evaluations:
                 if not isinstance(saved, dict) or not isinstance(saved.get("rows", []), list) \
                         or not all(map(usable_row, saved.get("rows", []))):
                     raise ValueError("not a list of score rows")
-            except (ValueError, UnicodeDecodeError) as e:
+            except (ValueError, UnicodeDecodeError, RecursionError) as e:  # (nested too deep)
                 print(f"note: cannot use {self.path} ({e}); evaluating again")
                 saved = {}
         rows = saved.get("rows", []) if saved.get("settings") == self.settings else []

@@ -397,7 +397,7 @@ def _read_json(path: pathlib.Path, kinds=None) -> dict:
     """A JSON object from path; kinds {key: type(s)} checks the values present."""
     try:
         value = json.loads(_read_text(path))
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, RecursionError) as e:  # RecursionError: nested too deep
         raise DataError(f"{path} is not valid JSON ({e})") from None
     if not isinstance(value, dict):
         raise DataError(f"{path} is not a JSON object")

@@ -25,6 +25,9 @@ from tiny import TINY_WORDS, hf_names, write_safetensors
 from test_cli import tiny_args, write_tiny_glue
 
 
+DEEP_JSON = "[" * 100_000 + "]" * 100_000  # valid JSON that Python's parser cannot nest
+
+
 def edit_json(path, **changes):
     d = json.loads(path.read_text())
     d.update(changes)
@@ -174,6 +177,8 @@ CASES = [
     ("osrm-post before lora", setting("--inits", "osrm-post"), "list lora before it"),
     ("--heldout-samples 0", setting("--heldout-samples", "0"), "--heldout-samples must be at least 1"),
     ("--own-eps 0", setting("--own-eps", "0"), "--own-eps must be positive"),
+    ("--own-eps too large to factorise", setting("--inits", "osrm-own", "--own-eps", "1e308"),
+     "cannot be factorised with --own-eps 1e+308; use a smaller --own-eps"),
     ("held out more rows than a task has", setting("--select-on", "heldout", "--heldout-samples", "1000"),
      "leaves none to train on"),
     ("--seeds not numbers", setting("--seeds", "a,b"), "--seeds: 'a,b' is not"),
@@ -188,6 +193,8 @@ CASES = [
     # model folders whose JSON parses but says something impossible
     ("config.json not an object", write("config.json", "[1, 2]"), "config.json is not a JSON object"),
     ("config.json not UTF-8", write("config.json", b"\xff\xfe{}"), "config.json is not valid JSON"),
+    *[(f"{name} nested too deep", write(name, DEEP_JSON), f"{name} is not valid JSON")
+      for name in ("config.json", "tokenizer_config.json", "1_Pooling/config.json")],
     ("hidden_size a string", config_json(hidden_size="abc"), "hidden_size 'abc' is not a positive integer"),
     ("vocab_size 2e9 (256 GB)", config_json(vocab_size=2_000_000_000),
      "tensor embeddings.word_embeddings.weight has shape"),
@@ -533,7 +540,8 @@ def test_a_score_a_fresh_run_could_not_give_is_evaluated_again(tmp_path, tiny_mo
     assert scores(second) == scores(fresh_lora[0])
 
 
-@pytest.mark.parametrize("content", ["[]", '{"settings": {}, "rows": [1, 2]}', "{not json"])
+@pytest.mark.parametrize("content", ["[]", '{"settings": {}, "rows": [1, 2]}', "{not json",
+                                     pytest.param(DEEP_JSON, id="nested too deep")])
 def test_a_damaged_score_file_is_evaluated_again(tmp_path, tiny_model, capsys, content):
     first, second, out = run_twice(
         tmp_path, tiny_model, capsys,
@@ -577,6 +585,24 @@ def test_ctrl_c_while_starting_up_exits_quietly():
     assert b"Traceback" not in err
 
 
+def test_ctrl_c_pressed_twice_ends_in_the_message_not_a_traceback(tmp_path, tiny_model):
+    """The second press, 10 ms after the first, lands in the clean-up (atexit's, torch's)."""
+    write_tiny_glue(tmp_path / "glue")
+    process = subprocess.Popen([sys.executable, str(ROOT / "osrm_min.py"),
+                                *tiny_args(tmp_path, tiny_model, "--epochs", "100000")],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=ROOT)
+    err = b""
+    while b"lora/sst2" not in err:  # its progress bar: it is training
+        err += os.read(process.stderr.fileno(), 4096)
+    process.send_signal(2)  # SIGINT
+    time.sleep(0.01)
+    process.send_signal(2)
+    err += process.stderr.read()
+    process.wait(timeout=60)
+    assert process.returncode == 130 and b"interrupted: " in err
+    assert b"Traceback" not in err and b"Exception ignored" not in err
+
+
 def test_a_closed_output_pipe_ends_the_run_quietly(tmp_path, tiny_model):
     write_tiny_glue(tmp_path / "glue")
     process = subprocess.Popen([sys.executable, str(ROOT / "osrm_min.py"),
@@ -593,3 +619,73 @@ def test_atomically_written_files_get_the_usual_mode_not_a_private_one(tmp_path)
     """mkstemp makes its file 0600; results must be as readable as any file the user writes."""
     resume.write_json_atomic({"a": 1}, tmp_path / "r.json")
     assert (tmp_path / "r.json").stat().st_mode & 0o777 == 0o666 & ~resume.UMASK
+
+
+# The other entry points: a mistake ends in one line too
+
+def one_error_line(err):
+    lines = err.strip().splitlines()
+    return len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err
+
+
+RESULTS = {"cut short": '{"config": {"tasks": ["sst2"', "a list": "[1, 2]", "nested too deep": DEEP_JSON,
+           "without rows": '{"config": {"inits": ["lora"], "merges": [], "seeds": [42], "tasks": ["sst2"]}}'}
+
+
+@pytest.mark.parametrize("content", RESULTS, ids=list(RESULTS))
+def test_report_on_a_results_file_it_cannot_read_says_so_in_one_line(tmp_path, capsys, content):
+    (tmp_path / "results.json").write_text(RESULTS[content])
+    assert report.main([str(tmp_path / "results.json")]) == 2
+    err = capsys.readouterr().err
+    assert one_error_line(err) and "results.json does not hold the results" in err, err
+
+
+def a_file(tmp_path):
+    (tmp_path / "file").write_text("")
+    return str(tmp_path / "file" / "out")  # a folder under a file
+
+
+ENTRY_POINTS = {  # (the module, its arguments) for a mistake made before any work
+    "controlled.py --out under a file": ("controlled", lambda tmp: ["--overlaps", "0", "--seeds", "42",
+                                                                   "--out", a_file(tmp)]),
+    "controlled.py --seeds too large": ("controlled", lambda tmp: ["--seeds", str(2**70)]),
+    "bench.py --steps 0": ("bench", lambda tmp: ["--steps", "0"]),
+    "bench.py --repeats 0": ("bench", lambda tmp: ["--repeats", "0"]),
+    "bench.py --eval-batch-size 0": ("bench", lambda tmp: ["--eval-batch-size", "0"]),
+    "tiny.py under a file": ("tiny", lambda tmp: [a_file(tmp)]),
+    "gpu_check.py --out under a file": ("gpu_check", lambda tmp: ["--dry-run", "--out", a_file(tmp)]),
+}
+
+
+@pytest.mark.parametrize("case", ENTRY_POINTS, ids=list(ENTRY_POINTS))
+def test_every_entry_point_ends_a_mistake_in_one_line(tmp_path, capsys, case):
+    import importlib
+    module, args = ENTRY_POINTS[case]
+    assert importlib.import_module(module).main(args(tmp_path)) == 2
+    err = capsys.readouterr().err
+    assert one_error_line(err), err
+
+
+@pytest.mark.parametrize("script, results", [("exercise2.py", None), ("exercise3.py", DEEP_JSON)])
+def test_a_lab_script_without_its_run_ends_in_one_line(tmp_path, script, results):
+    if results:
+        (tmp_path / "runs" / "sst2-stsb").mkdir(parents=True)
+        (tmp_path / "runs" / "sst2-stsb" / "results.json").write_text(results)
+    done = subprocess.run([sys.executable, str(ROOT / "lab" / script)], capture_output=True, text=True,
+                          cwd=tmp_path, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert done.returncode != 0 and one_error_line(done.stderr), done.stderr
+    assert "runs/sst2-stsb/results.json" in done.stderr
+
+
+def test_a_lab_run_without_a_task_layer_or_adapter_names_what_it_has(tmp_path, tiny_model):
+    sys.path.insert(0, str(ROOT / "lab"))
+    from load_run import LabError, load
+    write_tiny_glue(tmp_path / "glue")
+    assert cli.main(tiny_args(tmp_path, tiny_model, "--inits", "lora", "--merges", "ta")) == 0
+    run = load(tmp_path / "out")
+    for ask, says in [(lambda: run.layer_inputs("stsb", "layers.0.query"), "has no 'stsb', only sst2, mrpc"),
+                      (lambda: run.layer_inputs("sst2", "layers.2.value"), "adapts no layer 'layers.2.value'"),
+                      (lambda: run.statistics()["sst2"]["layers.2.value"], "has no 'layers.2.value'"),
+                      (lambda: run.task_vector("osrm", "sst2"), "osrm-sst2-seed42.pt is missing")]:
+        with pytest.raises(LabError, match=says):
+            ask()
