@@ -79,6 +79,9 @@ def read_safetensors(path):
     header.pop("__metadata__", None)
     tensors = {}
     for name, info in header.items():
+        if info["dtype"] not in SAFETENSORS_DTYPES:  # F8_E4M3, say
+            raise ValueError(f"tensor {name} has dtype {info['dtype']}, which osrm-min does not "
+                             f"read (it reads {', '.join(SAFETENSORS_DTYPES)})")
         dtype = SAFETENSORS_DTYPES[info["dtype"]]
         shape = [int(d) for d in info["shape"]]
         begin, end = (int(x) for x in info["data_offsets"])

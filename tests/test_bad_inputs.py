@@ -133,6 +133,18 @@ def cut_weights(tmp, model, monkeypatch):
     return []
 
 
+def weights_of_dtype(dtype):
+    """model.safetensors with its first tensor's dtype in the header changed to `dtype`."""
+    def setup(tmp, model, monkeypatch):
+        path = model / "model.safetensors"
+        raw = path.read_bytes()
+        n = int.from_bytes(raw[:8], "little")
+        header = raw[8:8 + n].replace(b'"F32"', f'"{dtype}"'.encode(), 1)
+        path.write_bytes(len(header).to_bytes(8, "little") + header + raw[8 + n:])
+        return []
+    return setup
+
+
 def no_weights(tmp, model, monkeypatch):
     (model / "model.safetensors").unlink()
     return []
@@ -217,6 +229,7 @@ CASES = [
     ("weights cut short", cut_weights, "cannot read"),
     ("weights holding NaN", nan_weights, "is not all finite"),
     ("no weights", no_weights, "neither model.safetensors nor pytorch_model.bin"),
+    ("weights of a dtype not read", weights_of_dtype("F8_E4M3"), "has dtype F8_E4M3, which osrm-min does not read"),
     # data and output folders
     ("only malformed rows", write("SST-2/train.tsv", "sentence\tlabel\nno tab here\n", under="glue"),
      "no usable rows"),
@@ -691,3 +704,51 @@ def test_an_stsb_score_outside_0_to_5_is_a_malformed_row(tmp_path, score):
     (tmp_path / "STS-B" / "dev.tsv").write_text("\n".join(rows) + "\n")
     examples, skipped = data.load_split(data.TASKS["stsb"], "dev", tmp_path)
     assert skipped == 1 and [e.label for e in examples] == [0.0, 5.0, 3.8, 2.5]
+
+
+# Costs: a long text is read only as far as max_length keeps
+
+def tiny_tokenizers(tiny_model):
+    import tokenization
+    return {"wordpiece": tokenization.load_tokenizer(tiny_model),
+            "bpe": tokenization.load_tokenizer(ROOT / "tests" / "fixtures" / "bpe")}
+
+
+@pytest.mark.parametrize("kind", ["wordpiece", "bpe"])
+def test_a_10_mb_sentence_is_read_only_as_far_as_max_length_keeps(tiny_model, monkeypatch, kind):
+    import tokenization
+    tokenizer = tiny_tokenizers(tiny_model)[kind]
+    read = []  # the characters handed to the text-wide step: basic tokenization, GPT-2's split
+    if kind == "wordpiece":
+        basic = tokenizer._basic_tokenize
+        monkeypatch.setattr(tokenizer, "_basic_tokenize", lambda text: read.append(len(text)) or basic(text))
+    else:
+        split = tokenization.gpt2_split
+        monkeypatch.setattr(tokenization, "gpt2_split", lambda text: read.append(len(text)) or split(text))
+    text = "the movie was good , and very fun ! " * 300_000  # 10.8 MB
+    ids = [tokenizer.encode(text, max_length=32), tokenizer.encode(text, "a film", max_length=32)]
+    assert sum(read) < 10_000
+    assert ids == [tokenizer.encode(text[:5000], max_length=32),
+                   tokenizer.encode(text[:5000], "a film", max_length=32)]
+
+
+TRICKY = ["a \u0301b c\x0b d  e\t\tf\n\ng\r h \u00a0i\u2028j k=\u0338l \u4e2d\u6587 it 's don't 3.5 !? "
+          "e\u0301\u0301 \U0001F600 end ", "  leading and trailing  ", " ", "", "word" * 300, "x " * 700]
+
+
+@pytest.mark.parametrize("block", [1, 3])
+def test_blocks_are_cut_where_the_tokens_do_not_change(tiny_model, monkeypatch, block):
+    """Cut at every place the rule allows (blocks of 1 or 3 characters and up), the tokens are
+    those of the whole text, on texts made of what could join across a cut: combining marks,
+    controls, CJK, runs of whitespace, contractions."""
+    import random
+    import tokenization
+    rng = random.Random(0)
+    alphabet = list("ab =\u0338\u0301 \t\n\x0b'se\u4e2d1!\u00a0\u2028")
+    texts = TRICKY + ["".join(rng.choice(alphabet) for _ in range(rng.randint(1, 60))) for _ in range(500)]
+    for tokenizer in tiny_tokenizers(tiny_model).values():
+        whole = [tokenizer.tokenize(t) for t in texts]
+        monkeypatch.setattr(tokenization, "BLOCK", block)
+        tokenizer._cache = {}
+        assert [tokenizer.tokenize(t) for t in texts] == whole
+        monkeypatch.undo()
