@@ -164,7 +164,8 @@ def read_config(folder):
     if "layer_norm_eps" in d and (type(d["layer_norm_eps"]) not in (int, float)
                                   or not 0 < d["layer_norm_eps"] < 1):
         raise bad("layer_norm_eps", "a small positive number")
-    if not isinstance(d.get("hidden_act", "gelu"), str) or d.get("hidden_act", "gelu") not in ACTIVATIONS:
+    act = d.get("hidden_act", "gelu")
+    if not isinstance(act, str) or act not in ACTIVATIONS:  # a list would not even hash
         raise CheckpointError(f"{folder}: hidden_act {d['hidden_act']!r} is not supported "
                               f"(supported: {', '.join(ACTIVATIONS)})")
     config = BertConfig.from_dict(d)

@@ -162,17 +162,16 @@ class RunLock:
         import fcntl  # POSIX; the lock is what keeps two runs from mixing their files
         # never through a link: a .lock that is one, or a hard link, would have this run
         # truncate and write a file that it did not make, wherever that lies
+        not_ours = ExperimentError(f"{self.path} is a link or not a plain file, so it is not "
+                                   f"osrm-min's lock; remove it, or choose another --out")
         try:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o666)
         except OSError as e:
-            if e.errno != errno.ELOOP:
-                raise
-            fd = None
-        if fd is None or not stat.S_ISREG(os.fstat(fd).st_mode) or os.fstat(fd).st_nlink != 1:
-            if fd is not None:
-                os.close(fd)
-            raise ExperimentError(f"{self.path} is a link or not a plain file, so it is not "
-                                  f"osrm-min's lock; remove it, or choose another --out")
+            raise (not_ours if e.errno == errno.ELOOP else e) from None
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+            os.close(fd)
+            raise not_ours
         self.file = os.fdopen(fd, "r+")
         try:
             fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -299,7 +298,8 @@ class Store:
             state, training = saved["lora"], saved.get("training")
             if not fits(state, {k: (shape, torch.float32) for k, shape in shapes.items()}):
                 raise ValueError("its A and B do not fit this model")
-            if not fits(saved["head"], {k: (tuple(v.shape), v.dtype) for k, v in head.state_dict().items()}):
+            fresh_head = {k: (tuple(v.shape), v.dtype) for k, v in head.state_dict().items()}
+            if not fits(saved["head"], fresh_head):
                 raise ValueError("its head does not fit this task and model")
             if not usable_training(training):
                 raise ValueError("its training summary is not one that finetune writes")
