@@ -291,6 +291,7 @@ def machine():
 def run(args, model_dir, data_dir):
     tokenizer = tokenization.load_tokenizer(model_dir)
     config = checkpoint.load_checkpoint(model_dir)[0].config
+    checkpoint.check_tokenizer(model_dir, config, tokenizer, pairs=True)  # MRPC's, for OSRM
     batches = sst2_batches(tokenizer, data_dir, "train", 32 * (args.warmup + args.steps), 32, True)
     warm, train_batches = batches[:args.warmup], batches[args.warmup:]
     dev_batches = sst2_batches(tokenizer, data_dir, "dev", None, args.eval_batch_size, False)
@@ -386,12 +387,20 @@ def main(argv=None):
     p.add_argument("--no-compare", action="store_true",
                    help="skip transformers + PEFT even if they are installed")
     args = p.parse_args(argv)
+    least = {"steps": 1, "repeats": 1, "warmup": 0, "eval_batch_size": 1, "epoch_rows": 0}
+    low = next((name for name, n in least.items() if getattr(args, name) < n), None)
+    if low:
+        print(f"error: {config.flag(low)} must be at least {least[low]}", file=sys.stderr)
+        return 2
     try:
         model_dir = Path(args.model) if args.model else config.default_model_dir()
         data_dir = data.find_data_dir(args.data_dir)
         results = run(args, model_dir, data_dir)
     except (data.DataError, checkpoint.CheckpointError, config.ExperimentError) as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a file that cannot be read
+        print(f"error: {e.strerror or e}: {e.filename or ''}", file=sys.stderr)
         return 2
     print(json.dumps(results, indent=1) if args.json else report(results))
     return 0

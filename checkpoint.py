@@ -79,6 +79,9 @@ def read_safetensors(path):
     header.pop("__metadata__", None)
     tensors = {}
     for name, info in header.items():
+        if info["dtype"] not in SAFETENSORS_DTYPES:  # F8_E4M3, say
+            raise ValueError(f"tensor {name} has dtype {info['dtype']}, which osrm-min does not "
+                             f"read (it reads {', '.join(SAFETENSORS_DTYPES)})")
         dtype = SAFETENSORS_DTYPES[info["dtype"]]
         shape = [int(d) for d in info["shape"]]
         begin, end = (int(x) for x in info["data_offsets"])
@@ -94,7 +97,7 @@ def read_json(path):
     """A JSON object from a file, or a CheckpointError that says what is wrong with it."""
     try:
         value = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:  # (nested too deep)
         raise CheckpointError(f"{path} is not valid JSON ({e})") from None
     if not isinstance(value, dict):
         raise CheckpointError(f"{path} is not a JSON object")
@@ -129,6 +132,18 @@ def model_files(folder):
 POSITIVE_INTS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
                  "intermediate_size", "max_position_embeddings", "type_vocab_size")
 PROBABILITIES = ("hidden_dropout_prob", "attention_probs_dropout_prob")
+# Far beyond any encoder that osrm-min can fine-tune (RoBERTa-large: 24 layers, 355M
+# parameters), and checked before anything is built: 2^63 overflowed torch's sizes, and
+# 200,000 layers took minutes to build even without memory.
+MAX_SIZE, MAX_LAYERS, MAX_PARAMETERS = 2**31 - 1, 1000, 10**11
+
+
+def parameter_count(c):
+    """The number of parameters of lora.BertEncoder(c), from the sizes alone."""
+    H, I = c.hidden_size, c.intermediate_size
+    embeddings = (c.vocab_size + c.max_position_embeddings + c.type_vocab_size) * H + 2 * H
+    block = 4 * (H * H + H) + (H * I + I) + (I * H + H) + 2 * 2 * H  # 4 H x H, 2 ffn, 2 norms
+    return embeddings + c.num_hidden_layers * block + H * H + H  # and the pooler
 
 
 def read_config(folder):
@@ -141,18 +156,24 @@ def read_config(folder):
         raise CheckpointError(f"{folder}: model_type {d['model_type']!r} is not supported; "
                               f"osrm-min loads {' and '.join(MODEL_TYPES)} encoders")
     for field in POSITIVE_INTS:
-        if field in d and (type(d[field]) is not int or d[field] < 1):
-            raise bad(field, "a positive integer")
+        if field in d and (type(d[field]) is not int or not 1 <= d[field] <= MAX_SIZE):
+            raise bad(field, f"a positive integer (at most {MAX_SIZE})")
     for field in PROBABILITIES:
         if field in d and (type(d[field]) not in (int, float) or not 0 <= d[field] < 1):
             raise bad(field, "a probability in [0, 1)")
     if "layer_norm_eps" in d and (type(d["layer_norm_eps"]) not in (int, float)
                                   or not 0 < d["layer_norm_eps"] < 1):
         raise bad("layer_norm_eps", "a small positive number")
-    if d.get("hidden_act", "gelu") not in ACTIVATIONS:
+    act = d.get("hidden_act", "gelu")
+    if not isinstance(act, str) or act not in ACTIVATIONS:  # a list would not even hash
         raise CheckpointError(f"{folder}: hidden_act {d['hidden_act']!r} is not supported "
                               f"(supported: {', '.join(ACTIVATIONS)})")
     config = BertConfig.from_dict(d)
+    if config.num_hidden_layers > MAX_LAYERS or parameter_count(config) > MAX_PARAMETERS:
+        raise CheckpointError(f"{folder}/config.json: {config.num_hidden_layers} layers and "
+                              f"{parameter_count(config):,} parameters are beyond any encoder "
+                              f"osrm-min can fine-tune (at most {MAX_LAYERS} layers, "
+                              f"{MAX_PARAMETERS:,} parameters); is the file damaged?")
     if type(config.pad_token_id) is not int or not 0 <= config.pad_token_id < config.vocab_size:
         raise CheckpointError(f"{folder}/config.json: pad_token_id {config.pad_token_id!r} is not "
                               f"an id of its {config.vocab_size}-token vocabulary")
@@ -160,6 +181,28 @@ def read_config(folder):
         raise CheckpointError(f"{folder}/config.json: hidden_size {config.hidden_size} does not "
                               f"split into {config.num_attention_heads} heads, or no position is left")
     return config
+
+
+def check_tokenizer(folder, config, tokenizer, pairs):
+    """That the ids `tokenizer` gives index the embeddings of `config` (read_config), before
+    any training: every token id below vocab_size; with sentence pairs (`pairs`), every token
+    type below type_vocab_size; and for RoBERTa, whose positions skip the padding id, the
+    same padding id."""
+    largest = max(tokenizer.vocab.values())
+    if largest >= config.vocab_size:
+        raise CheckpointError(f"{folder}: the tokenizer's ids go up to {largest}, beyond "
+                              f"config.json's vocab_size {config.vocab_size}; its vocabulary "
+                              f"files do not belong to this checkpoint")
+    types = max(tokenizer.encode("a", "b", max_length=8)[1]) if pairs else 0
+    if types >= config.type_vocab_size:
+        raise CheckpointError(f"{folder}: the tokenizer gives a pair's second sentence token "
+                              f"type {types}, beyond config.json's type_vocab_size "
+                              f"{config.type_vocab_size}; this checkpoint cannot read the "
+                              f"sentence-pair tasks")
+    if config.model_type == "roberta" and tokenizer.pad_id != config.pad_token_id:
+        raise CheckpointError(f"{folder}: the tokenizer pads with id {tokenizer.pad_id}, "
+                              f"config.json's pad_token_id is {config.pad_token_id}; RoBERTa's "
+                              f"positions need the two to agree")
 
 
 def load_checkpoint(folder):

@@ -6,6 +6,7 @@ report, and a one-line error with a non-zero exit for anything a user can fix.
 """
 
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -24,17 +25,38 @@ from config import ExperimentError
 
 
 def main(argv=None):
+    """The command, with Ctrl-C handled by `interrupted`; its exit code."""
+    previous = signal.signal(signal.SIGINT, interrupted)
+    try:
+        return run_command(argv)
+    finally:
+        if signal.getsignal(signal.SIGINT) is interrupted:  # not interrupted: as it was
+            signal.signal(signal.SIGINT, previous)
+
+
+def interrupted(signum, frame):
+    """Ctrl-C stops the run (KeyboardInterrupt, handled in run_command), and any Ctrl-C after it
+    is ignored: a second press a few milliseconds later would otherwise cut the clean-up short
+    with a traceback. The process is on its way out; the handler is not put back."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    raise KeyboardInterrupt
+
+
+def run_command(argv):
     t0 = time.time()
     try:
         inits = {name: init.help for name, init in osrm_min.INITS.items()}
         cfg = config.parse_command_line(argv, inits, merge.METHODS)
-        resume.check_writable(cfg.out)
+        resume.check_writable(cfg.out, ["results.json", "summary.txt", *report.FIGURES,
+                                        *resume.stored_files(cfg)])
         with resume.RunLock(cfg.out):
             encoder, pooling = checkpoint.load_checkpoint(cfg.model)
             cfg.pooling = pooling if cfg.pooling == "auto" else cfg.pooling
             config.check_against_model(cfg, min(m.in_features for m in lora.target_layers(
                 encoder, cfg.targets).values()), encoder.config.max_length)
             tokenizer = tokenization.load_tokenizer(cfg.model)
+            checkpoint.check_tokenizer(cfg.model, encoder.config, tokenizer, any(
+                len(data.TASKS[t].text_columns) > 1 for t in cfg.tasks))
             print(config.banner(cfg), flush=True)
             results = osrm_min.run(cfg, encoder, tokenizer, fingerprint(cfg))
             results["wall_time_s"] = round(time.time() - t0, 1)
@@ -54,8 +76,8 @@ def main(argv=None):
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
     except OSError as e:  # permissions, a full disk, a file where a folder should be, ...
-        print(f"error: {e.strerror or e}: {e.filename or ''}; check the path, its permissions "
-              f"and the free space", file=sys.stderr)
+        print(f"error: {e.strerror or e}{f': {e.filename}' if e.filename else ''}; check the path, "
+              f"its permissions and the free space", file=sys.stderr)
     except MemoryError:
         print("error: out of memory; try a smaller --batch-size or --eval-batch-size",
               file=sys.stderr)

@@ -44,7 +44,9 @@ import torch.nn.functional as F
 
 import extensions
 import lora
+import report
 import resume
+from config import ExperimentError
 from osrm_min import interference, osrm_subspace, subspace_energy
 
 INITS = ("lora", "osrm", "osrm-frozen", "osrm-own")
@@ -203,7 +205,7 @@ def figure(results, out):
         ax.grid(alpha=0.3)
     axes[2].legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(out / "controlled.png", dpi=120)
+    report.save_figure(fig, out / "controlled.png")
     plt.close(fig)
     return f"figure: {out / 'controlled.png'}"
 
@@ -218,11 +220,17 @@ def main(argv=None):
     try:
         overlaps = [float(x) for x in args.overlaps.split(",")]
         seeds = [int(x) for x in args.seeds.split(",")]
-        if not all(0 <= rho <= 1 for rho in overlaps) or not seeds:
+        # a seed becomes seed * 100 + t in a torch generator, which takes 64-bit integers
+        if not all(0 <= rho <= 1 for rho in overlaps) or not all(0 <= s < 2**56 for s in seeds):
             raise ValueError
     except ValueError:
-        print("error: --overlaps are numbers in [0, 1] and --seeds integers, comma-separated",
-              file=sys.stderr)
+        print("error: --overlaps are numbers in [0, 1] and --seeds integers in [0, 2^56), "
+              "comma-separated", file=sys.stderr)
+        return 2
+    try:  # before the minute of work, not after it
+        resume.check_writable(args.out, ["results.json", "controlled.png"])
+    except ExperimentError as e:
+        print(f"error: {e}", file=sys.stderr)
         return 2
     t0 = time.time()
     rows = [{"overlap": rho, "seed": seed, "init": init, **values}
@@ -230,9 +238,12 @@ def main(argv=None):
     results = {"overlaps": overlaps, "seeds": seeds, "rows": rows,
                "wall_time_s": round(time.time() - t0, 1)}
     print(table(results))
-    Path(args.out).mkdir(parents=True, exist_ok=True)
-    resume.write_json_atomic(results, Path(args.out) / "results.json")
-    print(figure(results, Path(args.out)))
+    try:
+        resume.write_json_atomic(results, Path(args.out) / "results.json")
+        print(figure(results, Path(args.out)))
+    except OSError as e:  # a full disk, say: write_atomic names the file
+        print(f"error: {e.strerror or e}: {e.filename}", file=sys.stderr)
+        return 2
     print(f"wall time {results['wall_time_s']:.0f}s; results in {Path(args.out) / 'results.json'}")
     return 0
 

@@ -11,9 +11,9 @@ tokenizers that turn the text into ids are in tokenization.py.
     examples, n_skipped = load_split(TASKS["mrpc"], "dev", find_data_dir(None))
 """
 
-import math
 import os
 import pathlib
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -35,6 +35,7 @@ class Task:
     labels: tuple        # label strings in class-index order; () for STS-B regression
     metric: str          # "matthews" | "accuracy" | "acc_f1" | "pearson_spearman"
     header: bool = True  # False only for CoLA
+    score_range: tuple = ()  # a regression target's documented range (STS-B: 0 to 5)
 
     @property
     def num_labels(self) -> int:
@@ -46,7 +47,8 @@ TASKS = {t.name: t for t in [
     Task("cola", "CoLA", "train.tsv", "dev.tsv", (3,), 1, ("0", "1"), "matthews", header=False),
     Task("sst2", "SST-2", "train.tsv", "dev.tsv", ("sentence",), "label", ("0", "1"), "accuracy"),
     Task("mrpc", "MRPC", "train.tsv", "dev.tsv", ("#1 String", "#2 String"), "Quality", ("0", "1"), "acc_f1"),
-    Task("stsb", "STS-B", "train.tsv", "dev.tsv", ("sentence1", "sentence2"), "score", (), "pearson_spearman"),
+    Task("stsb", "STS-B", "train.tsv", "dev.tsv", ("sentence1", "sentence2"), "score", (), "pearson_spearman",
+         score_range=(0.0, 5.0)),
     Task("qqp", "QQP", "train.tsv", "dev.tsv", ("question1", "question2"), "is_duplicate", ("0", "1"), "acc_f1"),
     Task("mnli", "MNLI", "train.tsv", "dev_matched.tsv", ("sentence1", "sentence2"), "gold_label",
          ("contradiction", "entailment", "neutral"), "accuracy"),
@@ -106,17 +108,18 @@ def _column(header: list, col, path) -> int:
 
 
 def _parse_label(task: Task, raw: str):
-    """Class index or float score; None when the label is unknown or unparsable."""
+    """Class index or float score; None when the label is unknown, unparsable, or a score
+    outside the task's documented range (STS-B's 7.5 or -3 is a damaged row, not a target)."""
     if not task.labels:
-        try:
-            score = float(raw)
-        except ValueError:
+        # a plain decimal: float() also reads '1_0' (as 10), 'nan', 'inf' and other digits
+        if not DECIMAL.fullmatch(raw):
             return None
-        return score if math.isfinite(score) and abs(score) <= FLOAT32_MAX else None
+        low, high = task.score_range
+        return float(raw) if low <= float(raw) <= high else None
     return task.labels.index(raw) if raw in task.labels else None
 
 
-FLOAT32_MAX = 3.4028234663852886e38  # a score beyond it would be inf in a float32 tensor
+DECIMAL = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?")
 
 
 def split_path(task: Task, split: str, data_dir) -> pathlib.Path:
@@ -399,6 +402,11 @@ _METRIC_KEYS = {"matthews": ("matthews",), "accuracy": ("accuracy",), "acc_f1": 
                 "pearson_spearman": ("pearson", "spearman")}
 _METRIC_FNS = {"matthews": matthews_corrcoef, "accuracy": accuracy, "f1": f1, "pearson": pearson,
                "spearman": spearman}
+
+
+def metric_names(task: Task) -> tuple:
+    """The metrics GLUE reports for a task, e.g. ("accuracy", "f1") for MRPC."""
+    return _METRIC_KEYS[task.metric]
 
 
 def glue_metrics(task: Task, preds, labels) -> dict:

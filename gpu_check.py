@@ -279,7 +279,11 @@ def main(argv=None):
     t_start = time.perf_counter()
     device = "cpu" if args.dry_run else "cuda"
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    try:  # before the minutes of GPU time, not after
+        resume.check_writable(out, ["results.json", "summary.txt"])
+    except config.ExperimentError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     with tempfile.TemporaryDirectory() as tmp:
         tiny = {}
         if args.dry_run:  # the test suite's own tiny checkpoint and GLUE files

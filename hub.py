@@ -106,7 +106,7 @@ def check_content(path, name=None):
                 return "it is not a JSON object"
         elif suffix == ".txt":
             path.read_text(encoding="utf-8")
-    except (ValueError, KeyError, TypeError, IndexError, struct.error) as e:
+    except (ValueError, KeyError, TypeError, IndexError, struct.error, RecursionError) as e:
         return f"{type(e).__name__}: {' '.join(str(e).split())[:80]}"
     return ""
 

@@ -130,7 +130,12 @@ def osrm_init(stats, task, rank, statistic, ln_directions=None, own_eps=0.1, see
             of_others = [dict(s, S=extensions.without_direction(s["S"], u)) for s in of_others]
         if statistic == "own":
             S_others = sum(s["S"] for s in of_others) / len(of_others)
-            A[name] = extensions.own_task_subspace(stats[task][name]["S"], S_others, rank, own_eps)
+            try:
+                A[name] = extensions.own_task_subspace(stats[task][name]["S"], S_others, rank, own_eps)
+            except torch.linalg.LinAlgError:  # eps * tr(S)/d overflows, so Cholesky cannot run
+                raise ExperimentError(f"osrm-own ({task}, {name}): S_others + eps I cannot be "
+                                      f"factorised with --own-eps {own_eps:g}; use a smaller "
+                                      f"--own-eps (the default is 0.1)") from None
         elif statistic == "mean-random":
             A[name] = extensions.random_null_basis([s["mu"] for s in of_others], rank,
                                                    seed + zlib.crc32(name.encode()))
@@ -188,6 +193,12 @@ class Adapter:
         apart, which would create cross terms B_i A_j)."""
         layers = [k.removesuffix(".A") for k in self.lora if k.endswith(".A")]
         return {n: scale * self.lora[f"{n}.B"] @ self.lora[f"{n}.A"] for n in layers}
+
+    def digest(self):
+        """A digest of A, B and the head (resume.tensors_digest): a saved score is reused only
+        beside the very adapter it was computed from."""
+        head = {f"head.{k}": v for k, v in self.head.state_dict().items()}
+        return resume.tensors_digest({**self.lora, **head})
 
 
 def build_adapter(encoder, init, task, cfg, prepared, subspaces, trained, store):
@@ -433,12 +444,13 @@ def run_seed(cfg, encoder, tokenizer, store, results):
     trained = {}
     for init in cfg.inits:
         # 3-4. each task's adapter, built as the init says and fine-tuned; scored alone
-        adapters = {}
+        adapters, digests = {}, {}
         for t in cfg.tasks:
             adapters[t] = build_adapter(encoder, init, t, cfg, prepared, subspaces, trained, store)
+            digests[t] = adapters[t].digest()
             with lora.carrying(encoder, adapters[t].lora, cfg.targets, cfg.rank, cfg.alpha):
                 score = score_tasks(encoder, {t: adapters[t].head}, prepared, cfg, store,
-                                    results, init, "none", None)[t]
+                                    results, init, "none", None, digests[t])[t]
             print(f"{init}/{t}: individual score {score:.2f}")
             if not report.clearly_above(score, results["baselines"][t]):
                 print(f"warning: {init}/{t}: {score:.2f} on dev is not {report.LEARNED_MARGIN:g} "
@@ -459,11 +471,12 @@ def run_seed(cfg, encoder, tokenizer, store, results):
             results["merge_statistics_s"].append({"seed": cfg.seed, "init": init,
                                                   "seconds": round(time.time() - t0, 2)})
             print(f"{init}: statistics for {', '.join(statistics)} in {time.time() - t0:.1f}s")
+        merged_from = resume.digest(digests)  # every merged score holds every task's adapter
         for method in cfg.merges:
             for lam in lambdas(cfg, method):
                 t0 = time.time()
                 score = lambda h: score_tasks(encoder, h, prepared, cfg, store, results, init,
-                                              method, lam, select=lam is not None)
+                                              method, lam, merged_from, select=lam is not None)
                 scores = merged_scores(encoder, method, lam, task_vectors, heads, statistics,
                                        score, cfg)
                 print(f"{init}/{method}{'' if lam is None else f' (lambda {lam:g})'}: average "
@@ -487,25 +500,36 @@ def record_training(results, seed, init, task, training):
               f"-> {training['loss_end']:.4f}); this adapter learned nothing (try another --lr)")
 
 
-def score_tasks(encoder, heads, prepared, cfg, store, results, init, method, lam, select=False):
+def score_tasks(encoder, heads, prepared, cfg, store, results, init, method, lam, adapters,
+                select=False):
     """{task: dev score} of the model now in the encoder, each task with its own head; scores
-    computed by an earlier run with the same settings and inputs are reused (resume.py).
+    computed by an earlier run with the same settings, inputs and `adapters` (the digest of
+    the adapters in the model) are reused (resume.py).
     With --select-on heldout and `select` (a merge at one of several lambdas), each task is
     also scored on its held-out training rows, into results["heldout_rows"]: what picks lambda."""
     splits = ["dev"] + (["heldout"] if select and cfg.select_on == "heldout" else [])
     for split in splits:
-        rows = [store.scores.get(cfg.seed, init, method, lam, t, split) for t in heads]
+        rows = [store.scores.get(cfg.seed, init, method, lam, t, adapters, split) for t in heads]
         if None in rows:
             rows = [resume.result_row(cfg.seed, init, method, lam, t,
                                       *train.evaluate(encoder, head, prepared[t]["task"],
-                                                      prepared[t][f"{split}_batches"], cfg.device),
-                                      store.row_inputs(cfg.tasks, t), split)
+                                                      prepared[t][f"{split}_batches"], cfg.device,
+                                                      evaluation(init, method, lam, t)),
+                                      store.row_inputs(cfg.tasks, t), adapters, split)
                     for t, head in heads.items()]
             store.scores.add(rows)
         results["rows" if split == "dev" else "heldout_rows"] += rows
         if split == "dev":
             dev_scores = {r["task"]: r["score"] for r in rows}
     return dev_scores
+
+
+def evaluation(init, method, lam, task):
+    """An evaluation in words, with what to try if its outputs are not finite (train.predict)."""
+    if method == "none":
+        return f"{init}/{task} alone (check the checkpoint, or try a lower --lr)"
+    at = "" if lam is None else f" at lambda {lam:g} (try a smaller --lams, --lam-ta or --lam-ties)"
+    return f"{init}/{task} merged by {method}{at}"
 
 
 def task_seed(seed, task):
@@ -563,7 +587,6 @@ def run(cfg, encoder, tokenizer, inputs):
     return results
 
 
-if __name__ == "__main__":
-    signal.signal(signal.SIGINT, signal.default_int_handler)  # start-up is over (see the top)
+if __name__ == "__main__":  # the quiet exit on Ctrl-C (see the top) holds until main's own
     from cli import main  # the command line: settings, one-line errors, the run, its report
     sys.exit(main())

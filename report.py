@@ -599,6 +599,16 @@ def summary(results):
     return "\n".join(parts)
 
 
+FIGURES = ("lambda.png", "interference.png", "spectrum.png", "energy.png")  # write_figures' files
+
+
+def save_figure(fig, path):
+    """fig as a PNG at `path`, written whole beside it and then put in its place
+    (resume.write_atomic), so that a link at `path` is replaced, never written through."""
+    import resume  # here, not above: `python report.py` without matplotlib needs no torch
+    resume.write_atomic(path, lambda f: fig.savefig(f, format="png", dpi=120))
+
+
 def write_figures(results, out):
     """Draw lambda.png and interference.png in `out`; returns a line saying where they are, or
     that they were skipped because matplotlib is missing (it is optional:
@@ -644,7 +654,7 @@ def draw_spectrum(plt, results, out):
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(out / "spectrum.png", dpi=120)
+    save_figure(fig, out / "spectrum.png")
     plt.close(fig)
 
 
@@ -664,7 +674,7 @@ def draw_energy(plt, results, out):
     ax.grid(alpha=0.3, axis="y")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(out / "energy.png", dpi=120)
+    save_figure(fig, out / "energy.png")
     plt.close(fig)
 
 
@@ -687,7 +697,7 @@ def draw_lambda_curves(plt, results, curves, merges, out):
     axes[0][0].set_ylabel("merged average score (dev)")
     axes[0][-1].legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(out / "lambda.png", dpi=120)
+    save_figure(fig, out / "lambda.png")
     plt.close(fig)
 
 
@@ -707,7 +717,7 @@ def draw_interference(plt, results, out):
         ax.set_xlabel("inputs of task j", fontsize=7)
     axes[0][0].set_ylabel("adapter of task t", fontsize=7)
     fig.tight_layout()
-    fig.savefig(out / "interference.png", dpi=120)
+    save_figure(fig, out / "interference.png")
     plt.close(fig)
 
 
@@ -763,35 +773,46 @@ def main(argv=None):
     and draw the figures again; several runs that differ only in --inits are combined into one
     report, written with its results.json into --out."""
     import argparse
+    import resume
     p = argparse.ArgumentParser(description=main.__doc__.split(":", 1)[1].strip())
     p.add_argument("results", nargs="+", help="results.json of a finished run")
     p.add_argument("--out", help="where a combined report goes (results.json, summary.txt, figures)")
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
-    paths = [Path(r) for r in args.results]
-    missing = [str(r) for r in paths if not r.is_file()]
-    if missing or (len(paths) > 1 and not args.out):
-        print(f"error: {'no file ' + missing[0] if missing else 'combining runs needs --out DIR'}",
-              file=sys.stderr)
+    if len(args.results) > 1 and not args.out:
+        print("error: combining runs needs --out DIR", file=sys.stderr)
         return 2
-    parts = [json.loads(r.read_text()) for r in paths]
-    if len(parts) == 1 and not args.out:
-        results, out = parts[0], paths[0].parent
-    else:
-        try:
+    path = None
+    try:
+        parts = []
+        for path in map(Path, args.results):
+            parts.append(json.loads(path.read_text(encoding="utf-8")))
+        if len(parts) > 1:
+            path = None  # from here on a mistake is in what the runs hold together
+        if len(parts) == 1 and not args.out:
+            results, out = parts[0], Path(args.results[0]).parent
+        else:
             results = combine(parts) if len(parts) > 1 else finish(parts[0])
-        except ValueError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        import resume
-        resume.write_json_atomic(results, out / "results.json")
-    text = summary(results)
-    if args.out:
-        import resume
-        resume.write_text_atomic(text + "\n", Path(out) / "summary.txt")
+            out = Path(args.out)
+            out.mkdir(parents=True, exist_ok=True)
+            resume.write_json_atomic(results, out / "results.json")
+        text = summary(results)
+        if args.out:
+            resume.write_text_atomic(text + "\n", out / "summary.txt")
+        figures = write_figures(results, out)
+    except OSError as e:
+        print(f"error: {e.strerror or e}: {e.filename or path}", file=sys.stderr)
+        return 2
+    except (ValueError, KeyError, TypeError, IndexError, AttributeError, ArithmeticError,
+            RecursionError) as e:  # truncated, edited, nested too deep, or another program's
+        if path is None:  # the files read, but do not go together (combine's ValueError)
+            print(f"error: these runs cannot be reported together: {str(e)[:200]}", file=sys.stderr)
+        else:
+            print(f"error: {path} does not hold the results of a finished osrm-min run "
+                  f"({type(e).__name__}: {str(e)[:100]}); run the command that writes it again",
+                  file=sys.stderr)
+        return 2
     print(text)
-    print(write_figures(results, out))
+    print(figures)
     return 0
 
 

@@ -100,8 +100,13 @@ def main(argv):
         print(f"error: {folder}/model or {folder}/glue exists already; choose a new folder",
               file=sys.stderr)
         return 2
-    write_checkpoint(folder / "model")
-    write_glue(folder / "glue")
+    try:
+        write_checkpoint(folder / "model")
+        write_glue(folder / "glue")
+    except OSError as e:  # a folder that cannot be written, or a file in the way
+        print(f"error: {e.strerror or e}: {e.filename or folder}; choose another folder",
+              file=sys.stderr)
+        return 2
     print(f"wrote {folder / 'model'} and {folder / 'glue'}; try:\n  python osrm_min.py --tasks "
           f"sst2,mrpc --model {folder / 'model'} --data-dir {folder / 'glue'} --out "
           f"{folder / 'run'} --train-samples 16 --osrm-samples 4 --rank 2 --max-length 32")

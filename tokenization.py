@@ -26,6 +26,7 @@ import itertools
 import json
 import math
 import pathlib
+import re
 import unicodedata
 
 from data import DataError
@@ -141,11 +142,14 @@ class WordPieceTokenizer:
 
     def tokens(self, text: str):
         """The word pieces of text, one at a time (so that a long text is cut without being
-        tokenized to its end)."""
-        for word in self._basic_tokenize(text):
-            if word not in self._cache:
-                self._cache[word] = self._wordpiece(word)
-            yield from self._cache[word]
+        tokenized to its end). The text is read in blocks cut at ASCII whitespace, which basic
+        tokenization turns into a space and splits at: nothing it does (NFC included) joins
+        characters across a space, so the words are the same as from the whole text."""
+        for block in _blocks(text, _space_at_or_after):
+            for word in self._basic_tokenize(block):
+                if word not in self._cache:
+                    self._cache[word] = self._wordpiece(word)
+                yield from self._cache[word]
 
     def tokenize(self, text: str) -> list:
         return list(self.tokens(text))
@@ -162,6 +166,30 @@ class WordPieceTokenizer:
         n_a, n_b = _longest_first(len(ids_a), len(ids_b), budget)
         input_ids = [self.cls_id] + ids_a[:n_a] + [self.sep_id] + ids_b[:n_b] + [self.sep_id]
         return input_ids, [0] * (n_a + 2) + [1] * (n_b + 1)
+
+
+BLOCK = 1024  # characters of a text read first; most sentences are one block (_blocks)
+
+
+def _blocks(text: str, cut):
+    """text as consecutive blocks, the first about BLOCK characters long and each next one twice
+    as long, each ending at `cut(text, i)`, the first place at or after i where the tokenizer
+    may cut text without changing its tokens. A 10 MB text cost 10 s of tokenization, nearly
+    all of it thrown away at max_length; now only the blocks whose tokens are wanted are read."""
+    start, size = 0, BLOCK
+    while start < len(text):
+        end = cut(text, start + size)
+        yield text[start:end]
+        start, size = end, 2 * size
+
+
+def _space_at_or_after(text: str, i: int) -> int:
+    """WordPiece's cuts: the first ASCII whitespace character at or after i (or the end)."""
+    match = _ASCII_SPACE.search(text, i)
+    return match.start() if match else len(text)
+
+
+_ASCII_SPACE = re.compile(r"[ \t\n\r]")
 
 
 def _longest_first(n_a: int, n_b: int, budget: int) -> tuple:
@@ -250,6 +278,18 @@ def gpt2_split(text: str) -> list:
         pieces.append(text[i:end])
         i = end
     return pieces
+
+
+def _lone_space_at_or_after(text: str, i: int) -> int:
+    """gpt2_split's cuts: the first space at or after i between two characters that are not
+    whitespace (or the end). A piece always ends before such a space (no run, contraction or
+    whitespace piece spans it) and the next one starts at it, led by it, in the whole text
+    as in the block that starts there."""
+    while 0 < (p := text.find(" ", i)) < len(text) - 1:
+        if _char_kind(text[p - 1]) != "S" and _char_kind(text[p + 1]) != "S":
+            return p
+        i = p + 1
+    return len(text)
 
 
 class ByteLevelBPETokenizer:
@@ -353,11 +393,12 @@ class ByteLevelBPETokenizer:
         with RoBERTa's merges."""
         if self.add_prefix_space and text and not text.startswith(" "):
             text = " " + text  # as the tokenizers library does: no second space, nothing for ""
-        for piece in gpt2_split(text):
-            if piece not in self._cache:
-                symbols = [self.byte_symbols[b] for b in piece.encode("utf-8")]  # 'é' -> ['Ã', '©']
-                self._cache[piece] = (self._bpe if len(symbols) <= 64 else self._bpe_long)(symbols)
-            yield from self._cache[piece]
+        for block in _blocks(text, _lone_space_at_or_after):  # read as far as wanted
+            for piece in gpt2_split(block):
+                if piece not in self._cache:
+                    symbols = [self.byte_symbols[b] for b in piece.encode("utf-8")]  # 'é' -> ['Ã', '©']
+                    self._cache[piece] = (self._bpe if len(symbols) <= 64 else self._bpe_long)(symbols)
+                yield from self._cache[piece]
 
     def tokenize(self, text: str) -> list:
         return list(self.tokens(text))
@@ -397,7 +438,7 @@ def _read_json(path: pathlib.Path, kinds=None) -> dict:
     """A JSON object from path; kinds {key: type(s)} checks the values present."""
     try:
         value = json.loads(_read_text(path))
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, RecursionError) as e:  # RecursionError: nested too deep
         raise DataError(f"{path} is not valid JSON ({e})") from None
     if not isinstance(value, dict):
         raise DataError(f"{path} is not a JSON object")

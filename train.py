@@ -101,21 +101,26 @@ def diverged(desc, what, value, step, total, lr, batch):
     return ExperimentError(f"{desc}: the {what} became {value} at step {step + 1} of {total}: {cause}")
 
 
-def predict(encoder, head, batches, device="cpu"):
-    """Class indices (or scores for STS-B) and gold labels over the batches, as lists."""
+def predict(encoder, head, batches, device="cpu", desc="predict"):
+    """Class indices (or scores for STS-B) and gold labels over the batches, as lists. Outputs
+    that are not finite are an ExperimentError naming `desc`: a NaN has no class (argmax
+    would call it class 0) and no score."""
     encoder.eval(); head.eval()
     preds, labels = [], []
     with torch.inference_mode():
         for batch in batches:
             batch = to_device(batch, device)
             logits = head_outputs(encoder, head, batch)
+            if not torch.isfinite(logits).all():
+                raise ExperimentError(f"{desc}: the model's outputs are not finite (NaN or inf), "
+                                      f"so nothing can be scored")
             preds += (logits.squeeze(-1) if logits.shape[-1] == 1 else logits.argmax(-1)).tolist()
             labels += batch["labels"].tolist()
     return preds, labels
 
 
-def evaluate(encoder, head, task, batches, device="cpu"):
+def evaluate(encoder, head, task, batches, device="cpu", desc="evaluate"):
     """(score x100 as the paper reports it, {metric: value})."""
-    preds, labels = predict(encoder, head, batches, device)
+    preds, labels = predict(encoder, head, batches, device, desc)
     metrics = data.glue_metrics(task, preds, labels)
     return data.main_score(task, metrics), metrics

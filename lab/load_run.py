@@ -8,7 +8,9 @@
 
 It reads the run's results.json for its settings, the pretrained model and the training rows
 the run took for OSRM's statistics (the first --osrm-samples rows of each task's seeded
-subset), and the adapters the run saved. Nothing is trained and nothing is written.
+subset), and the adapters the run saved. Nothing is trained and nothing is written. A run
+that is not there or cannot be read, or a task, layer or adapter it does not have, is a
+LabError, which a script ends with in one line, as every osrm-min command does.
 """
 
 import json
@@ -25,32 +27,65 @@ import osrm_min  # noqa: E402
 import tokenization  # noqa: E402
 
 
+class LabError(Exception):
+    """What a run cannot give; an uncaught one is printed as one line (`one_line`)."""
+
+
+def one_line(kind, error, trace):
+    if issubclass(kind, LabError):
+        print(f"error: {error}", file=sys.stderr)
+    else:
+        sys.__excepthook__(kind, error, trace)
+
+
+sys.excepthook = one_line  # `python lab/exercise2.py` before exercise 1: one line, exit 1
+
+
+class Named(dict):
+    """A dict whose missing key is a LabError that says which keys there are."""
+
+    def __init__(self, what, items):
+        super().__init__(items)
+        self.what = what
+
+    def __missing__(self, key):
+        raise LabError(f"{self.what} has no {key!r}, only {', '.join(map(str, self))}")
+
+
 class Run:
     def __init__(self, out, seed=None):
         self.out = Path(out)
         path = self.out / "results.json"
         if not path.exists():
-            raise FileNotFoundError(f"{path} is missing: run `python osrm_min.py --lab` first")
-        self.results = json.loads(path.read_text())
-        self.cfg = cfg = self.results["config"]
-        self.seed = cfg["seeds"][0] if seed is None else seed
-        self.tasks = cfg["tasks"]
-        self.encoder, _ = checkpoint.load_checkpoint(cfg["model"])
-        self.encoder.eval()  # no dropout: the inputs the frozen model sees
-        self.layers = list(lora.target_layers(self.encoder, cfg["targets"]))
-        tokenizer = tokenization.load_tokenizer(cfg["model"])
-        self.batches = {}
-        for name in self.tasks:  # the same k rows the run's statistics read
-            rows, _ = data.load_split(data.TASKS[name], "train", cfg["data_dir"])
-            rows = data.train_subset(name, rows, cfg["osrm_samples"], self.seed)
-            self.batches[name] = data.make_batches(
-                data.encode_examples(tokenizer, rows, cfg["max_length"]), cfg["batch_size"],
-                pad_id=tokenizer.pad_id)
+            raise LabError(f"{path} is missing: run `python osrm_min.py --lab` first")
+        try:
+            self.results = json.loads(path.read_text(encoding="utf-8"))
+            self.cfg = cfg = self.results["config"]
+            self.seed = cfg["seeds"][0] if seed is None else seed
+            self.tasks = cfg["tasks"]
+            self.encoder, _ = checkpoint.load_checkpoint(cfg["model"])
+            self.encoder.eval()  # no dropout: the inputs the frozen model sees
+            self.layers = list(lora.target_layers(self.encoder, cfg["targets"]))
+            tokenizer = tokenization.load_tokenizer(cfg["model"])
+            self.batches = Named(f"the run in {self.out}", {})
+            for name in self.tasks:  # the same k rows the run's statistics read
+                rows, _ = data.load_split(data.TASKS[name], "train", cfg["data_dir"])
+                rows = data.train_subset(name, rows, cfg["osrm_samples"], self.seed)
+                self.batches[name] = data.make_batches(
+                    data.encode_examples(tokenizer, rows, cfg["max_length"]), cfg["batch_size"],
+                    pad_id=tokenizer.pad_id)
+        except (checkpoint.CheckpointError, data.DataError, OSError) as e:  # moved or changed
+            raise LabError(f"the run in {self.out} cannot be opened: {e}") from None
+        except (ValueError, KeyError, TypeError, IndexError, RecursionError) as e:
+            raise LabError(f"{path} does not hold the results of a finished osrm-min run "
+                           f"({type(e).__name__}: {str(e)[:100]}); run it again") from None
         self._stats = None
 
     def layer_inputs(self, task, layer):
         """H: the inputs that `layer` of the frozen pretrained encoder sees on the task's k
         rows, one row per real token (padding left out), float64."""
+        if layer not in self.layers:
+            raise LabError(f"the run adapts no layer {layer!r}; it adapts {', '.join(self.layers)}")
         module, rows, mask = dict(self.encoder.named_modules())[layer], [], None
         hook = module.register_forward_hook(lambda m, inputs, out: rows.append(inputs[0][mask].double()))
         unpad, self.encoder.unpad = self.encoder.unpad, False
@@ -67,21 +102,26 @@ class Run:
     def statistics(self):
         """{task: {layer: {"S", "mu", "n"}}}, as osrm_min.collect_statistics gives them."""
         if self._stats is None:
-            self._stats = {t: osrm_min.collect_statistics(self.encoder, b, self.layers)
-                           for t, b in self.batches.items()}
+            self._stats = Named(f"the run in {self.out}", {
+                t: Named("its statistics", osrm_min.collect_statistics(self.encoder, b, self.layers))
+                for t, b in self.batches.items()})
         return self._stats
 
     def adapter(self, init, task):
         """The saved LoRA state {"layers.0.query.A": A, ...B: B} of one adapter."""
         path = self.out / "adapters" / f"{init}-{task}-seed{self.seed}.pt"
         if not path.exists():
-            raise FileNotFoundError(f"{path} is missing: run with --inits {init} first")
-        return torch.load(path, map_location="cpu", weights_only=True)["lora"]
+            raise LabError(f"{path} is missing: run with --inits {init} first")
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)["lora"]
+        except Exception as e:  # truncated, or not an adapter file
+            raise LabError(f"{path} cannot be read ({type(e).__name__}); run with --inits "
+                           f"{init} again") from None
 
     def task_vector(self, init, task):
         """{layer: dW = (alpha / r) B A}: what merging adds to the pretrained weights."""
         scale = self.cfg["alpha"] / self.cfg["rank"]
-        return osrm_min.Adapter(self.adapter(init, task), None).task_vector(scale)
+        return Named("its task vector", osrm_min.Adapter(self.adapter(init, task), None).task_vector(scale))
 
 
 def load(out, seed=None):
