@@ -31,7 +31,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-import fastpath
+from speed import fastpath
 
 
 class LoRALinear(nn.Linear):

@@ -35,16 +35,17 @@ from dataclasses import asdict, dataclass, replace
 
 import torch
 
-import config
+from study import config
 import data
-import extensions
+from extensions.subspaces import (direction_share, layernorm_directions, own_task_subspace,
+                                   random_null_basis, without_direction)
 import fisher
 import lora
 import merge
-import report
-import resume
+from study import report
+from study import resume
 import train
-from config import ExperimentError
+from study.config import ExperimentError
 
 
 # 1. Statistics of each layer's inputs
@@ -127,17 +128,17 @@ def osrm_init(stats, task, rank, statistic, ln_directions=None, own_eps=0.1, see
         of_others = [stats[t][name] for t in others]
         u = (ln_directions or {}).get(name)
         if u is not None and statistic in ("second_moment", "own"):
-            of_others = [dict(s, S=extensions.without_direction(s["S"], u)) for s in of_others]
+            of_others = [dict(s, S=without_direction(s["S"], u)) for s in of_others]
         if statistic == "own":
             S_others = sum(s["S"] for s in of_others) / len(of_others)
             try:
-                A[name] = extensions.own_task_subspace(stats[task][name]["S"], S_others, rank, own_eps)
+                A[name] = own_task_subspace(stats[task][name]["S"], S_others, rank, own_eps)
             except torch.linalg.LinAlgError:  # eps * tr(S)/d overflows, so Cholesky cannot run
                 raise ExperimentError(f"osrm-own ({task}, {name}): S_others + eps I cannot be "
                                       f"factorised with --own-eps {own_eps:g}; use a smaller "
                                       f"--own-eps (the default is 0.1)") from None
         elif statistic == "mean-random":
-            A[name] = extensions.random_null_basis([s["mu"] for s in of_others], rank,
+            A[name] = random_null_basis([s["mu"] for s in of_others], rank,
                                                    seed + zlib.crc32(name.encode()))
         else:
             A[name] = osrm_subspace(of_others, rank, statistic)
@@ -407,7 +408,7 @@ def record_diagnostics(results, seed, rank, stats, measured, subspaces, u):
                   for n, s in stats[t].items()} for t in tasks}
     for name, by_task in {**subspaces, "random": random}.items():
         for t, A_init in by_task.items():
-            shares = [extensions.direction_share(A, u[n]) for n, A in A_init.items() if n in u]
+            shares = [direction_share(A, u[n]) for n, A in A_init.items() if n in u]
             for rows, on in (("fit", stats), ("heldout", measured)):
                 own, others = subspace_energy(A_init, on, t)
                 results["subspace_energy"].append({
@@ -437,7 +438,7 @@ def run_seed(cfg, encoder, tokenizer, store, results):
     measured = layer_statistics(encoder, cfg, prepared, "measure")  # held-out rows, to measure on
     # 2. OSRM's subspace of every task, once per statistic that the inits use
     statistics = dict.fromkeys(INITS[i].statistic for i in cfg.inits if INITS[i].statistic)
-    u = extensions.layernorm_directions(encoder, stats[cfg.tasks[0]])  # the LayerNorm directions
+    u = layernorm_directions(encoder, stats[cfg.tasks[0]])  # the LayerNorm directions
     subspaces = {s: {t: osrm_init(stats, t, cfg.rank, s, u if cfg.osrm_skip_ln_direction else None,
                                   cfg.own_eps, cfg.seed) for t in cfg.tasks} for s in statistics}
     record_diagnostics(results, cfg.seed, cfg.rank, stats, measured, subspaces, u)
@@ -588,5 +589,5 @@ def run(cfg, encoder, tokenizer, inputs):
 
 
 if __name__ == "__main__":  # the quiet exit on Ctrl-C (see the top) holds until main's own
-    from cli import main  # the command line: settings, one-line errors, the run, its report
+    from study.cli import main  # the command line: settings, one-line errors, the run, its report
     sys.exit(main())

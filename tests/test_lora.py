@@ -2,7 +2,7 @@
 
 import torch
 
-import checkpoint
+from pretrained import checkpoint
 import lora
 
 

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-import checkpoint
-import fastpath
+from pretrained import checkpoint
+from speed import fastpath
 import lora
 from osrm_min import (collect_statistics, interference, osrm_init, osrm_post, osrm_subspace,
                       subspace_energy)
@@ -107,7 +107,7 @@ def test_statistics_equal_the_direct_computation_even_when_the_encoder_packs(tin
 def test_merge_statistics_give_regmean_each_tasks_mean_gram(tiny_model):
     """Task b's rows are task a's ten times over: the same mean Gram X^T X / n (MergeLM's and
     RegMean's per-task average, the default), and with --regmean-grams sum ten times X^T X."""
-    import config
+    from study import config
     from osrm_min import Adapter, merge_statistics
     encoder, _ = checkpoint.load_checkpoint(tiny_model)
     lora.add_lora(encoder, ("query", "value"), rank=2, alpha=4, seed=1)

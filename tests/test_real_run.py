@@ -7,10 +7,10 @@ the repository); skipped, with the reason, without them.
 import pytest
 import torch
 
-import checkpoint
+from pretrained import checkpoint
 import data
 import lora
-import tokenization
+from pretrained import tokenization
 from conftest import REAL_GLUE as GLUE
 from train import evaluate, finetune
 

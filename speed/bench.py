@@ -1,0 +1,410 @@
+"""How fast osrm-min fine-tunes and evaluates on this machine, against transformers + PEFT.
+
+    python bench.py            # a table (about 3 minutes on 2 CPU cores, 6 with the comparison)
+    python bench.py --json     # the same numbers as JSON
+
+On the default model and real SST-2 sentences it measures:
+
+- training: LoRA rank 8, alpha 16, LoRA dropout 0 on query and value, batch 32, max length 128,
+  each batch padded to its longest sentence, AdamW lr 4e-4; a few warm-up steps, then `--steps`
+  timed steps, repeated `--repeats` times (the median repeat is reported). Once with the model's
+  own dropout (0.1 for BERT) and once without dropout.
+- evaluation: SST-2 dev under inference mode, in file order.
+- the OSRM overhead: layer statistics on 100 examples of each of two tasks plus the subspaces,
+  as a fraction of one default fine-tuning run (`python osrm_min.py`'s settings; its time is
+  estimated from the step time on a sample of its own batches).
+- merging two tasks' adapters (TA, TIES), the peak resident memory, the matrix-multiply rate of
+  this machine and the fraction of it that a training step reaches.
+
+If `transformers` and `peft` can be imported (they are never dependencies of osrm-min; install
+them in a side environment: `pip install torch==2.13.0 transformers peft`), the same batches go
+through `AutoModelForSequenceClassification` + PEFT `LoraConfig(r=8, lora_alpha=16,
+lora_dropout=0.0, target_modules=["query", "value"])` in this process, and the ratios are printed.
+Both sides get the same examples in the same order with the same padded shapes and the same
+dropout; both classify from [CLS] through the pooler.
+"""
+
+import argparse
+import contextlib
+import importlib.util
+import json
+import os
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from pretrained import checkpoint
+from study import config
+import data
+import lora
+import merge
+import osrm_min
+from pretrained import tokenization
+import train
+
+
+def set_dropout(encoder, p):
+    """Every dropout of the encoder (hidden and attention) to p."""
+    for m in encoder.modules():
+        if hasattr(m, "dropout_p"):
+            m.dropout_p = p
+        if hasattr(m, "attn_dropout"):
+            m.attn_dropout = p
+
+
+def step_flops(batch, c, train, rank=8):
+    """FLOPs (2 per multiply-add) of one step on the padded batch and on its real tokens alone.
+
+    Per layer and token the linear layers cost 2 (4 H^2 + 2 H I) and LoRA on two targets
+    2 * 2 * 2 H r; attention costs 2 * 2 B T^2 H on the padded batch. Training adds the backward
+    pass through the inputs (the frozen weights get no gradient): about the forward's cost again
+    for the linear layers, and twice it for attention.
+    """
+    B, T = batch["input_ids"].shape
+    n_real = int(batch["attention_mask"].sum())
+    H, I, L = c.hidden_size, c.intermediate_size, c.num_hidden_layers
+    per_token = 2 * (4 * H * H + 2 * H * I) + 8 * H * rank
+    attn = 4 * B * T * T * H
+    f_lin, f_attn = (2, 3) if train else (1, 1)
+    return {"padded": L * (f_lin * per_token * B * T + f_attn * attn),
+            "real": L * (f_lin * per_token * n_real + f_attn * attn)}
+
+
+def matmul_rate():
+    """GFLOP/s of a float32 matrix multiply shaped like a feed-forward layer of a batch."""
+    x, w = torch.randn(2048, 384), torch.randn(1536, 384)
+    seconds = timed(lambda _: F.linear(x, w), [None] * 5, [None] * 50, 5) / 50
+    return 2 * 2048 * 384 * 1536 / seconds / 1e9
+
+
+class Ours:
+    """osrm-min's encoder with LoRA on query and value, a head, and AdamW."""
+
+    def __init__(self, model_dir, dropout, unpad=True, pooling="cls", lr=4e-4, A_init=None):
+        self.encoder, _ = checkpoint.load_checkpoint(model_dir)
+        self.encoder.unpad = unpad
+        set_dropout(self.encoder, dropout)
+        lora.add_lora(self.encoder, ("query", "value"), rank=8, alpha=16, A_init=A_init)
+        self.head = lora.ClassificationHead(self.encoder.config.hidden_size, 2, pooling, dropout,
+                                            self.encoder.pooler)
+        self.params = [p for m in (self.encoder, self.head) for p in m.parameters()
+                       if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(self.params, lr=lr)
+
+    def logits(self, b):
+        return self.head(self.encoder(b["input_ids"], b["token_type_ids"], b["attention_mask"]),
+                         b["attention_mask"])
+
+    def train_step(self, b):
+        self.encoder.train(); self.head.train()
+        loss = F.cross_entropy(self.logits(b), b["labels"])
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+
+    def eval_step(self, b):
+        self.encoder.eval(); self.head.eval()
+        with torch.inference_mode():
+            return self.logits(b)
+
+
+class TransformersPeft(Ours):
+    """The same protocol through AutoModelForSequenceClassification and a PEFT LoraConfig."""
+
+    def __init__(self, model_dir, dropout):
+        import transformers
+        from peft import LoraConfig, get_peft_model
+        transformers.logging.set_verbosity_error()  # "newly initialised classifier" notices
+        model = transformers.AutoModelForSequenceClassification.from_pretrained(
+            model_dir, num_labels=2, hidden_dropout_prob=dropout,
+            attention_probs_dropout_prob=dropout)
+        self.model = get_peft_model(model, LoraConfig(
+            r=8, lora_alpha=16, lora_dropout=0.0, target_modules=["query", "value"],
+            task_type="SEQ_CLS"))
+        self.encoder = self.head = self.model  # train() / eval() switch the whole model
+        self.optimizer = torch.optim.AdamW(
+            [p for p in self.model.parameters() if p.requires_grad], lr=4e-4)
+
+    def logits(self, b):
+        return self.model(input_ids=b["input_ids"], token_type_ids=b["token_type_ids"],
+                          attention_mask=b["attention_mask"].long()).logits
+
+
+def have_transformers():
+    return all(importlib.util.find_spec(m) is not None for m in ("peft", "transformers"))
+
+
+def throughput(seconds, batches):
+    n = sum(len(b["labels"]) for b in batches)
+    tokens = sum(int(b["attention_mask"].sum()) for b in batches)  # real tokens, not padding
+    return {"seconds": round(seconds, 3), "examples_per_s": round(n / seconds, 1),
+            "tokens_per_s": round(tokens / seconds)}
+
+
+def sst2_batches(tokenizer, data_dir, split, n, batch_size, shuffle):
+    """The first n rows of a seeded shuffle of SST-2 `split`, cut into padded batches."""
+    rows, _ = data.load_split(data.TASKS["sst2"], split, data_dir)
+    if shuffle:
+        rows = [rows[i] for i in torch.randperm(len(rows), generator=torch.Generator().manual_seed(0))]
+    encoded = data.encode_examples(tokenizer, rows[:n], max_length=128)
+    return data.make_batches(encoded, batch_size, pad_id=tokenizer.pad_id)
+
+
+def round_robin(fns, warmup_items, items, repeats):
+    """{name: [seconds per repeat]}: each repeat times every fn over `items` in turn, so that a
+    slow spell of a shared machine hits all of them alike."""
+    for fn in fns.values():
+        for item in warmup_items:
+            fn(item)
+    times = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            for item in items:
+                fn(item)
+            times[name].append(time.perf_counter() - t0)
+    return times
+
+
+def timed(fn, warmup_items, items, repeats):
+    """Median over `repeats` of the seconds `fn` takes over `items`, after a warm-up."""
+    return statistics.median(round_robin({"fn": fn}, warmup_items, items, repeats)["fn"])
+
+
+def summarise(times, batches):
+    """Throughput at the median repeat; the speed-up over transformers + PEFT is the median of
+    the repeats' ratios."""
+    out = {name: throughput(statistics.median(t), batches) for name, t in times.items()}
+    if "transformers_peft" in times:
+        out["speedup"] = round(statistics.median(
+            theirs / ours for theirs, ours in zip(times["transformers_peft"], times["ours"])), 2)
+    return out
+
+
+def bench_sides(sides, train_batches, warm, dev_batches, repeats, dropouts):
+    """Training throughput per dropout, then evaluation throughput, for each side."""
+    out = {"train": {}}
+    for dropout in dropouts:
+        built = {}
+        for name, make in sides.items():
+            torch.manual_seed(0)
+            built[name] = make(dropout)
+        times = round_robin({n: s.train_step for n, s in built.items()}, warm, train_batches,
+                            repeats)
+        out["train"][f"dropout {dropout:g}"] = summarise(times, train_batches)
+        print(f"  training, dropout {dropout:g}: {out['train'][f'dropout {dropout:g}']}",
+              file=sys.stderr, flush=True)
+    times = round_robin({n: s.eval_step for n, s in built.items()}, dev_batches[:1], dev_batches,
+                        repeats)
+    out["eval"] = summarise(times, dev_batches)
+    print(f"  evaluation: {out['eval']}", file=sys.stderr, flush=True)
+    return out
+
+
+def bench_osrm(model_dir, data_dir, tokenizer, repeats):
+    """OSRM's statistics and subspaces for two tasks (sst2, mrpc) against one default fine-tune.
+
+    The fine-tune (SST-2 with `python osrm_min.py`'s settings) is estimated from its step time
+    on 40 of its own batches, spread over the epoch, times its number of steps. The two are
+    timed in turn, `repeats` times; the fraction is the median of the repeats' fractions.
+    """
+    cfg = config.Config(tasks=("sst2", "mrpc"), model=str(model_dir), data_dir=str(data_dir))
+    with contextlib.redirect_stdout(sys.stderr):  # its notes, away from --json's output
+        prepared = data.prepare_tasks(cfg.tasks, cfg.data_dir, tokenizer, config.train_rows(cfg), cfg.seed,
+                                      cfg.max_length, cfg.osrm_samples, cfg.eval_batch_size)
+    encoder, pooling = checkpoint.load_checkpoint(model_dir)
+
+    def osrm_subspaces(_):
+        with contextlib.redirect_stdout(sys.stderr):
+            stats = osrm_min.layer_statistics(encoder, cfg, prepared)
+        return {n: osrm_min.osrm_init(stats, n, cfg.rank, osrm_min.INITS["osrm"].statistic)
+                for n in cfg.tasks}
+
+    batches = data.make_batches(prepared["sst2"]["train"], cfg.batch_size, shuffle=True,
+                                seed=cfg.seed, group_by_length=True, pad_id=tokenizer.pad_id)
+    sample = batches[::max(1, len(batches) // 40)][:40]
+    # Ours' adapter is the default's (rank 8, alpha 16, query and value), started as OSRM's
+    side = Ours(model_dir, encoder.config.hidden_dropout_prob, pooling=pooling, lr=cfg.lr,
+                A_init=osrm_subspaces(0)["sst2"])
+    finetune = lambda _: train.finetune(side.encoder, side.head, lambda e: sample, 1, cfg.lr,
+                                           progress=False)
+    times = round_robin({"osrm": osrm_subspaces, "sample": finetune}, [None], [None], repeats)
+    steps = cfg.epochs * len(batches)
+    fractions = [o / (f / len(sample) * steps) for o, f in zip(times["osrm"], times["sample"])]
+    return {"stats_and_subspaces_s": round(statistics.median(times["osrm"]), 2),
+            "default_finetune_s": round(statistics.median(times["sample"]) / len(sample) * steps, 1),
+            "steps": steps, "fraction": round(statistics.median(fractions), 4)}
+
+
+def bench_merge(model_dir, repeats=5):
+    """Seconds to merge two tasks' adapters (random A and B of the right shapes)."""
+    encoder, _ = checkpoint.load_checkpoint(model_dir)
+    tvs = []
+    for seed in (1, 2):
+        lora.add_lora(encoder, ("query", "value"), 8, 16, seed=seed)
+        for m in lora.lora_layers(encoder).values():
+            m.B.data.normal_(0, 0.01)
+        tvs.append(lora.delta_weights(encoder))
+    out = {}
+    for method, lam in (("ta", 0.7), ("ties", 1.0)):
+        seconds = timed(lambda _: merge.merge_task_vectors(tvs, method, lam, 0.2), [None], [None], repeats)
+        out[method] = round(seconds, 4)
+    return out
+
+
+def bench_epoch(model_dir, tokenizer, data_dir, n_rows):
+    """A training epoch at batch 32 over `n_rows` SST-2 rows, with and without length grouping.
+
+    The padded and real token counts are also given for a whole SST-2 epoch.
+    """
+    rows, _ = data.load_split(data.TASKS["sst2"], "train", data_dir)
+    encoded = data.encode_examples(tokenizer, rows, max_length=128)
+    side = Ours(model_dir, 0.1)
+    out = {}
+    for grouped in (False, True):
+        batch = lambda enc: data.make_batches(enc, 32, shuffle=True, seed=0,
+                                              group_by_length=grouped, pad_id=tokenizer.pad_id)
+        whole, part = batch(encoded), batch(encoded[:n_rows])
+        seconds = timed(side.train_step, part[:2], part, 1)
+        out["grouped" if grouped else "random"] = {
+            "rows": n_rows, "seconds": round(seconds, 1),
+            "padded_tokens": sum(b["input_ids"].numel() for b in part),
+            "full_epoch_padded_tokens": sum(b["input_ids"].numel() for b in whole),
+            "full_epoch_real_tokens": sum(int(b["attention_mask"].sum()) for b in whole)}
+    return out
+
+
+def machine():
+    cpu = "unknown CPU"
+    if os.path.exists("/proc/cpuinfo"):
+        names = [l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")]
+        cpu = names[0] if names else cpu
+    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__, "python": sys.version.split()[0]}
+
+
+def run(args, model_dir, data_dir):
+    tokenizer = tokenization.load_tokenizer(model_dir)
+    config = checkpoint.load_checkpoint(model_dir)[0].config
+    checkpoint.check_tokenizer(model_dir, config, tokenizer, pairs=True)  # MRPC's, for OSRM
+    batches = sst2_batches(tokenizer, data_dir, "train", 32 * (args.warmup + args.steps), 32, True)
+    warm, train_batches = batches[:args.warmup], batches[args.warmup:]
+    dev_batches = sst2_batches(tokenizer, data_dir, "dev", None, args.eval_batch_size, False)
+    dropouts = (config.hidden_dropout_prob, 0.0)
+    results = {"machine": machine()}
+    rates = [matmul_rate()]
+
+    results["osrm"] = bench_osrm(model_dir, data_dir, tokenizer, args.repeats)
+    results["merge_s"] = bench_merge(model_dir)
+    if args.epoch_rows:
+        results["epoch"] = bench_epoch(model_dir, tokenizer, data_dir, args.epoch_rows)
+    results["peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+
+    sides = {"ours": lambda d: Ours(model_dir, d),
+             "ours_padded": lambda d: Ours(model_dir, d, unpad=False)}
+    if args.no_compare or not have_transformers():
+        results["transformers_peft"] = ("skipped (--no-compare)" if args.no_compare else
+                                        "not installed: pip install transformers peft (in a side "
+                                        "environment) to compare")
+    else:
+        import peft, transformers
+        results["transformers_peft"] = f"transformers {transformers.__version__}, peft {peft.__version__}"
+        sides["transformers_peft"] = lambda d: TransformersPeft(model_dir, d)
+    results.update(bench_sides(sides, train_batches, warm, dev_batches, args.repeats, dropouts))
+
+    # The arithmetic ceiling: FLOPs of the timed training steps over their time, against the
+    # matrix-multiply rate (the best of two measurements: a shared machine has slow spells).
+    rates.append(matmul_rate())
+    results["matmul_gflops"] = round(max(rates), 1)
+    flops = {k: sum(step_flops(b, config, True)[k] for b in train_batches) for k in ("real", "padded")}
+    results["ceiling"] = {"train_gflop_real": round(flops["real"] / 1e9, 1),
+                          "train_gflop_padded": round(flops["padded"] / 1e9, 1)}
+    for d, sides_ in results["train"].items():
+        for key, r in sides_.items():
+            if key == "speedup":
+                continue
+            work = flops["padded"] if key != "ours" else flops["real"]
+            results["ceiling"][f"{key}, {d}"] = round(work / r["seconds"] / 1e9 / results["matmul_gflops"], 3)
+    results["settings"] = {"batch_size": 32, "max_length": 128, "rank": 8, "alpha": 16,
+                           "targets": ["query", "value"], "lr": 4e-4, "warmup_steps": args.warmup,
+                           "timed_steps": args.steps, "repeats": args.repeats,
+                           "eval_batch_size": args.eval_batch_size}
+    return results
+
+
+def report(r):
+    m = r["machine"]
+    lines = [f"osrm-min bench: {m['cpu']}, {m['cores']} cores, {m['torch_threads']} torch threads, "
+             f"torch {m['torch']}",
+             f"matrix multiply (float32): {r['matmul_gflops']} GFLOP/s",
+             f"transformers + PEFT: {r['transformers_peft']}", ""]
+    cols = [("ours", "osrm-min"), ("ours_padded", "padded path"), ("transformers_peft", "HF+PEFT")]
+    head = f"{'examples/s':<34}" + "".join(f"{c[1]:>13}" for c in cols) + f"{'speed-up':>10}"
+    lines.append(head)
+    rows = [(f"training, {d}", v) for d, v in r["train"].items()] + [("evaluation (SST-2 dev)", r["eval"])]
+    for label, v in rows:
+        cells = "".join(f"{v[k]['examples_per_s']:>13.1f}" if k in v else f"{'-':>13}" for k, _ in cols)
+        ratio = f"{v['speedup']:>9.2f}x" if "speedup" in v else f"{'-':>10}"
+        lines.append(f"{label:<34}{cells}{ratio}")
+    c = r["ceiling"]
+    lines += ["", f"arithmetic: the {r['settings']['timed_steps']} timed training steps are "
+              f"{c['train_gflop_real']} GFLOP on real tokens ({c['train_gflop_padded']} padded)"]
+    lines += [f"  {k}: {v:.0%} of the matrix-multiply rate" for k, v in c.items() if "dropout" in k]
+    o = r["osrm"]
+    lines += ["", f"OSRM statistics + subspaces (2 tasks x 100 examples): {o['stats_and_subspaces_s']:.2f}s "
+              f"= {o['fraction']:.2%} of a default fine-tune ({o['steps']} steps, est. "
+              f"{o['default_finetune_s']:.0f}s)",
+              f"merging two adapters: TA {r['merge_s']['ta'] * 1e3:.1f} ms, TIES {r['merge_s']['ties'] * 1e3:.1f} ms"]
+    if "epoch" in r:
+        e = r["epoch"]
+        lines.append(f"an epoch of {e['random']['rows']} SST-2 rows, batch 32: random batches "
+                     f"{e['random']['seconds']:.1f}s, length-grouped {e['grouped']['seconds']:.1f}s "
+                     f"(padded tokens {e['random']['padded_tokens']} vs {e['grouped']['padded_tokens']}; a whole "
+                     f"epoch: {e['random']['full_epoch_padded_tokens']} vs "
+                     f"{e['grouped']['full_epoch_padded_tokens']} for {e['random']['full_epoch_real_tokens']} real)")
+    lines.append(f"peak resident memory (osrm-min part): {r['peak_rss_mib']} MiB")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--json", action="store_true", help="print the results as JSON")
+    p.add_argument("--model", default=None, help="BERT folder; default: the installed weights")
+    p.add_argument("--data-dir", default=None, help="GLUE folder; default: $GLUE_DIR")
+    p.add_argument("--steps", type=int, default=20, help="timed training steps per repeat")
+    p.add_argument("--warmup", type=int, default=3, help="untimed steps first")
+    p.add_argument("--repeats", type=int, default=3,
+                   help="timed repeats; the median is reported")
+    p.add_argument("--eval-batch-size", type=int, default=128, help="SST-2 dev, in file order")
+    p.add_argument("--epoch-rows", type=int, default=3200,
+                   help="SST-2 rows of the epoch timed with and without length grouping (0: skip)")
+    p.add_argument("--no-compare", action="store_true",
+                   help="skip transformers + PEFT even if they are installed")
+    args = p.parse_args(argv)
+    least = {"steps": 1, "repeats": 1, "warmup": 0, "eval_batch_size": 1, "epoch_rows": 0}
+    low = next((name for name, n in least.items() if getattr(args, name) < n), None)
+    if low:
+        print(f"error: {config.flag(low)} must be at least {least[low]}", file=sys.stderr)
+        return 2
+    try:
+        model_dir = Path(args.model) if args.model else config.default_model_dir()
+        data_dir = data.find_data_dir(args.data_dir)
+        results = run(args, model_dir, data_dir)
+    except (data.DataError, checkpoint.CheckpointError, config.ExperimentError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a file that cannot be read
+        print(f"error: {e.strerror or e}: {e.filename or ''}", file=sys.stderr)
+        return 2
+    print(json.dumps(results, indent=1) if args.json else report(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

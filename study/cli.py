@@ -1,0 +1,99 @@
+"""The command line of `python osrm_min.py`: settings (config.py), one run per output folder,
+the model and tokenizer, fingerprints of the input files, the experiment (osrm_min.run), the
+report, and a one-line error with a non-zero exit for anything a user can fix.
+
+    python osrm_min.py --tasks sst2,mrpc      # this module's main(), via osrm_min.py
+"""
+
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+from pretrained import checkpoint
+from study import config
+import data
+from pretrained import hub
+import lora
+import merge
+import osrm_min
+from study import report
+from study import resume
+from pretrained import tokenization
+from study.config import ExperimentError
+
+
+def main(argv=None):
+    """The command, with Ctrl-C handled by `interrupted`; its exit code."""
+    previous = signal.signal(signal.SIGINT, interrupted)
+    try:
+        return run_command(argv)
+    finally:
+        if signal.getsignal(signal.SIGINT) is interrupted:  # not interrupted: as it was
+            signal.signal(signal.SIGINT, previous)
+
+
+def interrupted(signum, frame):
+    """Ctrl-C stops the run (KeyboardInterrupt, handled in run_command), and any Ctrl-C after it
+    is ignored: a second press a few milliseconds later would otherwise cut the clean-up short
+    with a traceback. The process is on its way out; the handler is not put back."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    raise KeyboardInterrupt
+
+
+def run_command(argv):
+    t0 = time.time()
+    try:
+        inits = {name: init.help for name, init in osrm_min.INITS.items()}
+        cfg = config.parse_command_line(argv, inits, merge.METHODS)
+        resume.check_writable(cfg.out, ["results.json", "summary.txt", *report.FIGURES,
+                                        *resume.stored_files(cfg)])
+        with resume.RunLock(cfg.out):
+            encoder, pooling = checkpoint.load_checkpoint(cfg.model)
+            cfg.pooling = pooling if cfg.pooling == "auto" else cfg.pooling
+            config.check_against_model(cfg, min(m.in_features for m in lora.target_layers(
+                encoder, cfg.targets).values()), encoder.config.max_length)
+            tokenizer = tokenization.load_tokenizer(cfg.model)
+            checkpoint.check_tokenizer(cfg.model, encoder.config, tokenizer, any(
+                len(data.TASKS[t].text_columns) > 1 for t in cfg.tasks))
+            print(config.banner(cfg), flush=True)
+            results = osrm_min.run(cfg, encoder, tokenizer, fingerprint(cfg))
+            results["wall_time_s"] = round(time.time() - t0, 1)
+            report.finish(results)
+            resume.write_json_atomic(results, Path(cfg.out) / "results.json")
+            text = report.summary(results)
+            resume.write_text_atomic(text + "\n", Path(cfg.out) / "summary.txt")
+            figures = report.write_figures(results, cfg.out)
+        print()
+        print(text)
+        print(figures)
+        print(f"results in {Path(cfg.out) / 'results.json'} and summary.txt")
+        return 0
+    except (data.DataError, checkpoint.CheckpointError, hub.DownloadError, ExperimentError) as e:
+        print(f"error: {e}", file=sys.stderr)
+    except BrokenPipeError:  # the reader of our output has gone (`| head`): leave quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+    except OSError as e:  # permissions, a full disk, a file where a folder should be, ...
+        print(f"error: {e.strerror or e}{f': {e.filename}' if e.filename else ''}; check the path, "
+              f"its permissions and the free space", file=sys.stderr)
+    except MemoryError:
+        print("error: out of memory; try a smaller --batch-size or --eval-batch-size",
+              file=sys.stderr)
+    except KeyboardInterrupt:
+        print("\ninterrupted: trained adapters and computed scores are saved; rerun the same "
+              "command to resume", file=sys.stderr)
+        return 130
+    return 2
+
+
+def fingerprint(cfg):
+    """The content digests of every input file (resume.py), and what they cost."""
+    t0 = time.time()
+    data_files = {f"{split}:{t}": path for t in cfg.tasks for split, path in
+                  data.split_sources(data.TASKS[t], cfg.data_dir, cfg.carve_splits)[0].items()}
+    inputs = resume.fingerprint_inputs(checkpoint.model_files(cfg.model),
+                                       tokenization.tokenizer_files(cfg.model), data_files)
+    print(f"fingerprints of the model, tokenizer and data files: {time.time() - t0:.2f}s")
+    return inputs

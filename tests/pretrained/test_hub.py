@@ -1,0 +1,408 @@
+"""Downloads of hub models and GLUE, from a real HTTP server on 127.0.0.1 serving files written here."""
+
+import http.server
+import io
+import json
+import shutil
+import socket
+import threading
+import zipfile
+from types import SimpleNamespace
+
+import pytest
+
+import data
+from pretrained.hub import DownloadError, download_glue, download_model, model_cache_dir, resolve_model
+
+from conftest import REAL_GLUE
+
+
+@pytest.fixture
+def server(tmp_path):
+    """An HTTP server serving the folder `root`; `requests` lists (path, Authorization header)."""
+    root, requests = tmp_path / "www", []
+    root.mkdir()
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, directory=str(root), **kwargs)
+
+        def do_GET(self):
+            requests.append((self.path, self.headers.get("Authorization")))
+            super().do_GET()
+
+        def log_message(self, *args):  # keep the test output quiet
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    # a short poll interval, so that shutdown() at the end of a test returns at once
+    threading.Thread(target=httpd.serve_forever, args=(0.01,), daemon=True).start()
+    yield SimpleNamespace(root=root, url=f"http://127.0.0.1:{httpd.server_port}", requests=requests)
+    httpd.shutdown()
+    httpd.server_close()
+
+
+@pytest.fixture
+def closed_url():
+    """The address of a port that was bound and closed again: nothing answers there."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return f"http://127.0.0.1:{port}"
+
+
+# Models from the hub
+
+def safetensors_bytes(tensors):
+    """The bytes of a .safetensors file holding `tensors`."""
+    import tempfile
+    import torch
+    from tools.tiny import write_safetensors
+    with tempfile.TemporaryDirectory() as d:
+        write_safetensors({k: torch.tensor(v) for k, v in tensors.items()}, f"{d}/w.safetensors")
+        return open(f"{d}/w.safetensors", "rb").read()
+
+
+WEIGHTS = safetensors_bytes({"w": [[float(i) for i in range(64)]] * 40})  # a 10 KiB weights file
+BERT_REPO = {"config.json": b'{"model_type": "bert"}', "model.safetensors": WEIGHTS,
+             "vocab.txt": b"[PAD]\n[UNK]\n[CLS]\n[SEP]\n",
+             "tokenizer_config.json": b'{"do_lower_case": true}',
+             "1_Pooling/config.json": b'{"pooling_mode_mean_tokens": true}'}
+
+
+@pytest.fixture
+def hub(server, tmp_path, monkeypatch):
+    """The server as HF_ENDPOINT, with an empty HF_HOME; `hub.put(repo_id, files)` publishes a model."""
+    for name in ("HF_HUB_OFFLINE", "HF_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", server.url)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
+
+    def put(repo_id, files, revision="main"):
+        for name, content in files.items():
+            path = server.root / repo_id / "resolve" / revision / name  # the hub's resolve URLs
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(content)
+
+    server.put = put
+    return server
+
+
+def test_download_model_puts_the_files_in_a_plain_folder(hub, tmp_path):
+    hub.put("sentence-transformers/all-MiniLM-L6-v2", BERT_REPO)
+    folder = download_model("sentence-transformers/all-MiniLM-L6-v2")
+    assert folder == tmp_path / "hf-home/osrm-min/models/sentence-transformers--all-MiniLM-L6-v2/main"
+    for name, content in BERT_REPO.items():
+        assert (folder / name).read_bytes() == content
+    # special_tokens_map.json is optional: its 404 is no error; and no temporary file is left behind
+    assert not (folder / "special_tokens_map.json").exists()
+    assert not list(folder.rglob("*.tmp"))
+
+
+@pytest.mark.parametrize("on_hub, fetched, weights_asked_for", [
+    (["model.safetensors", "pytorch_model.bin"], "model.safetensors", ["model.safetensors"]),
+    (["pytorch_model.bin"], "pytorch_model.bin", ["model.safetensors", "pytorch_model.bin"]),
+])
+def test_safetensors_preferred_pytorch_model_bin_the_fallback(hub, on_hub, fetched, weights_asked_for):
+    hub.put("bert-base-uncased", {"config.json": b"{}", "vocab.txt": b"[PAD]\n",
+                                  **{name: WEIGHTS for name in on_hub}})
+    folder = download_model("bert-base-uncased")
+    assert (folder / fetched).read_bytes() == WEIGHTS
+    assert [p.name for p in folder.iterdir() if p.suffix in (".safetensors", ".bin")] == [fetched]
+    asked_for = [path.rsplit("/", 1)[1] for path, _ in hub.requests
+                 if path.endswith((".safetensors", ".bin"))]
+    assert asked_for == weights_asked_for  # pytorch_model.bin only after safetensors' 404
+
+
+def test_roberta_gets_vocab_json_and_merges_txt(hub):
+    files = {"config.json": b'{"model_type": "roberta"}', "model.safetensors": WEIGHTS,
+             "vocab.json": b'{"<s>": 0}', "merges.txt": b"#version: 0.2\n"}
+    hub.put("FacebookAI/roberta-large", files)
+    folder = download_model("FacebookAI/roberta-large")
+    assert {p.name for p in folder.iterdir()} == set(files) | {".complete"}
+
+
+def test_a_repository_without_weights_is_an_error(hub):
+    hub.put("someone/no-weights", {"config.json": b"{}", "vocab.txt": b"[PAD]\n"})
+    with pytest.raises(DownloadError, match="has no model.safetensors or pytorch_model.bin"):
+        download_model("someone/no-weights")
+
+
+def test_the_second_call_makes_no_request(hub):
+    hub.put("bert-base-uncased", BERT_REPO)
+    first = download_model("bert-base-uncased")
+    n_requests = len(hub.requests)
+    assert download_model("bert-base-uncased") == first
+    assert len(hub.requests) == n_requests
+
+
+def test_hf_token_is_sent_as_a_bearer_token(hub, monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", "hf_secret")
+    hub.put("me/private-bert", BERT_REPO)
+    download_model("me/private-bert")
+    assert hub.requests and all(auth == "Bearer hf_secret" for _, auth in hub.requests)
+
+
+def test_hf_hub_offline_uses_the_cache_only(hub, monkeypatch, closed_url):
+    hub.put("bert-base-uncased", BERT_REPO)
+    cached = download_model("bert-base-uncased")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_ENDPOINT", closed_url)
+    assert download_model("bert-base-uncased") == cached
+    with pytest.raises(DownloadError, match="HF_HUB_OFFLINE is set and roberta-large"):
+        download_model("roberta-large")
+
+
+def test_offline_is_a_one_line_error_that_names_model(hub, monkeypatch, closed_url):
+    monkeypatch.setenv("HF_ENDPOINT", closed_url)
+    with pytest.raises(DownloadError) as e:
+        download_model("bert-base-uncased")
+    message = str(e.value)
+    assert "\n" not in message
+    assert message.startswith(f"cannot download {closed_url}/bert-base-uncased/resolve/main/config.json: ")
+    assert message.endswith("pass --model PATH to a local folder, or set HF_ENDPOINT")
+    assert not model_cache_dir("bert-base-uncased").joinpath(".complete").exists()
+
+
+def test_a_missing_model_names_the_http_error(hub):
+    with pytest.raises(DownloadError, match=r"config.json: HTTP 404 .*; pass --model PATH"):
+        download_model("nobody/no-such-model")
+
+
+def test_resolve_model(hub, tmp_path):
+    local = tmp_path / "my-bert"
+    local.mkdir()
+    assert resolve_model(str(local)) == local  # a local folder is used as it is
+    hub.put("sentence-transformers/all-MiniLM-L6-v2", BERT_REPO)
+    assert resolve_model("sentence-transformers/all-MiniLM-L6-v2") == \
+        model_cache_dir("sentence-transformers/all-MiniLM-L6-v2")
+    for bad in ("./no/such/folder", "a/b/c", "bad--id"):
+        with pytest.raises(DownloadError, match=f"--model {bad} is neither a local folder nor a "
+                                                f"Hugging Face hub id"):
+            resolve_model(bad)
+
+
+# GLUE from its distribution
+
+def zip_of(files):
+    """The bytes of a zip holding `files` ({name in the zip: text})."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as z:
+        for name, text in files.items():
+            z.writestr(name, text)
+    return buffer.getvalue()
+
+
+COLA = "gj04\t1\t\tOur friends won't buy this analysis.\ngj04\t0\t*\tThey drank the pub.\n"  # no header
+SST2 = "sentence\tlabel\nit 's a charming journey . \t1\nunflinchingly bleak \t0\n"
+QNLI = "index\tquestion\tsentence\tlabel\n0\tWhat?\tThis.\tentailment\n"
+MRPC_HEADER = "\ufeffQuality\t#1 ID\t#2 ID\t#1 String\t#2 String\n"  # SentEval's files start with a BOM
+MRPC_TRAIN = MRPC_HEADER + "1\t702876\t702977\tAmrozi accused his brother .\tHe called his brother .\n" \
+                           "0\t2108705\t2108831\tYucaipa owned Dominick 's .\tYucaipa bought Dominick 's .\n" \
+                           "1\t1330381\t1330521\tThey had published .\tThey published .\n"
+MRPC_TEST = MRPC_HEADER + "1\t1089874\t1089925\tPCCW 's chief .\tCurrent Chief .\n"
+MRPC_DEV_IDS = "2108705\t2108831\n"
+
+
+@pytest.fixture
+def glue(server, monkeypatch):
+    """The server as a GLUE mirror: the task zips, and MRPC's SentEval files and dev ids."""
+    for name in ("GLUE_BASE_URL", "MRPC_BASE_URL"):
+        monkeypatch.delenv(name, raising=False)
+    (server.root / "CoLA.zip").write_bytes(zip_of({"CoLA/train.tsv": COLA, "CoLA/dev.tsv": COLA}))
+    (server.root / "SST-2.zip").write_bytes(zip_of({"SST-2/train.tsv": SST2, "SST-2/dev.tsv": SST2,
+                                                    "SST-2/test.tsv": "index\tsentence\n"}))
+    (server.root / "QNLIv2.zip").write_bytes(zip_of({"QNLI/train.tsv": QNLI, "QNLI/dev.tsv": QNLI}))
+    (server.root / "msr_paraphrase_train.txt").write_text(MRPC_TRAIN, encoding="utf-8")
+    (server.root / "msr_paraphrase_test.txt").write_text(MRPC_TEST, encoding="utf-8")
+    (server.root / "mrpc_dev_ids.tsv").write_text(MRPC_DEV_IDS)
+    return server
+
+
+def test_download_glue_lays_out_the_tasks_as_download_glue_data_py(glue, tmp_path):
+    dest = download_glue(["cola", "SST-2", "qnli", "mrpc"], tmp_path / "glue", base_url=glue.url)
+    assert sorted(p.name for p in dest.iterdir()) == ["CoLA", "MRPC", "QNLI", "SST-2"]  # no temp left
+    assert (dest / "CoLA" / "dev.tsv").read_text() == COLA
+    assert (dest / "SST-2" / "train.tsv").read_text() == SST2
+    assert (dest / "QNLI" / "dev.tsv").read_text() == QNLI  # from QNLIv2.zip
+    # MRPC: the pair on the dev list is dev.tsv, the rest train.tsv, both under SentEval's header
+    lines = MRPC_TRAIN.splitlines(keepends=True)
+    assert (dest / "MRPC" / "dev.tsv").read_text(encoding="utf-8") == MRPC_HEADER + lines[2]
+    assert (dest / "MRPC" / "train.tsv").read_text(encoding="utf-8") == \
+        MRPC_HEADER + lines[1] + lines[3]
+    assert (dest / "MRPC" / "test.tsv").read_text().splitlines() == [
+        "index\t#1 ID\t#2 ID\t#1 String\t#2 String", "0\t1089874\t1089925\tPCCW 's chief .\tCurrent Chief ."]
+    # and data.py reads the result
+    examples, n_skipped = data.load_split(data.TASKS["mrpc"], "dev", dest)
+    assert (len(examples), n_skipped, examples[0].label) == (1, 0, 0)
+    examples, n_skipped = data.load_split(data.TASKS["cola"], "train", dest)
+    assert [e.label for e in examples] == [1, 0]
+
+
+def test_glue_base_url_from_the_environment_and_no_second_download(glue, tmp_path, monkeypatch):
+    monkeypatch.setenv("GLUE_BASE_URL", glue.url)
+    download_glue(["sst2"], tmp_path / "glue")
+    n_requests = len(glue.requests)
+    download_glue(["sst2"], tmp_path / "glue")  # present: train.tsv and dev.tsv exist
+    assert n_requests == 1 and len(glue.requests) == 1
+
+
+def test_default_dest_is_the_xdg_cache(glue, tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    assert download_glue(["cola"], base_url=glue.url) == tmp_path / "cache" / "osrm-min" / "glue"
+    assert (tmp_path / "cache" / "osrm-min" / "glue" / "CoLA" / "train.tsv").is_file()
+
+
+def test_a_zip_with_a_path_outside_its_folder_is_refused(glue, tmp_path):
+    (glue.root / "RTE.zip").write_bytes(zip_of({"RTE/train.tsv": "x", "../../evil.txt": "x"}))
+    with pytest.raises(DownloadError, match="RTE.zip holds '../../evil.txt', outside its folder"):
+        download_glue(["rte"], tmp_path / "glue", base_url=glue.url)
+    assert not (tmp_path / "evil.txt").exists()
+    assert list((tmp_path / "glue").iterdir()) == []  # the temporary folder is gone too
+
+
+def test_glue_offline_is_a_one_line_error_that_names_data_dir(tmp_path, closed_url):
+    with pytest.raises(DownloadError) as e:
+        download_glue(["sst2"], tmp_path / "glue", base_url=closed_url)
+    message = str(e.value)
+    assert "\n" not in message and message.startswith(f"cannot download {closed_url}/SST-2.zip: ")
+    assert message.endswith("pass --data-dir DIR or set GLUE_DIR to a local GLUE folder, "
+                            "or GLUE_BASE_URL to a mirror")
+    assert list((tmp_path / "glue").iterdir()) == []
+
+
+MRPC_SOURCES = ("msr_paraphrase_train.txt", "msr_paraphrase_test.txt", "dev_ids.tsv")
+
+
+@pytest.mark.skipif(not all((REAL_GLUE / "MRPC" / f).is_file()
+                            for f in MRPC_SOURCES + ("train.tsv", "dev.tsv")),
+                    reason="the real MRPC files are not in $GLUE_DIR")
+def test_mrpc_matches_the_real_glue_files_byte_for_byte(server, tmp_path):
+    """download_glue_data.py's own MRPC, built from the same three source files, is the reference."""
+    for name in MRPC_SOURCES:  # the script saves mrpc_dev_ids.tsv as dev_ids.tsv
+        served = "mrpc_dev_ids.tsv" if name == "dev_ids.tsv" else name
+        shutil.copy(REAL_GLUE / "MRPC" / name, server.root / served)
+    dest = download_glue(["mrpc"], tmp_path / "glue", base_url=server.url)
+    for name in ("train.tsv", "dev.tsv"):
+        assert (dest / "MRPC" / name).read_bytes() == (REAL_GLUE / "MRPC" / name).read_bytes()
+
+
+def test_the_experiment_runs_from_a_hub_id_and_downloaded_glue(hub, glue, tiny_model, tmp_path,
+                                                               monkeypatch):
+    """No local model and no GLUE folder: `--model tiny/bert` comes from the (local) hub and
+    CoLA and SST-2 from the (local) GLUE mirror, into the caches, and the whole run goes on."""
+    from study import cli
+    hub.put("tiny/bert", {p.relative_to(tiny_model).as_posix(): p.read_bytes()
+                          for p in tiny_model.rglob("*") if p.is_file()})
+    monkeypatch.delenv("GLUE_DIR", raising=False)
+    monkeypatch.setenv("GLUE_BASE_URL", glue.url)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    args = ["--tasks", "cola,sst2", "--model", "tiny/bert", "--out", str(tmp_path / "out"),
+            "--train-samples", "16", "--epochs", "1", "--osrm-samples", "2", "--rank", "2",
+            "--max-length", "32"]
+    assert cli.main(args) == 0
+    config = json.loads((tmp_path / "out" / "results.json").read_text())["config"]
+    assert config["model"] == str(model_cache_dir("tiny/bert"))
+    assert config["data_dir"] == str(tmp_path / "cache" / "osrm-min" / "glue")
+
+
+# Downloads that arrive broken are never cached
+
+@pytest.fixture
+def faulty(tmp_path, monkeypatch):
+    """A hub whose answers are set per path: routes[path] = (status, headers, body, bytes_sent);
+    bytes_sent cuts the body short (the connection then closes, as after a network failure)."""
+    routes = {}
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            status, headers, body, sent = routes.get(self.path, (404, {}, b"", None))
+            self.send_response(status)
+            for k, v in headers.items():
+                self.send_header(k, v)
+            self.end_headers()
+            self.wfile.write(body[:sent])
+
+        def log_message(self, *args):
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=httpd.serve_forever, args=(0.01,), daemon=True).start()
+    url = f"http://127.0.0.1:{httpd.server_port}"
+    for name in ("HF_HUB_OFFLINE", "HF_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", url)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
+
+    def publish(repo, files, **overrides):
+        """Serve `files` whole, with Content-Length, except those given in overrides."""
+        for name, body in files.items():
+            routes[f"/{repo}/resolve/main/{name}"] = overrides.get(
+                name, (200, {"Content-Length": str(len(body))}, body, None))
+
+    yield SimpleNamespace(url=url, routes=routes, publish=publish)
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def sha256(body):
+    import hashlib
+    return hashlib.sha256(body).hexdigest()
+
+
+@pytest.mark.parametrize("case, answer, message", [
+    ("no length, cut short: the header says more than arrives",
+     (200, {}, WEIGHTS, len(WEIGHTS) // 2), "its header is longer than the file|do not end where"),
+    ("the hub's size, cut short",
+     (200, {"X-Linked-Size": str(len(WEIGHTS))}, WEIGHTS, 100), "closed after 100 of"),
+    ("the hub's SHA-256 does not match",
+     (200, {"X-Linked-Etag": f'"{sha256(b"other")}"'}, WEIGHTS, None), "SHA-256 is not the one"),
+])
+def test_a_broken_weights_file_is_an_error_and_nothing_is_cached(faulty, case, answer, message):
+    faulty.publish("org/bert", BERT_REPO, **{"model.safetensors": answer})
+    with pytest.raises(DownloadError, match=message):
+        download_model("org/bert")
+    folder = model_cache_dir("org/bert")
+    assert not (folder / "model.safetensors").exists() and not (folder / ".complete").exists()
+    assert not list(folder.rglob("*.tmp"))
+
+
+def test_a_json_file_cut_short_without_a_length_is_caught(faulty):
+    body = BERT_REPO["config.json"]
+    faulty.publish("org/bert", BERT_REPO, **{"config.json": (200, {}, body, len(body) - 3)})
+    with pytest.raises(DownloadError, match="config.json: it arrived incomplete or damaged"):
+        download_model("org/bert")
+
+
+def test_the_size_and_hash_of_a_redirect_are_checked_on_the_file_it_leads_to(faulty):
+    # the hub answers a large file with a redirect carrying its size and SHA-256; the storage
+    # it points to sends the bytes (here a different file of the same size)
+    other = bytearray(WEIGHTS)
+    other[-1] ^= 1
+    faulty.publish("org/bert", BERT_REPO, **{"model.safetensors": (
+        302, {"Location": "/storage/blob", "X-Linked-Size": str(len(WEIGHTS)),
+              "X-Linked-Etag": f'"{sha256(WEIGHTS)}"', "Content-Length": "0"}, b"", None)})
+    faulty.routes["/storage/blob"] = (200, {"Content-Length": str(len(other))}, bytes(other), None)
+    with pytest.raises(DownloadError, match="SHA-256 is not the one the server announced"):
+        download_model("org/bert")
+    faulty.routes["/storage/blob"] = (200, {"Content-Length": str(len(WEIGHTS))}, WEIGHTS, None)
+    assert (download_model("org/bert") / "model.safetensors").read_bytes() == WEIGHTS
+
+
+def test_leftovers_of_a_dead_download_go_and_a_damaged_cache_names_its_folder(faulty):
+    import os
+    import subprocess
+    import sys
+    faulty.publish("org/bert", BERT_REPO)
+    folder = model_cache_dir("org/bert")
+    folder.mkdir(parents=True)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True).stdout.strip()
+    (folder / f"model.safetensors.{dead}.tmp").write_bytes(b"partial")
+    alive = os.getppid()  # a process that is still running: its download may be in progress
+    (folder / f"pytorch_model.bin.{alive}.tmp").write_bytes(b"in progress")
+    download_model("org/bert")
+    assert [p.name for p in folder.glob("*.tmp")] == [f"pytorch_model.bin.{alive}.tmp"]
+    (folder / "model.safetensors").write_bytes(WEIGHTS[:-10])  # damaged on disk afterwards
+    with pytest.raises(DownloadError, match=f"delete the folder {folder} and run again"):
+        download_model("org/bert")

@@ -1,0 +1,313 @@
+"""The command line end to end on a tiny checkpoint and tiny GLUE-format data, and bad input."""
+
+import importlib.util
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from study import cli
+from study import report
+import train
+from conftest import ROOT, tiny_args, write_tiny_glue
+
+
+def test_end_to_end_writes_results_and_resumes(tmp_path, tiny_model, capsys):
+    write_tiny_glue(tmp_path / "glue")
+    assert cli.main(tiny_args(tmp_path, tiny_model)) == 0
+    first = json.loads((tmp_path / "out" / "results.json").read_text())
+    rows = first["rows"]
+    assert len(rows) == 2 * 3 * 2  # inits x (individual, ta, ties) x tasks
+    assert {(r["init"], r["merge"], r["lambda"]) for r in rows} == {
+        (i, m, lam) for i in ("lora", "osrm") for m, lam in (("none", None), ("ta", 0.7), ("ties", 1.0))}
+    assert {r["seed"] for r in rows} == {42}
+    assert all(0 <= r["score"] <= 100 for r in rows)
+    mrpc = next(r for r in rows if r["task"] == "mrpc" and r["merge"] == "none")
+    assert set(mrpc["metrics"]) == {"accuracy", "f1"}
+    assert first["config"]["lam_ta"] == 0.7 and first["config"]["pooling"] == "cls"
+    assert sorted(p.name for p in (tmp_path / "out" / "adapters").iterdir()) == [
+        "lora-mrpc-seed42.pt", "lora-sst2-seed42.pt", "osrm-mrpc-seed42.pt", "osrm-sst2-seed42.pt"]
+    out = capsys.readouterr().out
+    assert "normalised" in out and "interference" in out and "input energy that each statistic" in out
+    assert {(e["stat"], e["task"]) for e in first["subspace_energy"]} == {
+        (stat, t) for stat in ("second_moment", "random") for t in ("sst2", "mrpc")}  # random: the reference
+    assert (tmp_path / "out" / "summary.txt").read_text().strip() in out
+    # what one constant prediction scores on the tiny dev sets: SST-2 half positive, MRPC's
+    # always-paraphrase accuracy 1/2 and F1 2/3
+    assert first["baselines"] == {"sst2": 50.0, "mrpc": pytest.approx(100 * (0.5 + 2 / 3) / 2)}
+    assert "constant    -               -     50.00     58.33" in out
+
+    # The same command again trains nothing and reproduces every score.
+    assert cli.main(tiny_args(tmp_path, tiny_model)) == 0
+    out = capsys.readouterr().out
+    assert out.count("loaded the adapter trained earlier") == 4
+    again = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert [r["score"] for r in again["rows"]] == [r["score"] for r in rows]
+
+    # A changed OSRM setting retrains the OSRM adapters only; a changed seed retrains all.
+    assert cli.main(tiny_args(tmp_path, tiny_model, "--osrm-samples", "3")) == 0
+    out = capsys.readouterr().out
+    assert out.count("loaded the adapter trained earlier") == 2
+    assert "osrm/sst2: settings changed" in out and "osrm/mrpc: settings changed" in out
+    assert cli.main(tiny_args(tmp_path, tiny_model, "--seeds", "7")) == 0
+    assert capsys.readouterr().out.count("loaded the adapter trained earlier") == 0
+
+
+def test_mean_statistic_averaging_and_pooling_override(tmp_path, tiny_model):
+    write_tiny_glue(tmp_path / "glue")
+    args = tiny_args(tmp_path, tiny_model, "--inits", "lora,osrm-mean", "--merges", "avg",
+                     "--pooling", "mean")
+    assert cli.main(args) == 0
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert results["config"]["pooling"] == "mean"
+    assert {r["lambda"] for r in results["rows"] if r["merge"] == "avg"} == {0.5}
+
+
+def test_lambda_grid_seeds_and_ablations(tmp_path, tiny_model, capsys):
+    write_tiny_glue(tmp_path / "glue")
+    args = tiny_args(tmp_path, tiny_model, "--inits", "lora,osrm,osrm-frozen,osrm-post",
+                     "--merges", "ta,dare-ties", "--lams", "0.5,1.0", "--seeds", "1,2",
+                     "--ties-scope", "global")
+    assert cli.main(args) == 0
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    rows = results["rows"]
+    # per seed and init: 2 individual scores, and 2 merges x 2 lambdas x 2 tasks
+    assert len(rows) == 2 * 4 * (2 + 2 * 2 * 2)
+    assert {r["lambda"] for r in rows if r["merge"] != "none"} == {0.5, 1.0}
+    # osrm-post trains nothing: no adapter file of its own
+    files = sorted(p.name for p in (tmp_path / "out" / "adapters").iterdir())
+    assert len(files) == 3 * 2 * 2 and not any(f.startswith("osrm-post") for f in files)
+    # osrm-frozen's A is still OSRM's (orthonormal rows); trained osrm's has moved
+    for init, frozen in (("osrm-frozen", True), ("osrm", False)):
+        A = torch.load(tmp_path / "out" / "adapters" / f"{init}-sst2-seed1.pt")["lora"]["layers.0.query.A"]
+        assert torch.allclose(A @ A.T, torch.eye(len(A)), atol=1e-5) == frozen
+    matrices = {(e["seed"], e["init"]): e["matrix"] for e in results["interference"]}
+    assert len(matrices) == 2 * 4
+    # osrm-post's adapters are plain LoRA's projected onto OSRM's row space: on each task's
+    # inputs they write no more than plain LoRA's (the projection only removes directions)
+    for seed in (1, 2):
+        post, plain = matrices[seed, "osrm-post"], matrices[seed, "lora"]
+        assert all(0 < post[t][j] for t in range(2) for j in range(2))
+        assert post != plain
+    out = capsys.readouterr().out
+    assert "±" in out  # two seeds: mean and standard deviation
+    assert ("figures skipped: matplotlib is not installed" in out) == (
+        importlib.util.find_spec("matplotlib") is None)
+
+
+def run_cli(*args, env=None):
+    return subprocess.run([sys.executable, str(ROOT / "osrm_min.py"), *args], capture_output=True,
+                          text=True, env=env, cwd=ROOT)
+
+
+def assert_one_line_error(result, *phrases):
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    for phrase in phrases:
+        assert phrase in lines[0]
+
+
+def test_unknown_task_lists_the_valid_ones(tmp_path):
+    assert_one_line_error(run_cli("--tasks", "sst2,foo", "--data-dir", str(tmp_path)),
+                          "foo", "cola", "rte")
+
+
+def test_missing_data_folder_offline_says_where_to_get_it(tmp_path):
+    # No --data-dir and no GLUE_DIR: GLUE is downloaded, here from a mirror that is not there.
+    env = {k: v for k, v in __import__("os").environ.items() if k != "GLUE_DIR"}
+    env.update(XDG_CACHE_HOME=str(tmp_path / "cache"), GLUE_BASE_URL="http://127.0.0.1:9/glue")
+    assert_one_line_error(run_cli("--tasks", "sst2,mrpc", env=env), "--data-dir", "GLUE_DIR")
+
+
+def test_hub_model_offline_says_what_to_do(tmp_path):
+    write_tiny_glue(tmp_path / "glue")
+    env = dict(__import__("os").environ, HF_HOME=str(tmp_path / "hf"), HF_ENDPOINT="http://127.0.0.1:9")
+    result = run_cli(*tiny_args(tmp_path, "FacebookAI/roberta-large"), env=env)
+    assert_one_line_error(result, "--model", "HF_ENDPOINT")
+
+
+def test_malformed_rows_are_skipped_and_reported(tmp_path, tiny_model, capsys):
+    glue = write_tiny_glue(tmp_path / "glue")
+    with open(glue / "SST-2" / "train.tsv", "a") as f:
+        f.write("no label column here\nthe movie\tmaybe\n")
+    assert cli.main(tiny_args(tmp_path, tiny_model, "--inits", "lora")) == 0
+    assert "sst2 train: skipped 2 malformed rows" in capsys.readouterr().out
+
+
+def test_figures_are_drawn_when_matplotlib_is_installed(tmp_path, tiny_model):
+    pytest.importorskip("matplotlib")
+    write_tiny_glue(tmp_path / "glue")
+    assert cli.main(tiny_args(tmp_path, tiny_model, "--lams", "0.5,1.0")) == 0
+    for name in ("lambda.png", "interference.png", "spectrum.png", "energy.png"):
+        assert (tmp_path / "out" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_diagnostics_hold_the_spectrum_and_a_random_reference(tmp_path, tiny_model):
+    write_tiny_glue(tmp_path / "glue")
+    assert cli.main(tiny_args(tmp_path, tiny_model, "--merges", "ta")) == 0
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    for e in results["spectrum"]:
+        assert len(e["eigenvalues"]) == 32 and e["eigenvalues"] == sorted(e["eigenvalues"])
+    energy = {(e["stat"], e["task"]): e for e in results["subspace_energy"]}
+    for t in ("sst2", "mrpc"):  # Ky Fan: no orthonormal A reads less of the others than OSRM's
+        assert energy["second_moment", t]["others"] <= energy["random", t]["others"]
+
+
+def test_a_rerun_reuses_earlier_scores_and_evaluates_only_what_is_new(tmp_path, tiny_model,
+                                                                       monkeypatch):
+    write_tiny_glue(tmp_path / "glue")
+    args = tiny_args(tmp_path, tiny_model, "--merges", "ta", "--lams", "0.5")
+    assert cli.main(args) == 0
+    first = json.loads((tmp_path / "out" / "results.json").read_text())["rows"]
+    calls = []
+    evaluate = train.evaluate
+    monkeypatch.setattr(train, "evaluate", lambda *a, **k: calls.append(a[2].name) or evaluate(*a, **k))
+    assert cli.main(args) == 0  # everything was scored before: nothing is evaluated
+    assert calls == []
+    assert json.loads((tmp_path / "out" / "results.json").read_text())["rows"] == first
+    # one more lambda: only its merged scores are new (2 inits x 2 tasks)
+    args[args.index("--lams") + 1] = "0.5,1.0"
+    assert cli.main(args) == 0
+    assert len(calls) == 2 * 2
+    # a changed setting of the experiment (even one that ta ignores, like TIES's k: the check
+    # is conservative) starts the evaluations afresh
+    assert cli.main(args + ["--ties-keep", "0.5"]) == 0
+    assert len(calls) == 4 + 2 * (1 + 2) * 2
+
+
+def test_the_data_aware_merges_write_rows_without_a_lambda_and_are_reused(tmp_path, tiny_model,
+                                                                          monkeypatch, capsys):
+    write_tiny_glue(tmp_path / "glue")
+    # 8 tiny rows have fewer tokens than the layers' 32 inputs: alpha below 1 keeps RegMean solvable
+    args = tiny_args(tmp_path, tiny_model, "--merges", "regmean,fisher,emr", "--lams", "0.5",
+                     "--regmean-samples", "8", "--fisher-samples", "4", "--regmean-alpha", "0.9")
+    assert cli.main(args) == 0
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    merged = [r for r in results["rows"] if r["merge"] != "none"]
+    assert {(r["init"], r["merge"], r["lambda"]) for r in merged} == {
+        (i, m, None) for i in ("lora", "osrm") for m in ("regmean", "fisher", "emr")}
+    assert [e["init"] for e in results["merge_statistics_s"]] == ["lora", "osrm"]
+    table = capsys.readouterr().out
+    assert any(line.split()[:3] == ["osrm", "regmean", "-"] for line in table.splitlines())
+    calls = []
+    evaluate = train.evaluate
+    monkeypatch.setattr(train, "evaluate", lambda *a, **k: calls.append(a[2].name) or evaluate(*a, **k))
+    assert cli.main(args) == 0
+    assert calls == []
+    assert json.loads((tmp_path / "out" / "results.json").read_text())["rows"] == results["rows"]
+
+
+def test_select_on_heldout_picks_lambda_on_held_out_rows_and_pairs_every_init_with_lora(
+        tmp_path, tiny_model, monkeypatch, capsys):
+    write_tiny_glue(tmp_path / "glue")
+    args = tiny_args(tmp_path, tiny_model, "--inits", "lora,osrm-own,osrm-mean-random,lora-gaussian",
+                     "--merges", "ta,emr", "--lams", "0.5,1.0", "--seeds", "1,2,3",
+                     "--select-on", "heldout", "--heldout-samples", "6", "--osrm-skip-ln-direction")
+    assert cli.main(args) == 0
+    out = capsys.readouterr().out
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    # the own-task subspace was chosen away from every layer's LayerNorm direction
+    assert {e["stat"] for e in results["subspace_energy"]} == {"own", "mean-random", "random"}
+    assert all(e["ln_share"] < 1e-6 for e in results["subspace_energy"] if e["stat"] == "own")
+    held = results["heldout_rows"]
+    # only the merges with a lambda to pick are scored on the held-out rows, at every lambda
+    assert {(r["init"], r["merge"], r["lambda"], r["split"]) for r in held} == {
+        (i, "ta", lam, "heldout") for i in ("lora", "osrm-own", "osrm-mean-random", "lora-gaussian")
+        for lam in (0.5, 1.0)}
+    curves = report.lambda_curves(results, "heldout")
+    for (init, merge), lam in report.best_lambdas(results).items():
+        if merge == "ta":
+            assert lam == max(curves[init, merge], key=lambda x: sum(curves[init, merge][x]))
+    assert "lambda picked on dev (the paper's way)" in out
+    # paired differences against lora: one per other init and merge, with a 95% interval
+    paired = {(e["init"], e["merge"]): e for e in results["paired"]}
+    assert set(paired) == {(i, m) for i in ("osrm-own", "osrm-mean-random", "lora-gaussian")
+                           for m in ("none", "ta", "emr")}
+    table = report.headline(results)
+    avg = {(i, m): a for i, m, _, _, a, _ in table}
+    e = paired["osrm-own", "ta"]
+    assert e["differences"] == pytest.approx([x - y for x, y in zip(avg["osrm-own", "ta"], avg["lora", "ta"])])
+    assert e["low"] <= e["mean"] <= e["high"]
+    # the lambda spread (TA only: emr has no lambda) and a verdict per claim, init and merge
+    assert {(e["init"], e["merge"]) for e in results["paired_lambda_spread"]} == {
+        (i, "ta") for i in ("osrm-own", "osrm-mean-random", "lora-gaussian")}
+    assert len(results["claims"]) == 9 + 3
+    verdicts = {c["claim"][0]: set() for c in results["claims"]}
+    for c in results["claims"]:
+        verdicts[c["claim"][0]].add(c["verdict"].split(" (")[0])
+    assert verdicts["1"] <= {"held", "not held", "inconclusive"}
+    assert verdicts["2"] <= {"held", "no worse than a point", "not held", "inconclusive",
+                             "better by over a point"}
+    assert verdicts["3"] == {"not testable here"}  # two lambdas: none is inside the grid
+    assert "the paper's three claims against plain LoRA" in out
+    # the primary endpoint, for every init and merge
+    assert {(e["init"], e["merge"]) for e in results["cost_reduction"]} == {
+        (i, m) for i in ("osrm-own", "osrm-mean-random", "lora-gaussian") for m in ("ta", "emr")}
+    assert "PRIMARY ENDPOINT" in out
+    # a rerun reuses every score, on dev and held out
+    calls = []
+    evaluate = train.evaluate
+    monkeypatch.setattr(train, "evaluate", lambda *a, **k: calls.append(a[2].name) or evaluate(*a, **k))
+    assert cli.main(args) == 0
+    assert calls == []
+
+
+def test_a_task_missing_a_split_is_carved_only_when_asked(tmp_path, tiny_model, capsys):
+    """QNLI with its dev file only: an error without --carve-splits; with it, a run whose QNLI
+    column is marked as carved, and which saves where each measure was taken."""
+    write_tiny_glue(tmp_path / "glue")
+    rows = ["index\tquestion\tsentence\tlabel"] + [
+        f"{i}\tis it good {i}?\t{'it is good' if i % 2 else 'it is bad'}\t"
+        f"{'entailment' if i % 2 else 'not_entailment'}" for i in range(40)]
+    (tmp_path / "glue" / "QNLI").mkdir()
+    (tmp_path / "glue" / "QNLI" / "dev.tsv").write_text("\n".join(rows) + "\n")
+    args = tiny_args(tmp_path, tiny_model, "--tasks", "sst2,qnli", "--inits", "lora,lora-orthonormal,osrm",
+                     "--merges", "ta")
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "QNLI/train.tsv" in err and "--carve-splits N carves it" in err
+    assert cli.main(args + ["--carve-splits", "12"]) == 0
+    out = capsys.readouterr().out
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert results["carved"] == {"qnli": "train"}
+    assert "qnli~" in out and "~ qnli: scored on rows carved from its dev file" in out
+    assert {r["task"] for r in results["rows"]} == {"sst2", "qnli"}
+    assert results["config"]["carve_splits"] == 12
+    # every trained adapter's movement; interference and energy on held-out and on fit rows
+    assert {(e["init"], e["task"]) for e in results["movement"]} == {
+        (i, t) for i in ("lora", "lora-orthonormal", "osrm") for t in ("sst2", "qnli")}
+    assert len(results["interference"]) == len(results["interference_fit"]) == 3
+    assert {e["rows"] for e in results["subspace_energy"]} == {"fit", "heldout"}
+
+
+def test_runs_split_by_init_combine_into_the_report_of_one_run(tmp_path, tiny_model, capsys):
+    """A study split over two processes (different --inits and --out) gives, combined by
+    report.py, the rows and the paired endpoints of the same study run as one."""
+    write_tiny_glue(tmp_path / "glue")
+    common = ["--merges", "ta", "--lams", "0.5,1.0", "--seeds", "1,2,3"]
+    runs = {}
+    for name, inits in (("one", "lora,osrm"), ("a", "lora"), ("b", "osrm")):
+        args = tiny_args(tmp_path, tiny_model, "--inits", inits, *common)
+        args[args.index("--out") + 1] = str(tmp_path / name)
+        assert cli.main(args) == 0
+        runs[name] = tmp_path / name / "results.json"
+    assert report.main([str(runs["a"]), str(runs["b"]), "--out", str(tmp_path / "both")]) == 0
+    one = json.loads(runs["one"].read_text())
+    both = json.loads((tmp_path / "both" / "results.json").read_text())
+    key = lambda r: json.dumps(r, sort_keys=True)
+    for field in ("rows", "interference", "movement", "subspace_energy", "spectrum"):
+        assert sorted(map(key, both[field])) == sorted(map(key, one[field])), field
+    assert both["cost_reduction"] == one["cost_reduction"] and both["claims"] == one["claims"]
+    assert "combined from runs side by side" in (tmp_path / "both" / "summary.txt").read_text()
+    # runs that differ in more than their inits are refused, in one line
+    args = tiny_args(tmp_path, tiny_model, "--inits", "osrm", "--merges", "ta", "--seeds", "4")
+    args[args.index("--out") + 1] = str(tmp_path / "c")
+    assert cli.main(args) == 0
+    capsys.readouterr()
+    assert report.main([str(runs["a"]), str(tmp_path / "c" / "results.json"), "--out",
+                        str(tmp_path / "bad")]) == 2
+    assert "differ in lams, seeds" in capsys.readouterr().err

@@ -1,0 +1,117 @@
+"""A tiny random BERT checkpoint and tiny GLUE-format data: the project's tests run on them,
+gpu_check.py's dry run does, and so can anyone checking a set-up in seconds (LAB.md):
+
+    python tiny.py /tmp/tiny      # writes /tmp/tiny/model and /tmp/tiny/glue, prints a command
+
+The checkpoint is a real Hugging Face format folder (config.json, vocab.txt,
+model.safetensors) with random weights; the data is SST-2 and MRPC in the GLUE layout, with
+sentences built from its vocabulary. Scores on them mean nothing; that every step runs does.
+"""
+
+import json
+import struct
+import sys
+from pathlib import Path
+
+import torch
+
+TINY_WORDS = ("the a movie film was is good great bad awful fun dull plot actors "
+              "said says he she it they not very and , . ! ? ' ##s ##ly ##ing").split()
+
+POSITIVE = ["the movie was good", "a great film", "fun and very good", "the actors were great"]
+NEGATIVE = ["the movie was bad", "an awful film", "dull and very bad", "the plot was awful"]
+
+
+def hf_names(state):
+    """Our encoder's state dict under Hugging Face BertModel names, with a 'bert.' prefix."""
+    from pretrained.checkpoint import HF_BLOCK_NAMES
+    out = {}
+    for k, v in state.items():
+        if k.startswith("layers."):
+            _, i, ours, rest = k.split(".", 3)
+            hf = {o: h for h, o in HF_BLOCK_NAMES.items()}[ours]
+            k = f"encoder.layer.{i}.{hf}.{rest}"
+        elif k.startswith("embeddings.norm."):
+            k = k.replace("embeddings.norm.", "embeddings.LayerNorm.")
+        elif k.startswith("pooler."):
+            k = k.replace("pooler.", "pooler.dense.")
+        out["bert." + k] = v
+    return out
+
+
+def write_checkpoint(folder, seed=0, mean_pooling=False):
+    """A tiny randomly initialised BERT saved as a real Hugging Face format folder."""
+    from lora import BertConfig, BertEncoder
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + list(TINY_WORDS)
+    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    config = dict(model_type="bert", vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2,
+                  num_attention_heads=4, intermediate_size=64, max_position_embeddings=64,
+                  type_vocab_size=2, layer_norm_eps=1e-12, hidden_act="gelu", pad_token_id=0)
+    (folder / "config.json").write_text(json.dumps(config))
+    torch.manual_seed(seed)
+    encoder = BertEncoder(BertConfig.from_dict(config))
+    write_safetensors(hf_names(encoder.state_dict()), folder / "model.safetensors")
+    if mean_pooling:
+        (folder / "1_Pooling").mkdir(exist_ok=True)
+        (folder / "1_Pooling" / "config.json").write_text('{"pooling_mode_mean_tokens": true}')
+    return encoder
+
+
+def write_glue(folder):
+    """SST-2 and MRPC files in the GLUE layout (MRPC with its byte-order mark)."""
+    (folder / "SST-2").mkdir(parents=True)
+    (folder / "MRPC").mkdir()
+    sst = ([f"{s}\t1" for s in POSITIVE] + [f"{s}\t0" for s in NEGATIVE]) * 3
+    for split in ("train", "dev"):
+        (folder / "SST-2" / f"{split}.tsv").write_text("\n".join(["sentence\tlabel"] + sst) + "\n")
+    mrpc = ["\ufeffQuality\t#1 ID\t#2 ID\t#1 String\t#2 String"]
+    mrpc += [f"1\t{i}\t{i}\t{a}\t{a}" for i, a in enumerate(POSITIVE)]
+    mrpc += [f"0\t{i}\t{i}\t{a}\t{b}" for i, (a, b) in enumerate(zip(POSITIVE, NEGATIVE))]
+    for split in ("train", "dev"):
+        (folder / "MRPC" / f"{split}.tsv").write_text("\n".join(mrpc) + "\n", encoding="utf-8")
+    return folder
+
+
+def write_safetensors(tensors, path):
+    """Write {name: tensor} as .safetensors, the inverse of checkpoint.read_safetensors: an
+    8-byte header length, the JSON header, then the tensors' bytes."""
+    from pretrained.checkpoint import SAFETENSORS_DTYPES
+    names = {v: k for k, v in SAFETENSORS_DTYPES.items()}
+    header, blobs, offset = {}, [], 0
+    for name, t in tensors.items():
+        b = t.detach().contiguous().cpu().view(-1).view(torch.uint8).numpy().tobytes()
+        header[name] = {"dtype": names[t.dtype], "shape": list(t.shape),
+                        "data_offsets": [offset, offset + len(b)]}
+        blobs.append(b)
+        offset += len(b)
+    h = json.dumps(header).encode()
+    h += b" " * (-len(h) % 8)  # the data starts 8-byte aligned
+    Path(path).write_bytes(struct.pack("<Q", len(h)) + h + b"".join(blobs))
+
+
+def main(argv):
+    if len(argv) != 1:
+        print("usage: python tiny.py FOLDER  (writes FOLDER/model and FOLDER/glue)", file=sys.stderr)
+        return 2
+    folder = Path(argv[0])
+    if (folder / "model").exists() or (folder / "glue").exists():
+        print(f"error: {folder}/model or {folder}/glue exists already; choose a new folder",
+              file=sys.stderr)
+        return 2
+    try:
+        write_checkpoint(folder / "model")
+        write_glue(folder / "glue")
+    except OSError as e:  # a folder that cannot be written, or a file in the way
+        print(f"error: {e.strerror or e}: {e.filename or folder}; choose another folder",
+              file=sys.stderr)
+        return 2
+    print(f"wrote {folder / 'model'} and {folder / 'glue'}; try:\n  python osrm_min.py --tasks "
+          f"sst2,mrpc --model {folder / 'model'} --data-dir {folder / 'glue'} --out "
+          f"{folder / 'run'} --train-samples 16 --osrm-samples 4 --rank 2 --max-length 32")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
