@@ -15,8 +15,10 @@ per-task heads. Read it top to bottom:
 Real pretrained weights are loaded by checkpoint.py; the parameter names here follow Hugging
 Face's `BertModel` through its small rename table.
 
-When most of a batch is padding, the encoder runs the same computation on the real tokens
-only (fastpath.py, a speed trick held equal to this plain code by the tests).
+This is the plain computation: every position of a padded batch, F.dropout's masks. The
+experiment runs it through speed/fastpath.py (`fastpath.speed_up`), which computes the same
+function on the real tokens only and draws its dropout masks more cheaply; the tests hold the
+two equal.
 
     encoder, pooling = checkpoint.load_checkpoint("path/to/bert-folder")
     add_lora(encoder, targets=("query", "value"), rank=8, alpha=16)
@@ -30,8 +32,6 @@ from dataclasses import dataclass, fields
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-
-from speed import fastpath
 
 
 class LoRALinear(nn.Linear):
@@ -47,7 +47,7 @@ class LoRALinear(nn.Linear):
         self.A = None     # (r, d_in): what the adapter reads from the input
         self.B = None     # (d_out, r): what it writes back
         self.scale = 0.0  # s = alpha / r
-        self.lora_dropout = 0.0
+        self.lora_dropout = nn.Dropout(0.0)  # on the adapter's input only (LoRA's dropout)
 
     def set_lora(self, A, rank, alpha, dropout=0.0):
         """Start a new adapter with the given `A` (r x d_in) and `B = 0`."""
@@ -56,7 +56,7 @@ class LoRALinear(nn.Linear):
         self.B = nn.Parameter(torch.zeros(self.out_features, rank, dtype=self.weight.dtype,
                                           device=self.weight.device))
         self.scale = alpha / rank
-        self.lora_dropout = dropout
+        self.lora_dropout.p = dropout
 
     def delta_w(self):
         """The dense task update `delta_w = s * B @ A` (d_out x d_in), the paper's task update."""
@@ -65,7 +65,7 @@ class LoRALinear(nn.Linear):
     def forward(self, x):
         out = F.linear(x, self.weight, self.bias)  # W0 x + b
         if self.A is not None:
-            x = dropout(x, self.lora_dropout, self.training)
+            x = self.lora_dropout(x)
             out = out + self.scale * F.linear(F.linear(x, self.A), self.B)  # + s * B(A x)
         return out
 
@@ -225,31 +225,22 @@ ACTIVATIONS = {
 }
 
 
-def dropout(x, p, training):
-    """Inverted dropout, as F.dropout: zero each value with probability p and scale the others
-    by 1 / (1 - p). The mask comes from a cheaper sampler (`fastpath.keep_mask`)."""
-    if not training or p == 0.0:
-        return x
-    return x * fastpath.keep_mask(x, p) * (1.0 / (1.0 - p))
-
-
 def padding_bias(mask, dtype):
     """(B, T) True at real tokens -> (B, 1, 1, T) attention bias: 0 there, -inf at padding."""
     bias = torch.zeros(mask.shape[0], 1, 1, mask.shape[1], dtype=dtype, device=mask.device)
     return bias.masked_fill(~mask[:, None, None, :], float("-inf"))
 
 
-def attention(q, k, v, bias, dropout_p=0.0):
-    """softmax(q k^T / sqrt(d) + bias) v over heads: (B, nh, T, hd) -> (B, nh, T, hd).
+def attention(q, k, v, bias, dropout):
+    """dropout(softmax(q k^T / sqrt(d) + bias)) v over heads: (B, nh, T, hd) -> (B, nh, T, hd).
 
     bias (B, 1, 1, T) is 0 at real tokens and -inf at padding, so that no query attends to
-    padding. Written out rather than F.scaled_dot_product_attention: at these sequence lengths
-    PyTorch's fused CPU kernel took about 1.5x as long forward and backward (PERFORMANCE.md),
-    and the written-out form lets the attention weights go through dropout.
+    padding. Written out, as in BERT (Devlin et al. 2019), so that the attention weights can go
+    through dropout (a module: nn.Dropout, off in eval mode).
     """
     scores = (q * (1.0 / math.sqrt(q.shape[-1]))) @ k.transpose(-2, -1)  # (B, nh, T, T)
     scores += bias  # in place: the product's backward needs q and k, not its output
-    return dropout(scores.softmax(-1), dropout_p, True) @ v
+    return dropout(scores.softmax(-1)) @ v
 
 
 class Embeddings(nn.Module):
@@ -259,7 +250,7 @@ class Embeddings(nn.Module):
         self.position_embeddings = nn.Embedding(c.max_position_embeddings, c.hidden_size)
         self.token_type_embeddings = nn.Embedding(c.type_vocab_size, c.hidden_size)
         self.norm = nn.LayerNorm(c.hidden_size, eps=c.layer_norm_eps)
-        self.dropout_p = c.hidden_dropout_prob
+        self.dropout = nn.Dropout(c.hidden_dropout_prob)
         self.roberta_positions = c.model_type == "roberta"
         self.pad_id = c.pad_token_id
 
@@ -273,7 +264,7 @@ class Embeddings(nn.Module):
             positions = torch.arange(input_ids.shape[1], device=input_ids.device)  # (T,)
         x = (self.word_embeddings(input_ids) + self.position_embeddings(positions)
              + self.token_type_embeddings(token_type_ids))
-        return dropout(self.norm(x), self.dropout_p, self.training)  # (B, T, H)
+        return self.dropout(self.norm(x))  # (B, T, H)
 
 
 class Block(nn.Module):
@@ -290,8 +281,8 @@ class Block(nn.Module):
         self.ffn_out = LoRALinear(c.intermediate_size, H)
         self.ffn_norm = nn.LayerNorm(H, eps=c.layer_norm_eps)
         self.act = ACTIVATIONS[c.hidden_act]
-        self.attn_dropout = c.attention_probs_dropout_prob
-        self.dropout_p = c.hidden_dropout_prob
+        self.attn_dropout = nn.Dropout(c.attention_probs_dropout_prob)  # on attention weights
+        self.dropout = nn.Dropout(c.hidden_dropout_prob)  # on each sub-block's output
 
     def forward(self, x, bias):
         """x (B, T, H) -> (B, T, H); bias (B, 1, 1, T): 0 at real tokens, -inf at padding."""
@@ -303,14 +294,14 @@ class Block(nn.Module):
         return self.per_token(x, y)
 
     def attend(self, q, k, v, bias):
-        return attention(q, k, v, bias, self.attn_dropout if self.training else 0.0)
+        return attention(q, k, v, bias, self.attn_dropout)
 
     def per_token(self, x, y):
         """The rest of the block, which treats each token alone: the projection of the
         attention output y, the residuals, the LayerNorms and the feed-forward layer."""
-        x = self.attn_norm(x + dropout(self.attn_out(y), self.dropout_p, self.training))
+        x = self.attn_norm(x + self.dropout(self.attn_out(y)))
         h = self.ffn_out(self.act(self.ffn_in(x)))
-        return self.ffn_norm(x + dropout(h, self.dropout_p, self.training))
+        return self.ffn_norm(x + self.dropout(h))
 
 
 class BertEncoder(nn.Module):
@@ -324,14 +315,9 @@ class BertEncoder(nn.Module):
         self.layers = nn.ModuleList(Block(config) for _ in range(config.num_hidden_layers))
         # The pretrained [CLS] pooler (dense + tanh). Heads copy it; the encoder never uses it.
         self.pooler = nn.Linear(config.hidden_size, config.hidden_size)
-        # True: skip the padding where there is enough of it to pay (fastpath.py). False:
-        # always compute every position, as below.
-        self.unpad = True
 
     def forward(self, input_ids, token_type_ids, attention_mask):
         x = self.embeddings(input_ids, token_type_ids)  # (B, T, H)
-        if self.unpad and fastpath.pays_off(attention_mask):  # the same, faster
-            return fastpath.encode_packed(self.layers, x, attention_mask, padding_bias)
         bias = padding_bias(attention_mask, x.dtype)  # (B, 1, 1, T)
         for block in self.layers:
             x = block(x, bias)
@@ -357,7 +343,7 @@ class ClassificationHead(nn.Module):
             self.pooler = nn.Linear(hidden_size, hidden_size)
             if pooler is not None and pooling == "cls":
                 self.pooler.load_state_dict(pooler.state_dict())
-        self.dropout_p = dropout
+        self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Linear(hidden_size, num_labels)
 
     def forward(self, hidden, attention_mask):
@@ -365,8 +351,8 @@ class ClassificationHead(nn.Module):
             m = attention_mask.unsqueeze(-1).to(hidden.dtype)         # (B, T, 1)
             pooled = (hidden * m).sum(1) / m.sum(1)                    # (B, H)
         elif self.pooling == "roberta":
-            first = dropout(hidden[:, 0], self.dropout_p, self.training)
+            first = self.dropout(hidden[:, 0])
             pooled = torch.tanh(self.pooler(first))                      # (B, H)
         else:
             pooled = torch.tanh(self.pooler(hidden[:, 0]))              # (B, H)
-        return self.classifier(dropout(pooled, self.dropout_p, self.training))  # (B, num_labels)
+        return self.classifier(self.dropout(pooled))  # (B, num_labels)

@@ -31,20 +31,19 @@ if __name__ == "__main__":  # Ctrl-C while torch loads: a quiet exit, not a trac
 
 import time
 import zlib
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 
 import torch
 
-from study import config
 import data
-from extensions.subspaces import (direction_share, layernorm_directions, own_task_subspace,
-                                   random_null_basis, without_direction)
 import fisher
 import lora
 import merge
-from study import report
-from study import resume
 import train
+from extensions.subspaces import (direction_share, layernorm_directions, own_task_subspace,
+                                  random_null_basis, without_direction)
+from speed import fastpath
+from study import cli, config, record, resume
 from study.config import ExperimentError
 
 
@@ -72,14 +71,12 @@ def collect_statistics(encoder, batches, layer_names):
 
     handles = [layers[name].register_forward_hook(hook(name)) for name in layer_names]
     encoder.eval()
-    unpad, encoder.unpad = encoder.unpad, False  # every layer sees (B, T, d_in)
     try:
         with torch.inference_mode():
             for batch in batches:
                 mask = batch["attention_mask"]
                 encoder(batch["input_ids"], batch["token_type_ids"], mask)
     finally:
-        encoder.unpad = unpad
         for h in handles:
             h.remove()
     return {name: {"S": s["HtH"] / s["n"], "mu": s["h"] / s["n"], "n": s["n"]}
@@ -119,7 +116,7 @@ def osrm_init(stats, task, rank, statistic, ln_directions=None, own_eps=0.1, see
     """{layer name: A_t} for `task` from `stats` = {task: {layer name: statistics}}.
 
     The paper's statistics go through `osrm_subspace`; "own" and "mean-random" are this
-    project's extensions (extensions.py). `ln_directions` {layer name: u}, if given: choose the
+    project's extensions (extensions/subspaces.py). `ln_directions` {layer name: u}, if given: choose the
     second-moment subspace away from the LayerNorm direction u (--osrm-skip-ln-direction).
     """
     others = [t for t in stats if t != task]
@@ -168,7 +165,7 @@ INITS = {
     "osrm-post": Init("second_moment", post_hoc=True,
                       help="plain LoRA's trained adapters projected onto OSRM's row space, "
                            "dW A^T A, no training (the authors' post_OSRM); list lora first"),
-    # This project's own, not the paper's (extensions.py)
+    # This project's own, not the paper's (extensions/subspaces.py, lora.random_A)
     "osrm-own": Init("own", help="osrm-min's extension: A_t from the top generalised "
                                  "eigenvectors of (S_t, S_others + eps I), much of the task's "
                                  "own input energy and little of the others' (--own-eps)"),
@@ -195,70 +192,75 @@ class Adapter:
         layers = [k.removesuffix(".A") for k in self.lora if k.endswith(".A")]
         return {n: scale * self.lora[f"{n}.B"] @ self.lora[f"{n}.A"] for n in layers}
 
-    def digest(self):
-        """A digest of A, B and the head (resume.tensors_digest): a saved score is reused only
-        beside the very adapter it was computed from."""
-        head = {f"head.{k}": v for k, v in self.head.state_dict().items()}
-        return resume.tensors_digest({**self.lora, **head})
+    def A(self):
+        """{layer name: A} of the adapter as it is now."""
+        return {k.removesuffix(".A"): v for k, v in self.lora.items() if k.endswith(".A")}
 
 
-def build_adapter(encoder, init, task, cfg, prepared, subspaces, trained, store):
-    """Task `task`'s adapter under `init`.
-
-    lora:            A random, B = 0, fine-tuned.
-    osrm, osrm-mean: A = OSRM's subspace for the task (from the init's statistic), B = 0,
-                     fine-tuned with A and B trainable, as the paper does.
-    osrm-frozen:     the same with A kept fixed.
-    osrm-post:       no training: plain LoRA's adapter (A, B) becomes (A_o, B A A_o^T).
-    A trained adapter saved by an earlier run with the same settings is loaded instead.
-    """
-    spec = INITS[init]
-    if spec.post_hoc:
-        plain = trained["lora"][task]
-        A_osrm = subspaces[spec.statistic][task]
-        state = {}
-        for layer, A_o in A_osrm.items():
-            state[f"{layer}.A"], state[f"{layer}.B"] = osrm_post(
-                plain.lora[f"{layer}.A"], plain.lora[f"{layer}.B"], A_o)
-        return Adapter(state, plain.head)
-    seed = task_seed(cfg.seed, task)
-    uses_osrm = spec.statistic is not None
-    head = new_head(encoder, prepared[task]["task"], cfg, seed, prepared[task]["train"])
-    saved = store.load_adapter(cfg, task, init, uses_osrm, lora.lora_shapes(encoder, cfg.targets, cfg.rank), head)
-    if saved is not None:
-        return Adapter(*saved[:1], head, saved[1])
-    lora.add_lora(encoder, cfg.targets, cfg.rank, cfg.alpha, cfg.lora_dropout,
-                  initial_A(encoder, init, task, cfg, subspaces))
-    for m in lora.lora_layers(encoder).values():
-        m.A.requires_grad_(spec.train_A)
-    rows = prepared[task]["train"]
-    batches = lambda epoch: data.make_batches(rows, cfg.batch_size, shuffle=True,
-                                              seed=seed + epoch, group_by_length=cfg.group_by_length,
-                                              pad_id=prepared[task]["pad_id"])
-    torch.manual_seed(seed)  # dropout masks
-    t0 = time.time()
-    training = train.finetune(encoder, head, batches, cfg.epochs, cfg.lr, cfg.weight_decay, cfg.warmup,
-                        cfg.max_grad_norm, cfg.device, desc=f"{init}/{task}")
-    print(f"{init}/{task}: trained in {time.time() - t0:.0f}s")
-    adapter = Adapter(lora.lora_state(encoder), head, training)
-    lora.remove_lora(encoder)
-    store.save_adapter(cfg, task, init, uses_osrm, adapter.lora, head.state_dict(), training)
-    return adapter
+def task_seed(seed, task):
+    """A per-task seed, so that each task's random A and head differ (stable across runs)."""
+    return seed + zlib.crc32(task.encode()) % 10_000
 
 
 def initial_A(encoder, init, task, cfg, subspaces):
     """{layer name: A_t} that task `task`'s adapter starts from under `init`: OSRM's subspace
-    for the OSRM inits, a seeded random draw (lora.random_As) for the plain ones."""
+    for the OSRM inits (subspaces: {statistic: {task: {layer: A}}}), a seeded random draw
+    (lora.random_As) for the plain ones."""
     spec = INITS[init]
     if spec.statistic is not None:
         return subspaces[spec.statistic][task]
     return lora.random_As(encoder, cfg.targets, cfg.rank, task_seed(cfg.seed, task), spec.A_dist)
 
 
+def new_head(encoder, task, cfg, train_rows=()):
+    """A fresh head for `task`, seeded per task. osrm-min's own (--head-bias-mean, on by
+    default): a regression head's bias starts at the mean training target (rows as
+    data.encode_examples gives them) instead of 0, so that STS-B's first steps do not chase a
+    large uniform error (scores 0-5) and collapse onto a near-constant prediction
+    (results/README.md measures it). Classification heads are unchanged."""
+    torch.manual_seed(task_seed(cfg.seed, task.name))
+    pooler = encoder.pooler if getattr(encoder, "has_pretrained_pooler", False) else None
+    head = lora.ClassificationHead(encoder.config.hidden_size, task.num_labels, cfg.pooling,
+                                   encoder.config.hidden_dropout_prob, pooler)
+    if not task.labels and cfg.head_bias_mean and train_rows:
+        with torch.no_grad():
+            head.classifier.bias.fill_(sum(label for *_, label in train_rows) / len(train_rows))
+    return head.to(cfg.device)
+
+
+def build_adapter(model, head, A_init, train_A, task_data, cfg, desc):
+    """Fine-tune a fresh adapter on one task (section 3 of the paper, then its fine-tuning):
+    every adapted layer starts from A = A_init[layer] and B = 0, A trainable or not
+    (`train_A`), with the task's `head`; task_data: data.prepare_tasks's entry of the task.
+    Returns (lora state, training summary); the model is left without LoRA, the head trained."""
+    lora.add_lora(model, cfg.targets, cfg.rank, cfg.alpha, cfg.lora_dropout, A_init)
+    for m in lora.lora_layers(model).values():
+        m.A.requires_grad_(train_A)
+    seed = task_seed(cfg.seed, task_data["task"].name)
+    batches = lambda epoch: data.make_batches(task_data["train"], cfg.batch_size, shuffle=True,
+                                              seed=seed + epoch, group_by_length=cfg.group_by_length,
+                                              pad_id=task_data["pad_id"])
+    torch.manual_seed(seed)  # dropout masks
+    training = train.finetune(model, head, batches, cfg.epochs, cfg.lr, cfg.weight_decay,
+                              cfg.warmup, cfg.max_grad_norm, cfg.device, desc=desc)
+    state = lora.lora_state(model)
+    lora.remove_lora(model)
+    return state, training
+
+
 def osrm_post(A, B, A_osrm):
     """The post-hoc variant (the authors' post_OSRM): a trained adapter dW = s B A becomes
     dW A_o^T A_o, no training. That is again a rank-r adapter, (A', B') = (A_o, B A A_o^T)."""
     return A_osrm.clone(), B @ (A @ A_osrm.T)
+
+
+def post_hoc_adapter(plain, A_osrm):
+    """osrm-post: plain LoRA's trained adapter, every layer projected by `osrm_post`."""
+    state = {}
+    for layer, A_o in A_osrm.items():
+        state[f"{layer}.A"], state[f"{layer}.B"] = osrm_post(plain.lora[f"{layer}.A"],
+                                                             plain.lora[f"{layer}.B"], A_o)
+    return Adapter(state, plain.head)
 
 
 # 5. Merging
@@ -394,8 +396,9 @@ def movement(A_start, A_end, stats, task):
             "others_end": others_end, "overlap": sum(overlap) / len(overlap)}
 
 
-def record_diagnostics(results, seed, rank, stats, measured, subspaces, u):
-    """What the reports and figures show about the subspaces, before any training: for each
+def subspace_diagnostics(seed, rank, stats, measured, subspaces, u):
+    """(energy, spectra): what the reports and figures show about the subspaces, before any
+    training (results.json's "subspace_energy" and "spectrum" entries): for each
     statistic's A_t (and, for scale, a random orthonormal A) the energy it reads of its own
     task and of the others' and its share of the LayerNorm direction u, on the rows that
     fitted A (`stats`, "fit") and on held-out rows (`measured`, "heldout", which is fair to
@@ -406,82 +409,89 @@ def record_diagnostics(results, seed, rank, stats, measured, subspaces, u):
     random = {t: {n: torch.linalg.qr(torch.randn(s["S"].shape[0], rank, generator=g,
                                                  dtype=torch.float64))[0].T
                   for n, s in stats[t].items()} for t in tasks}
+    energy, spectra = [], []
     for name, by_task in {**subspaces, "random": random}.items():
         for t, A_init in by_task.items():
             shares = [direction_share(A, u[n]) for n, A in A_init.items() if n in u]
             for rows, on in (("fit", stats), ("heldout", measured)):
                 own, others = subspace_energy(A_init, on, t)
-                results["subspace_energy"].append({
-                    "seed": seed, "stat": name, "task": t, "rows": rows, "own": own,
-                    "others": others, "ln_share": sum(shares) / len(shares) if shares else None})
+                energy.append({"seed": seed, "stat": name, "task": t, "rows": rows, "own": own,
+                               "others": others,
+                               "ln_share": sum(shares) / len(shares) if shares else None})
     layers = list(stats[tasks[0]])
     layer = layers[len(layers) // 2]
     for t in tasks:
         S_others = sum(stats[j][layer]["S"] for j in tasks if j != t)
-        results["spectrum"].append({"seed": seed, "task": t, "layer": layer, "rank": rank,
-                                    "eigenvalues": torch.linalg.eigvalsh(S_others).tolist()})
+        spectra.append({"seed": seed, "task": t, "layer": layer, "rank": rank,
+                        "eigenvalues": torch.linalg.eigvalsh(S_others).tolist()})
+    return energy, spectra
 
 
 # 7. The experiment
 
-def run_seed(cfg, encoder, tokenizer, store, results):
-    """Everything for one seed: statistics, subspaces, every init's adapters, their interference,
-    every merge at every lambda; rows and matrices are appended to `results`."""
+def run_seed(cfg, encoder, model, tokenizer, store, results):
+    """Everything for one seed, in the order of the method: statistics, subspaces, every init's
+    adapters (scored alone), every merge at every lambda, the interference. `model` is the
+    encoder with the speed tricks on (speed/fastpath.py), for training and scoring; `store`
+    (study/resume.py) reuses what an earlier run saved; results (study/record.py) collects
+    what results.json holds."""
     prepared = data.prepare_tasks(cfg.tasks, cfg.data_dir, tokenizer, config.train_rows(cfg), cfg.seed,
                                   cfg.max_length, cfg.osrm_samples, cfg.eval_batch_size,
                                   cfg.heldout_samples if cfg.select_on == "heldout" else 0,
                                   cfg.dev_samples, cfg.carve_splits, cfg.measure_samples)
-    results["baselines"] = {t: p["baseline"] for t, p in prepared.items()}
-    results["carved"] = {t: p["carved"] for t, p in prepared.items() if p["carved"]}
-    # 1. each task's layer statistics, from the frozen pretrained encoder
-    stats = layer_statistics(encoder, cfg, prepared)
-    measured = layer_statistics(encoder, cfg, prepared, "measure")  # held-out rows, to measure on
+    record.data(results, prepared)
+    # 1. each task's layer statistics, from the frozen pretrained encoder; and the same on
+    # held-out rows, to measure on
+    stats = layer_statistics(encoder, cfg, prepared, "stats")
+    measured = layer_statistics(encoder, cfg, prepared, "measure")
     # 2. OSRM's subspace of every task, once per statistic that the inits use
-    statistics = dict.fromkeys(INITS[i].statistic for i in cfg.inits if INITS[i].statistic)
     u = layernorm_directions(encoder, stats[cfg.tasks[0]])  # the LayerNorm directions
-    subspaces = {s: {t: osrm_init(stats, t, cfg.rank, s, u if cfg.osrm_skip_ln_direction else None,
-                                  cfg.own_eps, cfg.seed) for t in cfg.tasks} for s in statistics}
-    record_diagnostics(results, cfg.seed, cfg.rank, stats, measured, subspaces, u)
+    skip = u if cfg.osrm_skip_ln_direction else None
+    subspaces = {s: {t: osrm_init(stats, t, cfg.rank, s, skip, cfg.own_eps, cfg.seed) for t in cfg.tasks}
+                 for s in dict.fromkeys(INITS[i].statistic for i in cfg.inits if INITS[i].statistic)}
+    energy, spectra = subspace_diagnostics(cfg.seed, cfg.rank, stats, measured, subspaces, u)
+    results["subspace_energy"] += energy
+    results["spectrum"] += spectra
     trained = {}
     for init in cfg.inits:
+        spec = INITS[init]
         # 3-4. each task's adapter, built as the init says and fine-tuned; scored alone
-        adapters, digests = {}, {}
+        adapters = {}
         for t in cfg.tasks:
-            adapters[t] = build_adapter(encoder, init, t, cfg, prepared, subspaces, trained, store)
-            digests[t] = adapters[t].digest()
-            with lora.carrying(encoder, adapters[t].lora, cfg.targets, cfg.rank, cfg.alpha):
-                score = score_tasks(encoder, {t: adapters[t].head}, prepared, cfg, store,
-                                    results, init, "none", None, digests[t])[t]
-            print(f"{init}/{t}: individual score {score:.2f}")
-            if not report.clearly_above(score, results["baselines"][t]):
-                print(f"warning: {init}/{t}: {score:.2f} on dev is not {report.LEARNED_MARGIN:g} "
-                      f"points above a constant prediction's {results['baselines'][t]:.2f}; this "
-                      f"fine-tune did not clearly learn its task (more --train-samples may help)")
-            record_training(results, cfg.seed, init, t, adapters[t].training)
-            if not INITS[init].post_hoc:  # how far training moved A, on held-out rows
-                A_end = {k.removesuffix(".A"): v for k, v in adapters[t].lora.items() if k.endswith(".A")}
-                results["movement"].append({"seed": cfg.seed, "init": init, "task": t, **movement(
-                    initial_A(encoder, init, t, cfg, subspaces), A_end, measured, t)})
+            if spec.post_hoc:
+                adapters[t] = post_hoc_adapter(trained["lora"][t], subspaces[spec.statistic][t])
+            else:
+                head = fastpath.use_fast_dropout(new_head(encoder, prepared[t]["task"], cfg,
+                                                          prepared[t]["train"]))
+                A_init = initial_A(encoder, init, t, cfg, subspaces)
+                state, training = store.adapter(
+                    cfg, t, init, spec.statistic is not None,
+                    lora.lora_shapes(encoder, cfg.targets, cfg.rank), head,
+                    lambda: build_adapter(model, head, A_init, spec.train_A, prepared[t], cfg,
+                                          f"{init}/{t}"))
+                adapters[t] = Adapter(state, head, training)
+                record.training(results, cfg.seed, init, t, training)
+                results["movement"].append({"seed": cfg.seed, "init": init, "task": t,
+                                            **movement(A_init, adapters[t].A(), measured, t)})
+            with lora.carrying(model, adapters[t].lora, cfg.targets, cfg.rank, cfg.alpha):
+                [row] = scored(model, {t: adapters[t]}, prepared, cfg, store, results, init,
+                               "none", None)
+            record.alone(results, init, t, row)
         trained[init] = adapters
         task_vectors = {t: a.task_vector(cfg.alpha / cfg.rank) for t, a in adapters.items()}
         heads = {t: a.head for t, a in adapters.items()}
         # 5. every merge at every lambda, each task scored with its own head
         t0 = time.time()
         statistics = merge_statistics(encoder, adapters, prepared, cfg)
-        if statistics:
-            results["merge_statistics_s"].append({"seed": cfg.seed, "init": init,
-                                                  "seconds": round(time.time() - t0, 2)})
-            print(f"{init}: statistics for {', '.join(statistics)} in {time.time() - t0:.1f}s")
-        merged_from = resume.digest(digests)  # every merged score holds every task's adapter
+        record.merge_statistics(results, cfg.seed, init, list(statistics), time.time() - t0)
         for method in cfg.merges:
             for lam in lambdas(cfg, method):
                 t0 = time.time()
-                score = lambda h: score_tasks(encoder, h, prepared, cfg, store, results, init,
-                                              method, lam, merged_from, select=lam is not None)
-                scores = merged_scores(encoder, method, lam, task_vectors, heads, statistics,
-                                       score, cfg)
-                print(f"{init}/{method}{'' if lam is None else f' (lambda {lam:g})'}: average "
-                      f"{report.task_mean(scores):.2f} ({time.time() - t0:.0f}s)")
+                score = lambda h: {r["task"]: r["score"] for r in scored(
+                    model, {t: adapters[t] for t in h}, prepared, cfg, store, results, init,
+                    method, lam, merged_from=adapters, select=lam is not None)}
+                record.merged(init, method, lam, merged_scores(
+                    model, method, lam, task_vectors, heads, statistics, score, cfg), t0)
         # 6. how much each adapter writes on the other tasks' inputs: on held-out rows, and on
         # the rows OSRM's subspace was fitted to (which flatters OSRM)
         for key, on in (("interference", measured), ("interference_fit", stats)):
@@ -489,40 +499,23 @@ def run_seed(cfg, encoder, tokenizer, store, results):
                                  "matrix": interference(task_vectors, on)})
 
 
-def record_training(results, seed, init, task, training):
-    """Keep how an adapter's training loss moved, and warn if it did not fall."""
-    if training is None:
-        return
-    learned = training["loss_end"] < training["loss_start"]
-    results["training"].append({"seed": seed, "init": init, "task": task, **training,
-                                "learned": learned})
-    if not learned:
-        print(f"warning: {init}/{task}: the training loss did not fall ({training['loss_start']:.4f} "
-              f"-> {training['loss_end']:.4f}); this adapter learned nothing (try another --lr)")
-
-
-def score_tasks(encoder, heads, prepared, cfg, store, results, init, method, lam, adapters,
-                select=False):
-    """{task: dev score} of the model now in the encoder, each task with its own head; scores
-    computed by an earlier run with the same settings, inputs and `adapters` (the digest of
-    the adapters in the model) are reused (resume.py).
-    With --select-on heldout and `select` (a merge at one of several lambdas), each task is
-    also scored on its held-out training rows, into results["heldout_rows"]: what picks lambda."""
-    splits = ["dev"] + (["heldout"] if select and cfg.select_on == "heldout" else [])
-    for split in splits:
-        rows = [store.scores.get(cfg.seed, init, method, lam, t, adapters, split) for t in heads]
-        if None in rows:
-            rows = [resume.result_row(cfg.seed, init, method, lam, t,
-                                      *train.evaluate(encoder, head, prepared[t]["task"],
-                                                      prepared[t][f"{split}_batches"], cfg.device,
-                                                      evaluation(init, method, lam, t)),
-                                      store.row_inputs(cfg.tasks, t), adapters, split)
-                    for t, head in heads.items()]
-            store.scores.add(rows)
-        results["rows" if split == "dev" else "heldout_rows"] += rows
-        if split == "dev":
-            dev_scores = {r["task"]: r["score"] for r in rows}
-    return dev_scores
+def scored(model, adapters, prepared, cfg, store, results, init, method, lam, merged_from=None,
+           select=False):
+    """The dev score rows of the model as it is now, each task of `adapters` with its own head:
+    saved ones where the store has them for the very same adapters (all of `merged_from`'s in a
+    merge), else evaluated. With --select-on heldout and `select` (a merge at one of several
+    lambdas), each task is scored on its held-out training rows too: what picks lambda."""
+    digest = resume.digest({t: resume.adapter_digest(a.lora, a.head)
+                            for t, a in (merged_from or adapters).items()})
+    evaluate = lambda split: lambda t: train.evaluate(
+        model, adapters[t].head, prepared[t]["task"], prepared[t][f"{split}_batches"], cfg.device,
+        evaluation(init, method, lam, t))
+    rows = []
+    for split in ["dev"] + (["heldout"] if select and cfg.select_on == "heldout" else []):
+        found = store.scored(cfg, init, method, lam, list(adapters), digest, split, evaluate(split))
+        record.scores(results, found)
+        rows += [r for r in found if split == "dev"]
+    return rows
 
 
 def evaluation(init, method, lam, task):
@@ -533,29 +526,7 @@ def evaluation(init, method, lam, task):
     return f"{init}/{task} merged by {method}{at}"
 
 
-def task_seed(seed, task):
-    """A per-task seed, so that each task's random A and head differ (stable across runs)."""
-    return seed + zlib.crc32(task.encode()) % 10_000
-
-
-def new_head(encoder, task, cfg, seed, train_rows=()):
-    """A fresh head for `task`. osrm-min's own (--head-bias-mean, on by default): a regression
-    head's bias starts at the mean training target (rows as data.encode_examples gives them)
-    instead of 0. Started at 0, STS-B's head begins 2.7 away from its targets (scores 0-5);
-    at this budget's lr the first steps' large, uniform error can collapse the adapter onto a
-    near-constant prediction (seed 44 at 2000 rows: 21.6 Pearson/Spearman; 81.1 with the
-    bias at the mean). Classification heads are unchanged."""
-    torch.manual_seed(seed)
-    pooler = encoder.pooler if getattr(encoder, "has_pretrained_pooler", False) else None
-    head = lora.ClassificationHead(encoder.config.hidden_size, task.num_labels, cfg.pooling,
-                                   encoder.config.hidden_dropout_prob, pooler)
-    if not task.labels and cfg.head_bias_mean and train_rows:
-        with torch.no_grad():
-            head.classifier.bias.fill_(sum(label for *_, label in train_rows) / len(train_rows))
-    return head.to(cfg.device)
-
-
-def layer_statistics(encoder, cfg, prepared, rows="stats"):
+def layer_statistics(encoder, cfg, prepared, rows):
     """{task: {layer name: statistics}} on each task's k examples (rows "stats"), or on its
     held-out measurement rows ("measure"); order does not matter, so batches are cut from
     length-sorted examples, with little padding."""
@@ -577,17 +548,19 @@ def run(cfg, encoder, tokenizer, inputs):
     """The whole experiment, seed by seed; returns the results dict written to results.json.
     inputs: the fingerprints of the input files (resume.fingerprint_inputs)."""
     encoder.to(cfg.device)
+    model = fastpath.speed_up(encoder)  # the same modules; the speed tricks switched on
     store = resume.Store(cfg, inputs)
-    results = {"config": resume.plain(asdict(cfg)), "inputs": inputs, "baselines": {},
-               "rows": [], "heldout_rows": [],
-               "interference": [], "interference_fit": [], "subspace_energy": [], "spectrum": [],
-               "training": [], "movement": [], "merge_statistics_s": [], "carved": {}}
+    results = record.new_results(cfg, inputs)
     for seed in cfg.seeds:
         print(f"seed {seed}")
-        run_seed(replace(cfg, seed=seed), encoder, tokenizer, store, results)
+        run_seed(replace(cfg, seed=seed), encoder, model, tokenizer, store, results)
     return results
 
 
-if __name__ == "__main__":  # the quiet exit on Ctrl-C (see the top) holds until main's own
-    from study.cli import main  # the command line: settings, one-line errors, the run, its report
+def main(argv=None):
+    """python osrm_min.py --tasks sst2,mrpc: the command line (study/cli.py) around `run`."""
+    return cli.main(argv, {name: init.help for name, init in INITS.items()}, run)
+
+
+if __name__ == "__main__":
     sys.exit(main())

@@ -88,7 +88,6 @@ class Run:
             raise LabError(f"the run adapts no layer {layer!r}; it adapts {', '.join(self.layers)}")
         module, rows, mask = dict(self.encoder.named_modules())[layer], [], None
         hook = module.register_forward_hook(lambda m, inputs, out: rows.append(inputs[0][mask].double()))
-        unpad, self.encoder.unpad = self.encoder.unpad, False
         try:
             with torch.inference_mode():
                 for b in self.batches[task]:
@@ -96,7 +95,6 @@ class Run:
                     self.encoder(b["input_ids"], b["token_type_ids"], mask)
         finally:
             hook.remove()
-            self.encoder.unpad = unpad
         return torch.cat(rows)
 
     def statistics(self):

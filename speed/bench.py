@@ -46,15 +46,14 @@ import merge
 import osrm_min
 from pretrained import tokenization
 import train
+from speed import fastpath
 
 
 def set_dropout(encoder, p):
-    """Every dropout of the encoder (hidden and attention) to p."""
-    for m in encoder.modules():
-        if hasattr(m, "dropout_p"):
-            m.dropout_p = p
-        if hasattr(m, "attn_dropout"):
-            m.attn_dropout = p
+    """Every dropout of the encoder (hidden and attention, not LoRA's) to p."""
+    for name, m in encoder.named_modules():
+        if isinstance(m, torch.nn.Dropout) and not name.endswith("lora_dropout"):
+            m.p = p
 
 
 def step_flops(batch, c, train, rank=8):
@@ -86,12 +85,15 @@ class Ours:
     """osrm-min's encoder with LoRA on query and value, a head, and AdamW."""
 
     def __init__(self, model_dir, dropout, unpad=True, pooling="cls", lr=4e-4, A_init=None):
-        self.encoder, _ = checkpoint.load_checkpoint(model_dir)
-        self.encoder.unpad = unpad
-        set_dropout(self.encoder, dropout)
+        encoder, _ = checkpoint.load_checkpoint(model_dir)
+        set_dropout(encoder, dropout)
+        # the experiment's speed tricks (speed/fastpath.py), or the plain padded encoder
+        self.encoder = fastpath.speed_up(encoder) if unpad else encoder
         lora.add_lora(self.encoder, ("query", "value"), rank=8, alpha=16, A_init=A_init)
         self.head = lora.ClassificationHead(self.encoder.config.hidden_size, 2, pooling, dropout,
                                             self.encoder.pooler)
+        if unpad:
+            fastpath.use_fast_dropout(self.head)
         self.params = [p for m in (self.encoder, self.head) for p in m.parameters()
                        if p.requires_grad]
         self.optimizer = torch.optim.AdamW(self.params, lr=lr)
@@ -221,7 +223,7 @@ def bench_osrm(model_dir, data_dir, tokenizer, repeats):
 
     def osrm_subspaces(_):
         with contextlib.redirect_stdout(sys.stderr):
-            stats = osrm_min.layer_statistics(encoder, cfg, prepared)
+            stats = osrm_min.layer_statistics(encoder, cfg, prepared, "stats")
         return {n: osrm_min.osrm_init(stats, n, cfg.rank, osrm_min.INITS["osrm"].statistic)
                 for n in cfg.tasks}
 

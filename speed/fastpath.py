@@ -1,26 +1,31 @@
-"""Speed tricks for the encoder in lora.py, kept apart from the plain code a reader follows.
+"""Speed tricks for the encoder of lora.py, kept apart from the plain code a reader follows and
+switched on by the experiment (`speed_up`); the plain encoder knows nothing of them.
 
-Neither changes what the encoder computes; tests/test_fastpath.py holds each to the plain
+Neither changes what the encoder computes; tests/speed/test_fastpath.py holds each to the plain
 version (hidden states on real tokens within 1e-5, LoRA gradients within 1e-4 relative, the
-dropout rate and scaling), and bench.py measures what they save.
+dropout rate and scaling), and speed/bench.py measures what they save.
 
-1. `encode_packed`: a batch cut from randomly drawn sentences is mostly padding (two thirds
-   for 32 SST-2 sentences). The linear layers, nearly all of the work, then run on the N real
-   tokens alone, and attention, the only step that mixes tokens, pads each group of 8
-   similar-length sentences only to its own longest. `lora.BertEncoder` takes this path when
-   at least `PACK_ABOVE_PADDING` of a batch is padding.
-2. `keep_mask`: the dropout mask from 16-bit slices of random 64-bit integers, cheaper on a
-   CPU than the sampler behind F.dropout.
+1. `Packed` / `encode_packed`: a batch cut from randomly drawn sentences is mostly padding (two
+   thirds for 32 SST-2 sentences). The linear layers, nearly all of the work, then run on the
+   N real tokens alone, and attention, the only step that mixes tokens, pads each group of 8
+   similar-length sentences only to its own longest. Taken when at least
+   `PACK_ABOVE_PADDING` of a batch is padding.
+2. `FastDropout`: inverted dropout with its mask from 16-bit slices of random 64-bit integers,
+   cheaper on a CPU than the sampler behind F.dropout (`keep_mask`).
 
-This module imports nothing from the project: lora.py calls into it, never the reverse.
+    model = fastpath.speed_up(encoder)   # the same encoder, the same parameters, faster
+    head = fastpath.use_fast_dropout(head)
+    hidden = model(input_ids, token_type_ids, attention_mask)
 """
 
 import torch
+import torch.nn as nn
 
-# Packing tokens costs gathers, scatters and a loop over attention groups. Measured on 2 CPU
-# cores (training steps, batch 16; PERFORMANCE.md): 0.88x at 4% padding (length-grouped
-# batches), 1.08x at 30%, 1.6x at 47%; so batches are packed only when at least a quarter of
-# them is padding.
+import lora
+
+# Packing tokens costs gathers, scatters and a loop over attention groups, so it pays only on
+# batches with much padding; PERFORMANCE.md has the measurements (speed/bench.py) behind the
+# threshold.
 PACK_ABOVE_PADDING = 0.25
 
 
@@ -68,12 +73,11 @@ class Layout:
         return torch.cat(parts)[self.order]
 
 
-def encode_packed(blocks, x, attention_mask, padding_bias):
+def encode_packed(blocks, x, attention_mask):
     """The transformer blocks on the real tokens only: x (B, T, H) -> (B, T, H), the same
-    function as lora.BertEncoder's loop over them, with zeros at the padding.
-    `padding_bias(mask, dtype)` is lora's, passed in so that this module imports nothing."""
+    function as lora.BertEncoder's loop over them, with zeros at the padding."""
     B, T, H = x.shape
-    layout = Layout(attention_mask, padding_bias, x.dtype)
+    layout = Layout(attention_mask, lora.padding_bias, x.dtype)
     x = x.reshape(B * T, H)[layout.real]  # (N, H)
     for block in blocks:
         qkv = torch.cat([block.query(x), block.key(x), block.value(x)], -1)  # (N, 3H)
@@ -86,10 +90,53 @@ def keep_mask(x, p):
     of 1/65536 (0.1 -> 0.100006).
 
     Each random 64-bit integer gives four 16-bit uniform draws, kept where they clear the
-    p-quantile. On a CPU, F.dropout's sampler took a quarter of a training step; this mask
-    takes half the time of one drawn with torch.rand (PERFORMANCE.md).
+    p-quantile: cheaper on a CPU than F.dropout's sampler (PERFORMANCE.md has the numbers).
     """
     n = x.numel()
     bits = torch.empty((n + 3) // 4, dtype=torch.int64, device=x.device).random_(-2**63, None)
     draws = bits.view(torch.int16)[:n].view(x.shape)  # uniform on -32768 .. 32767
     return draws >= round(p * 65536) - 32768
+
+
+class FastDropout(nn.Dropout):
+    """nn.Dropout with its mask from `keep_mask`: zero each value with probability p (rounded
+    to a multiple of 1/65536), scale the others by 1 / (1 - p); off in eval mode or at p = 0."""
+
+    def forward(self, x):
+        if not self.training or self.p == 0.0:
+            return x
+        return x * keep_mask(x, self.p) * (1.0 / (1.0 - self.p))
+
+
+def use_fast_dropout(module):
+    """Swap every nn.Dropout inside `module` for a FastDropout of the same rate, in place (a
+    dropout has no parameters, so state dicts are unchanged); returns `module`."""
+    for parent in list(module.modules()):
+        for name, child in parent.named_children():
+            if type(child) is nn.Dropout:
+                setattr(parent, name, FastDropout(child.p).train(child.training))
+    return module
+
+
+class Packed(lora.BertEncoder):
+    """`encoder` (a lora.BertEncoder) computing on the real tokens only where enough of a batch
+    is padding (`pays_off`), and as itself elsewhere. It holds the very same modules under the
+    same names, so an adapter put into either is in both."""
+
+    def __init__(self, encoder):
+        nn.Module.__init__(self)
+        self.config = encoder.config
+        self.embeddings, self.layers, self.pooler = encoder.embeddings, encoder.layers, encoder.pooler
+        self.has_pretrained_pooler = getattr(encoder, "has_pretrained_pooler", False)
+
+    def forward(self, input_ids, token_type_ids, attention_mask):
+        if not pays_off(attention_mask):
+            return super().forward(input_ids, token_type_ids, attention_mask)
+        x = self.embeddings(input_ids, token_type_ids)  # (B, T, H)
+        return encode_packed(self.layers, x, attention_mask)
+
+
+def speed_up(encoder):
+    """Both tricks on: `encoder`'s dropouts made FastDropouts (in place) and a Packed view of it
+    to run the forward passes of training and scoring through."""
+    return Packed(use_fast_dropout(encoder))

@@ -1,8 +1,9 @@
 """The command line of `python osrm_min.py`: settings (config.py), one run per output folder,
-the model and tokenizer, fingerprints of the input files, the experiment (osrm_min.run), the
-report, and a one-line error with a non-zero exit for anything a user can fix.
+the model and tokenizer, fingerprints of the input files, the experiment (osrm_min.run, handed
+in by osrm_min.main, so that nothing here imports the entry point), the report, and a one-line
+error with a non-zero exit for anything a user can fix.
 
-    python osrm_min.py --tasks sst2,mrpc      # this module's main(), via osrm_min.py
+    python osrm_min.py --tasks sst2,mrpc      # osrm_min.main -> main(argv, inits, run)
 """
 
 import os
@@ -17,18 +18,18 @@ import data
 from pretrained import hub
 import lora
 import merge
-import osrm_min
 from study import report
 from study import resume
 from pretrained import tokenization
 from study.config import ExperimentError
 
 
-def main(argv=None):
-    """The command, with Ctrl-C handled by `interrupted`; its exit code."""
+def main(argv, inits, run):
+    """The command, with Ctrl-C handled by `interrupted`; its exit code. inits: {name: help}
+    of the valid --inits; run(cfg, encoder, tokenizer, inputs) -> results: the experiment."""
     previous = signal.signal(signal.SIGINT, interrupted)
     try:
-        return run_command(argv)
+        return run_command(argv, inits, run)
     finally:
         if signal.getsignal(signal.SIGINT) is interrupted:  # not interrupted: as it was
             signal.signal(signal.SIGINT, previous)
@@ -42,11 +43,11 @@ def interrupted(signum, frame):
     raise KeyboardInterrupt
 
 
-def run_command(argv):
+def run_command(argv, inits, run):
     t0 = time.time()
     try:
-        inits = {name: init.help for name, init in osrm_min.INITS.items()}
         cfg = config.parse_command_line(argv, inits, merge.METHODS)
+        config.locate_inputs(cfg)  # the model and GLUE: found here, or downloaded once
         resume.check_writable(cfg.out, ["results.json", "summary.txt", *report.FIGURES,
                                         *resume.stored_files(cfg)])
         with resume.RunLock(cfg.out):
@@ -58,7 +59,7 @@ def run_command(argv):
             checkpoint.check_tokenizer(cfg.model, encoder.config, tokenizer, any(
                 len(data.TASKS[t].text_columns) > 1 for t in cfg.tasks))
             print(config.banner(cfg), flush=True)
-            results = osrm_min.run(cfg, encoder, tokenizer, fingerprint(cfg))
+            results = run(cfg, encoder, tokenizer, fingerprint(cfg))
             results["wall_time_s"] = round(time.time() - t0, 1)
             report.finish(results)
             resume.write_json_atomic(results, Path(cfg.out) / "results.json")

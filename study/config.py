@@ -203,8 +203,8 @@ def parse_numbers(name, value, kind):
 
 def parse_command_line(argv, inits, merges):
     """A checked Config from the command line (argparse's own usage error for malformed flags;
-    an ExperimentError for a value outside its domain). Paths are resolved: the model is
-    located or downloaded, and GLUE too (hub.py)."""
+    an ExperimentError for a value outside its domain). It only parses: `locate_inputs` finds
+    or fetches the model and GLUE."""
     args = vars(parser(inits, merges).parse_args(argv))
     given = {name: value for name, value in args.items() if value is not None}
     for name in ("model", "data_dir", "out"):
@@ -231,13 +231,20 @@ def parse_command_line(argv, inits, merges):
     cfg = Config(**values)
     cfg.seed = cfg.seeds[0] if cfg.seeds else cfg.seed
     check(cfg, inits, merges)
-    # a local folder, or a hub id fetched once into a cache; GLUE likewise (hub.py)
+    cfg.out = cfg.out or os.path.join("runs", "-".join(cfg.tasks))
+    return cfg
+
+
+def locate_inputs(cfg):
+    """Where the run's inputs are, in place in cfg: the model (a local folder, the installed
+    default, or a hub id fetched once into a cache), GLUE (--data-dir, $GLUE_DIR, or the tasks
+    downloaded once; pretrained/hub.py) and the device. Not part of parsing: it reads the disk
+    and the network."""
     cfg.model = str(hub.resolve_model(cfg.model) if cfg.model else default_model_dir())
     if cfg.data_dir or os.environ.get("GLUE_DIR"):
         cfg.data_dir = str(data.find_data_dir(cfg.data_dir or None))
     else:
         cfg.data_dir = str(hub.download_glue(cfg.tasks))
-    cfg.out = cfg.out or os.path.join("runs", "-".join(cfg.tasks))
     cfg.device = resolve_device(cfg.device)
     return cfg
 

@@ -318,6 +318,31 @@ class Store:
                      "lora": lora_state, "head": head_state, "training": training},
                     self.adapter_path(init, task, cfg.seed))
 
+    def adapter(self, cfg, task, init, uses_osrm, shapes, head, build):
+        """(lora state, training summary) of task's adapter under init: the one saved earlier
+        (its head loaded into `head`) if it is wholly usable, else what `build()` trains
+        (it trains `head` and returns (lora state, training)), saved at once."""
+        saved = self.load_adapter(cfg, task, init, uses_osrm, shapes, head)
+        if saved is not None:
+            return saved
+        t0 = time.time()
+        state, training = build()
+        print(f"{init}/{task}: trained in {time.time() - t0:.0f}s")
+        self.save_adapter(cfg, task, init, uses_osrm, state, head.state_dict(), training)
+        return state, training
+
+    def scored(self, cfg, init, method, lam, tasks, adapters, split, evaluate):
+        """The score rows of `tasks` under (init, method, lam) on `split` ("dev" or "heldout"):
+        those saved earlier from the same settings, inputs and `adapters` (a digest of the
+        adapters in the model) if every task has one, else `evaluate(task)` -> (score,
+        metrics) for each task, saved at once."""
+        rows = [self.scores.get(cfg.seed, init, method, lam, t, adapters, split) for t in tasks]
+        if None in rows:
+            rows = [result_row(cfg.seed, init, method, lam, t, *evaluate(t),
+                               self.row_inputs(cfg.tasks, t), adapters, split) for t in tasks]
+            self.scores.add(rows)
+        return rows
+
 
 def fits(tensors, like):
     """Whether `tensors` is what a fresh run makes, as `like` ({name: (shape, dtype)}) says: the
@@ -339,6 +364,12 @@ def usable_training(training):
             and all(is_a(training.get(k), float) and 0 <= training[k] < math.inf
                     for k in ("loss_start", "loss_end"))
             and is_a(training.get("steps"), int) and training["steps"] >= 1)
+
+
+def adapter_digest(lora_state, head):
+    """A digest of an adapter's A, B and head (tensors_digest): a saved score is reused only
+    beside the very adapters it was computed from."""
+    return tensors_digest({**lora_state, **{f"head.{k}": v for k, v in head.state_dict().items()}})
 
 
 def tensors_digest(tensors):

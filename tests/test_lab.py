@@ -2,6 +2,7 @@
 still raises NotImplementedError is skipped with a message, so the suite passes while a
 student works; a wrong answer fails."""
 
+import osrm_min
 import sys
 from pathlib import Path
 
@@ -76,7 +77,7 @@ def test_load_run_sees_what_the_run_saw(tmp_path, tiny_model):
     from load_run import load
     from conftest import tiny_args, write_tiny_glue
     write_tiny_glue(tmp_path / "glue")
-    assert cli.main(tiny_args(tmp_path, tiny_model, "--inits", "lora,osrm")) == 0
+    assert osrm_min.main(tiny_args(tmp_path, tiny_model, "--inits", "lora,osrm")) == 0
     run = load(tmp_path / "out")
     for reported in run.results["interference_fit"]:
         dW = {t: run.task_vector(reported["init"], t) for t in run.tasks}
@@ -96,6 +97,6 @@ def test_tiny_writes_a_checkpoint_and_data_once(tmp_path, capsys):
     command = capsys.readouterr().out.splitlines()[-1].split()
     assert command[:2] == ["python", "osrm_min.py"]
     from study import cli
-    assert cli.main(command[2:]) == 0  # the command it suggests runs
+    assert osrm_min.main(command[2:]) == 0  # the command it suggests runs
     assert (tmp_path / "t" / "run" / "results.json").exists()
     assert tiny.main([str(tmp_path / "t")]) == 2  # never over an earlier one

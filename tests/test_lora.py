@@ -64,7 +64,7 @@ def test_attention_equals_pytorchs_fused_kernel():
     g = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(2, 3, 5, 4, generator=g, requires_grad=True) for _ in range(3))
     mask = torch.tensor([[True] * 5, [True, True, True, False, False]])  # (B, T)
-    ours = lora.attention(q, k, v, lora.padding_bias(mask, q.dtype))
+    ours = lora.attention(q, k, v, lora.padding_bias(mask, q.dtype), torch.nn.Dropout(0.1).eval())
     grads = torch.autograd.grad(ours.sum(), (q, k, v))
     fused = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None, None, :])
     fused_grads = torch.autograd.grad(fused.sum(), (q, k, v))

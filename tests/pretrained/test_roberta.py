@@ -6,6 +6,7 @@ real BPE vocabulary of tests/pretrained/fixtures/bpe/) and the reference outputs
 made once by tests/pretrained/fixtures/make_roberta_fixture.py in a separate environment.
 """
 
+import osrm_min
 import json
 import shutil
 from pathlib import Path
@@ -17,6 +18,7 @@ import torch
 from study import cli
 from pretrained import tokenization
 from pretrained.checkpoint import load_checkpoint, read_safetensors
+from speed import fastpath
 from conftest import TEST_DEVICE
 from lora import ClassificationHead
 from conftest import tiny_args, write_tiny_glue
@@ -42,11 +44,11 @@ def test_hidden_states_and_logits_match_transformers(unpad):
     assert pooling == "roberta"  # config.json's model_type chooses RoBERTa's own head
     assert encoder.config.layer_norm_eps == 1e-5 and encoder.config.pad_token_id == 1
     encoder.eval()
-    encoder.unpad = unpad  # the packed fast path (this batch is mostly padding) and the plain one
+    model = fastpath.speed_up(encoder) if unpad else encoder  # the packed path and the plain one
     ids, mask = torch.from_numpy(ref["input_ids"]), torch.from_numpy(ref["attention_mask"])
     assert mask.float().mean() < 0.75  # so that unpad=True really takes the packed path
     with torch.no_grad():
-        hidden = encoder(ids, torch.zeros_like(ids), mask)
+        hidden = model(ids, torch.zeros_like(ids), mask)
     err = (hidden - torch.from_numpy(ref["last_hidden_state"])).abs()[mask].max().item()
     assert err < 1e-4, err
 
@@ -90,13 +92,13 @@ def test_positions_count_real_tokens_after_the_padding_index():
 
 def test_roberta_folder_runs_the_whole_experiment(tmp_path, tiny_roberta):
     write_tiny_glue(tmp_path / "glue")
-    assert cli.main(tiny_args(tmp_path, tiny_roberta)) == 0
+    assert osrm_min.main(tiny_args(tmp_path, tiny_roberta)) == 0
     results = json.loads((tmp_path / "out" / "results.json").read_text())
     assert results["config"]["pooling"] == "roberta"
     rows = results["rows"]
     assert len(rows) == 2 * 3 * 2  # inits x (individual, ta, ties) x tasks
     assert all(0 <= r["score"] <= 100 for r in rows)
-    assert cli.main(tiny_args(tmp_path, tiny_roberta, "--max-length", "65")) == 2  # past 64 positions
+    assert osrm_min.main(tiny_args(tmp_path, tiny_roberta, "--max-length", "65")) == 2  # past 64 positions
 
 
 def test_a_training_step_under_bf16_autocast_keeps_fp32_gradients():
@@ -111,10 +113,9 @@ def test_a_training_step_under_bf16_autocast_keeps_fp32_gradients():
     encoder.to(TEST_DEVICE), head.to(TEST_DEVICE)
     ids = torch.from_numpy(ref["input_ids"]).to(TEST_DEVICE)
     mask = torch.from_numpy(ref["attention_mask"]).to(TEST_DEVICE)
-    for unpad in (True, False):
-        encoder.unpad = unpad
+    for model in (fastpath.speed_up(encoder), encoder):
         with torch.autocast(torch.device(TEST_DEVICE).type, dtype=torch.bfloat16):
-            logits = head(encoder(ids, torch.zeros_like(ids), mask), mask)
+            logits = head(model(ids, torch.zeros_like(ids), mask), mask)
             loss = torch.nn.functional.cross_entropy(logits, torch.arange(8, device=TEST_DEVICE) % 3)
         assert logits.dtype == torch.bfloat16 and torch.isfinite(loss)
         loss.backward()

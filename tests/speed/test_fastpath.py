@@ -1,4 +1,4 @@
-"""The speed tricks of fastpath.py, each held to the plain computation it replaces."""
+"""The speed tricks of speed/fastpath.py, each held to the plain computation it replaces."""
 
 import torch
 
@@ -17,10 +17,24 @@ def test_keep_mask_keeps_1_minus_p_and_dropout_rescales():
     # p is rounded to a multiple of 1/65536: 0.1 keeps 1 - 6554/65536 of the values
     rate = fastpath.keep_mask(x, 0.1).float().mean().item()
     assert abs(rate - (1 - 6554 / 65536)) < 0.003
-    y = lora.dropout(x, 0.25, training=True)
+    y = fastpath.FastDropout(0.25)(x)
     assert torch.equal(y != 0, y == 1 / 0.75)  # every value is dropped or scaled by 1 / (1 - p)
     z = torch.randn(5)
-    assert lora.dropout(z, 0.25, training=False) is z and lora.dropout(z, 0.0, True) is z
+    assert fastpath.FastDropout(0.25).eval()(z) is z and fastpath.FastDropout(0.0)(z) is z
+
+
+def test_fast_dropout_replaces_every_dropout_but_keeps_rates_and_state(tiny_model):
+    encoder, _ = checkpoint.load_checkpoint(tiny_model)
+    lora.add_lora(encoder, ("query", "value"), rank=2, alpha=4, dropout=0.05)
+    rates = {n: m.p for n, m in encoder.named_modules() if isinstance(m, torch.nn.Dropout)}
+    state = encoder.state_dict()
+    fast = fastpath.speed_up(encoder)
+    swapped = {n: m for n, m in encoder.named_modules() if isinstance(m, torch.nn.Dropout)}
+    assert all(type(m) is fastpath.FastDropout for m in swapped.values())
+    assert {n: m.p for n, m in swapped.items()} == rates and rates["layers.0.query.lora_dropout"] == 0.05
+    assert fast.state_dict().keys() == state.keys()  # the same parameters, under the same names
+    assert all(fast.state_dict()[k] is not None and torch.equal(fast.state_dict()[k], v) for k, v in state.items())
+    assert dict(fast.named_parameters())["layers.0.query.A"] is dict(encoder.named_parameters())["layers.0.query.A"]
 
 
 def test_keep_mask_draws_differ_between_calls_and_follow_the_seed():
@@ -56,8 +70,7 @@ def test_packed_encoder_equals_the_plain_one_on_a_tiny_model(tiny_model):
     assert fastpath.pays_off(mask)
     ids, mask = ids.to(TEST_DEVICE), mask.to(TEST_DEVICE)
     with torch.no_grad():
-        packed = encoder(ids, torch.zeros_like(ids), mask)
-        encoder.unpad = False
+        packed = fastpath.speed_up(encoder)(ids, torch.zeros_like(ids), mask)
         plain = encoder(ids, torch.zeros_like(ids), mask)
     assert (packed - plain)[mask].abs().max() < 1e-5
     assert (packed[~mask] == 0).all()  # the packed path leaves zeros at the padding
@@ -79,13 +92,12 @@ def test_packed_encoder_equals_the_plain_one_on_the_real_model(minilm_dir):
     encoder.to(TEST_DEVICE)
     ids, types, mask = ids.to(TEST_DEVICE), types.to(TEST_DEVICE), mask.to(TEST_DEVICE)
     results = {}
-    for unpad in (True, False):
-        encoder.unpad = unpad
-        encoder.eval()  # no dropout, so both paths compute the same function
-        hidden = encoder(ids, types, mask)
+    for fast, model in ((True, fastpath.speed_up(encoder)), (False, encoder)):
+        model.eval()  # no dropout, so both paths compute the same function
+        hidden = model(ids, types, mask)
         loss = (hidden[mask] ** 2).mean()
         grads = torch.autograd.grad(loss, [p for p in encoder.parameters() if p.requires_grad])
-        results[unpad] = hidden[mask].detach(), grads
+        results[fast] = hidden[mask].detach(), grads
     (h_fast, g_fast), (h_plain, g_plain) = results[True], results[False]
     assert (h_fast - h_plain).abs().max() < 1e-5
     assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-7) for a, b in zip(g_fast, g_plain))

@@ -6,6 +6,7 @@ The runs use the tiny checkpoint and tiny GLUE files of test_cli.py and stop bef
 where the input is refused, so the table runs in seconds.
 """
 
+import osrm_min
 import json
 import os
 import subprocess
@@ -259,7 +260,7 @@ def test_bad_input_is_one_line_and_a_non_zero_exit(name, setup, first_line, tmp_
     write_tiny_glue(tmp_path / "glue")
     extra = setup(tmp_path, tiny_model, monkeypatch) or []
     try:
-        code = cli.main(tiny_args(tmp_path, tiny_model) + extra)
+        code = osrm_min.main(tiny_args(tmp_path, tiny_model) + extra)
     finally:
         if getattr(held_lock, "lock", None):
             held_lock.lock.__exit__(None, None, None)
@@ -290,7 +291,7 @@ def test_a_link_in_the_output_folder_is_refused_and_what_it_points_to_untouched(
         theirs.write_text("the user's notes")
     (tmp_path / "out").mkdir()
     make(theirs, tmp_path / "out" / name)
-    assert cli.main(tiny_args(tmp_path, tiny_model)) == 2
+    assert osrm_min.main(tiny_args(tmp_path, tiny_model)) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and f"out/{name} is a link" in err[0], err
     assert (list(theirs.iterdir()) == [] if name == "adapters"
@@ -330,7 +331,7 @@ def test_only_the_temporary_files_a_dead_run_left_are_removed(tmp_path):
 
 def test_argparse_keeps_its_usage_error_for_a_malformed_command_line(capsys):
     with pytest.raises(SystemExit) as e:
-        cli.main(["--rank", "eight"])
+        osrm_min.main(["--rank", "eight"])
     assert e.value.code == 2 and "invalid int value: 'eight'" in capsys.readouterr().err
 
 
@@ -340,11 +341,11 @@ def run_twice(tmp_path, tiny_model, capsys, change, extra=()):
     """Run, apply `change`, run again; (first results, second results, second output)."""
     write_tiny_glue(tmp_path / "glue")
     args = tiny_args(tmp_path, tiny_model, "--inits", "lora", "--merges", "ta", *extra)
-    assert cli.main(args) == 0
+    assert osrm_min.main(args) == 0
     first = json.loads((tmp_path / "out" / "results.json").read_text())
     capsys.readouterr()
     change()
-    assert cli.main(args) == 0
+    assert osrm_min.main(args) == 0
     second = json.loads((tmp_path / "out" / "results.json").read_text())
     return first, second, capsys.readouterr().out
 
@@ -360,7 +361,7 @@ def test_a_changed_dev_file_is_evaluated_again_like_a_fresh_run(tmp_path, tiny_m
     first, second, out = run_twice(tmp_path, tiny_model, capsys, positive_only)
     assert "files changed since 2 scores" in out and "loaded the adapter trained earlier" in out
     fresh = tmp_path / "fresh"
-    assert cli.main(tiny_args(tmp_path, tiny_model, "--inits", "lora", "--merges", "ta",
+    assert osrm_min.main(tiny_args(tmp_path, tiny_model, "--inits", "lora", "--merges", "ta",
                               "--out", str(fresh))) == 0
     again = json.loads((fresh / "results.json").read_text())
     assert scores(second) == scores(again) != scores(first)
@@ -424,14 +425,14 @@ def fresh_lora(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("fresh")
     write_tiny_checkpoint(tmp / "tiny-bert")
     write_tiny_glue(tmp / "glue")
-    assert cli.main(tiny_args(tmp, tmp / "tiny-bert", "--inits", "lora", "--merges", "ta")) == 0
+    assert osrm_min.main(tiny_args(tmp, tmp / "tiny-bert", "--inits", "lora", "--merges", "ta")) == 0
     return json.loads((tmp / "out" / "results.json").read_text()), saved_adapters(tmp / "out")
 
 
 def fresh_run(tmp_path, tiny_model, *args):
     """The results and adapters of `args` (tiny_args' extras) in a new --out: what a rerun must give."""
     out = tmp_path / "fresh"
-    assert cli.main(tiny_args(tmp_path, tiny_model, *args, "--out", str(out))) == 0
+    assert osrm_min.main(tiny_args(tmp_path, tiny_model, *args, "--out", str(out))) == 0
     return json.loads((out / "results.json").read_text()), saved_adapters(out)
 
 
@@ -462,8 +463,8 @@ def test_an_adapter_made_from_the_other_tasks_in_order_is_not_reused_in_another_
     order: the adapters of sst2,mrpc,rte are not those of sst2,rte,mrpc."""
     write_rte(write_tiny_glue(tmp_path / "glue"))
     args = ["--inits", init, "--merges", "ta"]
-    assert cli.main(tiny_args(tmp_path, tiny_model, *args, "--tasks", "sst2,mrpc,rte")) == 0
-    assert cli.main(tiny_args(tmp_path, tiny_model, *args, "--tasks", "sst2,rte,mrpc")) == 0
+    assert osrm_min.main(tiny_args(tmp_path, tiny_model, *args, "--tasks", "sst2,mrpc,rte")) == 0
+    assert osrm_min.main(tiny_args(tmp_path, tiny_model, *args, "--tasks", "sst2,rte,mrpc")) == 0
     results, adapters = fresh_run(tmp_path, tiny_model, *args, "--tasks", "sst2,rte,mrpc")
     assert same_adapters(saved_adapters(tmp_path / "out"), adapters)
 
@@ -472,8 +473,8 @@ def test_a_setting_that_changes_a_scores_rounding_is_evaluated_again(tmp_path, t
     """STS-B's correlations move in the fifth digit with the evaluation's batches."""
     write_stsb(write_tiny_glue(tmp_path / "glue"))
     args = ["--tasks", "stsb,sst2", "--inits", "lora", "--merges", "ta"]
-    assert cli.main(tiny_args(tmp_path, tiny_model, *args)) == 0
-    assert cli.main(tiny_args(tmp_path, tiny_model, *args, "--eval-batch-size", "3")) == 0
+    assert osrm_min.main(tiny_args(tmp_path, tiny_model, *args)) == 0
+    assert osrm_min.main(tiny_args(tmp_path, tiny_model, *args, "--eval-batch-size", "3")) == 0
     rerun = json.loads((tmp_path / "out" / "results.json").read_text())
     assert scores(rerun) == scores(fresh_run(tmp_path, tiny_model, *args, "--eval-batch-size", "3")[0])
 
@@ -511,13 +512,13 @@ def test_a_score_is_not_reused_beside_another_adapter(tmp_path, tiny_model, monk
     its B doubled) is scored again, alone and in every merge that holds it."""
     write_tiny_glue(tmp_path / "glue")
     args = tiny_args(tmp_path, tiny_model, "--inits", "lora", "--merges", "ta")
-    assert cli.main(args) == 0
+    assert osrm_min.main(args) == 0
     spoil_adapter(tmp_path, lambda s: s["lora"].update(
         {k: 2 * v for k, v in s["lora"].items() if k.endswith(".B")}))
     calls = []
     evaluate = train.evaluate
     monkeypatch.setattr(train, "evaluate", lambda *a, **k: calls.append(a[2].name) or evaluate(*a, **k))
-    assert cli.main(args) == 0
+    assert osrm_min.main(args) == 0
     assert sorted(calls) == ["mrpc", "sst2", "sst2"]  # sst2 alone, and both tasks merged
 
 
@@ -682,7 +683,7 @@ def test_a_lab_run_without_a_task_layer_or_adapter_names_what_it_has(tmp_path, t
     sys.path.insert(0, str(ROOT / "lab"))
     from load_run import LabError, load
     write_tiny_glue(tmp_path / "glue")
-    assert cli.main(tiny_args(tmp_path, tiny_model, "--inits", "lora", "--merges", "ta")) == 0
+    assert osrm_min.main(tiny_args(tmp_path, tiny_model, "--inits", "lora", "--merges", "ta")) == 0
     run = load(tmp_path / "out")
     for ask, says in [(lambda: run.layer_inputs("stsb", "layers.0.query"), "has no 'stsb', only sst2, mrpc"),
                       (lambda: run.layer_inputs("sst2", "layers.2.value"), "adapts no layer 'layers.2.value'"),

@@ -1,5 +1,6 @@
 """The command line end to end on a tiny checkpoint and tiny GLUE-format data, and bad input."""
 
+import osrm_min
 import importlib.util
 import json
 import subprocess
@@ -16,7 +17,7 @@ from conftest import ROOT, tiny_args, write_tiny_glue
 
 def test_end_to_end_writes_results_and_resumes(tmp_path, tiny_model, capsys):
     write_tiny_glue(tmp_path / "glue")
-    assert cli.main(tiny_args(tmp_path, tiny_model)) == 0
+    assert osrm_min.main(tiny_args(tmp_path, tiny_model)) == 0
     first = json.loads((tmp_path / "out" / "results.json").read_text())
     rows = first["rows"]
     assert len(rows) == 2 * 3 * 2  # inits x (individual, ta, ties) x tasks
@@ -40,18 +41,18 @@ def test_end_to_end_writes_results_and_resumes(tmp_path, tiny_model, capsys):
     assert "constant    -               -     50.00     58.33" in out
 
     # The same command again trains nothing and reproduces every score.
-    assert cli.main(tiny_args(tmp_path, tiny_model)) == 0
+    assert osrm_min.main(tiny_args(tmp_path, tiny_model)) == 0
     out = capsys.readouterr().out
     assert out.count("loaded the adapter trained earlier") == 4
     again = json.loads((tmp_path / "out" / "results.json").read_text())
     assert [r["score"] for r in again["rows"]] == [r["score"] for r in rows]
 
     # A changed OSRM setting retrains the OSRM adapters only; a changed seed retrains all.
-    assert cli.main(tiny_args(tmp_path, tiny_model, "--osrm-samples", "3")) == 0
+    assert osrm_min.main(tiny_args(tmp_path, tiny_model, "--osrm-samples", "3")) == 0
     out = capsys.readouterr().out
     assert out.count("loaded the adapter trained earlier") == 2
     assert "osrm/sst2: settings changed" in out and "osrm/mrpc: settings changed" in out
-    assert cli.main(tiny_args(tmp_path, tiny_model, "--seeds", "7")) == 0
+    assert osrm_min.main(tiny_args(tmp_path, tiny_model, "--seeds", "7")) == 0
     assert capsys.readouterr().out.count("loaded the adapter trained earlier") == 0
 
 
@@ -59,7 +60,7 @@ def test_mean_statistic_averaging_and_pooling_override(tmp_path, tiny_model):
     write_tiny_glue(tmp_path / "glue")
     args = tiny_args(tmp_path, tiny_model, "--inits", "lora,osrm-mean", "--merges", "avg",
                      "--pooling", "mean")
-    assert cli.main(args) == 0
+    assert osrm_min.main(args) == 0
     results = json.loads((tmp_path / "out" / "results.json").read_text())
     assert results["config"]["pooling"] == "mean"
     assert {r["lambda"] for r in results["rows"] if r["merge"] == "avg"} == {0.5}
@@ -70,7 +71,7 @@ def test_lambda_grid_seeds_and_ablations(tmp_path, tiny_model, capsys):
     args = tiny_args(tmp_path, tiny_model, "--inits", "lora,osrm,osrm-frozen,osrm-post",
                      "--merges", "ta,dare-ties", "--lams", "0.5,1.0", "--seeds", "1,2",
                      "--ties-scope", "global")
-    assert cli.main(args) == 0
+    assert osrm_min.main(args) == 0
     results = json.loads((tmp_path / "out" / "results.json").read_text())
     rows = results["rows"]
     # per seed and init: 2 individual scores, and 2 merges x 2 lambdas x 2 tasks
@@ -134,21 +135,21 @@ def test_malformed_rows_are_skipped_and_reported(tmp_path, tiny_model, capsys):
     glue = write_tiny_glue(tmp_path / "glue")
     with open(glue / "SST-2" / "train.tsv", "a") as f:
         f.write("no label column here\nthe movie\tmaybe\n")
-    assert cli.main(tiny_args(tmp_path, tiny_model, "--inits", "lora")) == 0
+    assert osrm_min.main(tiny_args(tmp_path, tiny_model, "--inits", "lora")) == 0
     assert "sst2 train: skipped 2 malformed rows" in capsys.readouterr().out
 
 
 def test_figures_are_drawn_when_matplotlib_is_installed(tmp_path, tiny_model):
     pytest.importorskip("matplotlib")
     write_tiny_glue(tmp_path / "glue")
-    assert cli.main(tiny_args(tmp_path, tiny_model, "--lams", "0.5,1.0")) == 0
+    assert osrm_min.main(tiny_args(tmp_path, tiny_model, "--lams", "0.5,1.0")) == 0
     for name in ("lambda.png", "interference.png", "spectrum.png", "energy.png"):
         assert (tmp_path / "out" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_the_diagnostics_hold_the_spectrum_and_a_random_reference(tmp_path, tiny_model):
     write_tiny_glue(tmp_path / "glue")
-    assert cli.main(tiny_args(tmp_path, tiny_model, "--merges", "ta")) == 0
+    assert osrm_min.main(tiny_args(tmp_path, tiny_model, "--merges", "ta")) == 0
     results = json.loads((tmp_path / "out" / "results.json").read_text())
     for e in results["spectrum"]:
         assert len(e["eigenvalues"]) == 32 and e["eigenvalues"] == sorted(e["eigenvalues"])
@@ -161,21 +162,21 @@ def test_a_rerun_reuses_earlier_scores_and_evaluates_only_what_is_new(tmp_path, 
                                                                        monkeypatch):
     write_tiny_glue(tmp_path / "glue")
     args = tiny_args(tmp_path, tiny_model, "--merges", "ta", "--lams", "0.5")
-    assert cli.main(args) == 0
+    assert osrm_min.main(args) == 0
     first = json.loads((tmp_path / "out" / "results.json").read_text())["rows"]
     calls = []
     evaluate = train.evaluate
     monkeypatch.setattr(train, "evaluate", lambda *a, **k: calls.append(a[2].name) or evaluate(*a, **k))
-    assert cli.main(args) == 0  # everything was scored before: nothing is evaluated
+    assert osrm_min.main(args) == 0  # everything was scored before: nothing is evaluated
     assert calls == []
     assert json.loads((tmp_path / "out" / "results.json").read_text())["rows"] == first
     # one more lambda: only its merged scores are new (2 inits x 2 tasks)
     args[args.index("--lams") + 1] = "0.5,1.0"
-    assert cli.main(args) == 0
+    assert osrm_min.main(args) == 0
     assert len(calls) == 2 * 2
     # a changed setting of the experiment (even one that ta ignores, like TIES's k: the check
     # is conservative) starts the evaluations afresh
-    assert cli.main(args + ["--ties-keep", "0.5"]) == 0
+    assert osrm_min.main(args + ["--ties-keep", "0.5"]) == 0
     assert len(calls) == 4 + 2 * (1 + 2) * 2
 
 
@@ -185,7 +186,7 @@ def test_the_data_aware_merges_write_rows_without_a_lambda_and_are_reused(tmp_pa
     # 8 tiny rows have fewer tokens than the layers' 32 inputs: alpha below 1 keeps RegMean solvable
     args = tiny_args(tmp_path, tiny_model, "--merges", "regmean,fisher,emr", "--lams", "0.5",
                      "--regmean-samples", "8", "--fisher-samples", "4", "--regmean-alpha", "0.9")
-    assert cli.main(args) == 0
+    assert osrm_min.main(args) == 0
     results = json.loads((tmp_path / "out" / "results.json").read_text())
     merged = [r for r in results["rows"] if r["merge"] != "none"]
     assert {(r["init"], r["merge"], r["lambda"]) for r in merged} == {
@@ -196,7 +197,7 @@ def test_the_data_aware_merges_write_rows_without_a_lambda_and_are_reused(tmp_pa
     calls = []
     evaluate = train.evaluate
     monkeypatch.setattr(train, "evaluate", lambda *a, **k: calls.append(a[2].name) or evaluate(*a, **k))
-    assert cli.main(args) == 0
+    assert osrm_min.main(args) == 0
     assert calls == []
     assert json.loads((tmp_path / "out" / "results.json").read_text())["rows"] == results["rows"]
 
@@ -207,7 +208,7 @@ def test_select_on_heldout_picks_lambda_on_held_out_rows_and_pairs_every_init_wi
     args = tiny_args(tmp_path, tiny_model, "--inits", "lora,osrm-own,osrm-mean-random,lora-gaussian",
                      "--merges", "ta,emr", "--lams", "0.5,1.0", "--seeds", "1,2,3",
                      "--select-on", "heldout", "--heldout-samples", "6", "--osrm-skip-ln-direction")
-    assert cli.main(args) == 0
+    assert osrm_min.main(args) == 0
     out = capsys.readouterr().out
     results = json.loads((tmp_path / "out" / "results.json").read_text())
     # the own-task subspace was chosen away from every layer's LayerNorm direction
@@ -252,7 +253,7 @@ def test_select_on_heldout_picks_lambda_on_held_out_rows_and_pairs_every_init_wi
     calls = []
     evaluate = train.evaluate
     monkeypatch.setattr(train, "evaluate", lambda *a, **k: calls.append(a[2].name) or evaluate(*a, **k))
-    assert cli.main(args) == 0
+    assert osrm_min.main(args) == 0
     assert calls == []
 
 
@@ -267,10 +268,10 @@ def test_a_task_missing_a_split_is_carved_only_when_asked(tmp_path, tiny_model, 
     (tmp_path / "glue" / "QNLI" / "dev.tsv").write_text("\n".join(rows) + "\n")
     args = tiny_args(tmp_path, tiny_model, "--tasks", "sst2,qnli", "--inits", "lora,lora-orthonormal,osrm",
                      "--merges", "ta")
-    assert cli.main(args) == 2
+    assert osrm_min.main(args) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "QNLI/train.tsv" in err and "--carve-splits N carves it" in err
-    assert cli.main(args + ["--carve-splits", "12"]) == 0
+    assert osrm_min.main(args + ["--carve-splits", "12"]) == 0
     out = capsys.readouterr().out
     results = json.loads((tmp_path / "out" / "results.json").read_text())
     assert results["carved"] == {"qnli": "train"}
@@ -293,7 +294,7 @@ def test_runs_split_by_init_combine_into_the_report_of_one_run(tmp_path, tiny_mo
     for name, inits in (("one", "lora,osrm"), ("a", "lora"), ("b", "osrm")):
         args = tiny_args(tmp_path, tiny_model, "--inits", inits, *common)
         args[args.index("--out") + 1] = str(tmp_path / name)
-        assert cli.main(args) == 0
+        assert osrm_min.main(args) == 0
         runs[name] = tmp_path / name / "results.json"
     assert report.main([str(runs["a"]), str(runs["b"]), "--out", str(tmp_path / "both")]) == 0
     one = json.loads(runs["one"].read_text())
@@ -306,7 +307,7 @@ def test_runs_split_by_init_combine_into_the_report_of_one_run(tmp_path, tiny_mo
     # runs that differ in more than their inits are refused, in one line
     args = tiny_args(tmp_path, tiny_model, "--inits", "osrm", "--merges", "ta", "--seeds", "4")
     args[args.index("--out") + 1] = str(tmp_path / "c")
-    assert cli.main(args) == 0
+    assert osrm_min.main(args) == 0
     capsys.readouterr()
     assert report.main([str(runs["a"]), str(tmp_path / "c" / "results.json"), "--out",
                         str(tmp_path / "bad")]) == 2
