@@ -40,8 +40,8 @@ import fisher
 import lora
 import merge
 import train
-from extensions.subspaces import (direction_share, layernorm_directions, own_task_subspace,
-                                  random_null_basis, without_direction)
+from extensions.subspaces import (layernorm_directions, own_task_subspace, random_null_basis,
+                                  without_direction)
 from speed import fastpath
 from study import cli, config, record, resume
 from study.config import ExperimentError
@@ -396,37 +396,6 @@ def movement(A_start, A_end, stats, task):
             "others_end": others_end, "overlap": sum(overlap) / len(overlap)}
 
 
-def subspace_diagnostics(seed, rank, stats, measured, subspaces, u):
-    """(energy, spectra): what the reports and figures show about the subspaces, before any
-    training (results.json's "subspace_energy" and "spectrum" entries): for each
-    statistic's A_t (and, for scale, a random orthonormal A) the energy it reads of its own
-    task and of the others' and its share of the LayerNorm direction u, on the rows that
-    fitted A (`stats`, "fit") and on held-out rows (`measured`, "heldout", which is fair to
-    every init: OSRM's A is fitted to the first); and the eigenvalues of S_{-t} in the middle
-    adapted layer, whose `rank` smallest OSRM takes."""
-    tasks = list(stats)
-    g = torch.Generator().manual_seed(seed)
-    random = {t: {n: torch.linalg.qr(torch.randn(s["S"].shape[0], rank, generator=g,
-                                                 dtype=torch.float64))[0].T
-                  for n, s in stats[t].items()} for t in tasks}
-    energy, spectra = [], []
-    for name, by_task in {**subspaces, "random": random}.items():
-        for t, A_init in by_task.items():
-            shares = [direction_share(A, u[n]) for n, A in A_init.items() if n in u]
-            for rows, on in (("fit", stats), ("heldout", measured)):
-                own, others = subspace_energy(A_init, on, t)
-                energy.append({"seed": seed, "stat": name, "task": t, "rows": rows, "own": own,
-                               "others": others,
-                               "ln_share": sum(shares) / len(shares) if shares else None})
-    layers = list(stats[tasks[0]])
-    layer = layers[len(layers) // 2]
-    for t in tasks:
-        S_others = sum(stats[j][layer]["S"] for j in tasks if j != t)
-        spectra.append({"seed": seed, "task": t, "layer": layer, "rank": rank,
-                        "eigenvalues": torch.linalg.eigvalsh(S_others).tolist()})
-    return energy, spectra
-
-
 # 7. The experiment
 
 def run_seed(cfg, encoder, model, tokenizer, store, results):
@@ -449,9 +418,7 @@ def run_seed(cfg, encoder, model, tokenizer, store, results):
     skip = u if cfg.osrm_skip_ln_direction else None
     subspaces = {s: {t: osrm_init(stats, t, cfg.rank, s, skip, cfg.own_eps, cfg.seed) for t in cfg.tasks}
                  for s in dict.fromkeys(INITS[i].statistic for i in cfg.inits if INITS[i].statistic)}
-    energy, spectra = subspace_diagnostics(cfg.seed, cfg.rank, stats, measured, subspaces, u)
-    results["subspace_energy"] += energy
-    results["spectrum"] += spectra
+    record.subspaces(results, cfg.seed, cfg.rank, stats, measured, subspaces, u, subspace_energy)
     trained = {}
     for init in cfg.inits:
         spec = INITS[init]
@@ -474,9 +441,9 @@ def run_seed(cfg, encoder, model, tokenizer, store, results):
                 results["movement"].append({"seed": cfg.seed, "init": init, "task": t,
                                             **movement(A_init, adapters[t].A(), measured, t)})
             with lora.carrying(model, adapters[t].lora, cfg.targets, cfg.rank, cfg.alpha):
-                [row] = scored(model, {t: adapters[t]}, prepared, cfg, store, results, init,
-                               "none", None)
-            record.alone(results, init, t, row)
+                rows = store.evaluate(model, {t: adapters[t]}, prepared, cfg, init, "none", None)
+            record.scores(results, rows)
+            record.alone(results, init, t, rows[0])
         trained[init] = adapters
         task_vectors = {t: a.task_vector(cfg.alpha / cfg.rank) for t, a in adapters.items()}
         heads = {t: a.head for t, a in adapters.items()}
@@ -487,9 +454,9 @@ def run_seed(cfg, encoder, model, tokenizer, store, results):
         for method in cfg.merges:
             for lam in lambdas(cfg, method):
                 t0 = time.time()
-                score = lambda h: {r["task"]: r["score"] for r in scored(
-                    model, {t: adapters[t] for t in h}, prepared, cfg, store, results, init,
-                    method, lam, merged_from=adapters, select=lam is not None)}
+                score = lambda h: record.dev_scores(results, store.evaluate(
+                    model, {t: adapters[t] for t in h}, prepared, cfg, init, method, lam,
+                    merged_from=adapters, select=lam is not None))
                 record.merged(init, method, lam, merged_scores(
                     model, method, lam, task_vectors, heads, statistics, score, cfg), t0)
         # 6. how much each adapter writes on the other tasks' inputs: on held-out rows, and on
@@ -497,33 +464,6 @@ def run_seed(cfg, encoder, model, tokenizer, store, results):
         for key, on in (("interference", measured), ("interference_fit", stats)):
             results[key].append({"seed": cfg.seed, "init": init, "tasks": list(cfg.tasks),
                                  "matrix": interference(task_vectors, on)})
-
-
-def scored(model, adapters, prepared, cfg, store, results, init, method, lam, merged_from=None,
-           select=False):
-    """The dev score rows of the model as it is now, each task of `adapters` with its own head:
-    saved ones where the store has them for the very same adapters (all of `merged_from`'s in a
-    merge), else evaluated. With --select-on heldout and `select` (a merge at one of several
-    lambdas), each task is scored on its held-out training rows too: what picks lambda."""
-    digest = resume.digest({t: resume.adapter_digest(a.lora, a.head)
-                            for t, a in (merged_from or adapters).items()})
-    evaluate = lambda split: lambda t: train.evaluate(
-        model, adapters[t].head, prepared[t]["task"], prepared[t][f"{split}_batches"], cfg.device,
-        evaluation(init, method, lam, t))
-    rows = []
-    for split in ["dev"] + (["heldout"] if select and cfg.select_on == "heldout" else []):
-        found = store.scored(cfg, init, method, lam, list(adapters), digest, split, evaluate(split))
-        record.scores(results, found)
-        rows += [r for r in found if split == "dev"]
-    return rows
-
-
-def evaluation(init, method, lam, task):
-    """An evaluation in words, with what to try if its outputs are not finite (train.predict)."""
-    if method == "none":
-        return f"{init}/{task} alone (check the checkpoint, or try a lower --lr)"
-    at = "" if lam is None else f" at lambda {lam:g} (try a smaller --lams, --lam-ta or --lam-ties)"
-    return f"{init}/{task} merged by {method}{at}"
 
 
 def layer_statistics(encoder, cfg, prepared, rows):

@@ -6,12 +6,18 @@ clipping; and the GLUE metrics on the dev split, with each task's own head.
     score, metrics = evaluate(encoder, head, data.TASKS["sst2"], dev_batches)
 """
 
+import math
+
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
 import data
-from study.config import ExperimentError
+
+
+class TrainingError(Exception):
+    """Training or scoring that cannot go on (a loss, gradient, weight or output that is not
+    finite); the command line prints it as one line."""
 
 
 def to_device(batch, device):
@@ -51,7 +57,7 @@ def finetune(encoder, head, batches_for_epoch, epochs, lr, weight_decay=0.0, war
     The encoder's own weights are frozen (`lora.add_lora`); only A, B and the head learn.
     `batches_for_epoch(e)` returns the batches of epoch e (reshuffled with a seed per epoch).
     On a GPU the forward pass runs in bf16 autocast (`autocast`). A loss, gradient or parameter
-    that stops being finite ends training with an ExperimentError naming the likely cause.
+    that stops being finite ends training with a TrainingError naming the likely cause.
     Returns how the loss moved: the mean over the first and the last quarter of the steps.
     """
     params = [p for p in list(encoder.parameters()) + list(head.parameters()) if p.requires_grad]
@@ -69,41 +75,43 @@ def finetune(encoder, head, batches_for_epoch, epochs, lr, weight_decay=0.0, war
                 batch = to_device(batch, device)
                 with autocast(device):
                     loss = loss_fn(head_outputs(encoder, head, batch), batch["labels"])
-                if not torch.isfinite(loss):
-                    raise diverged(desc, "loss", loss.item(), len(losses), total, lr, batch)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
-                if not torch.isfinite(norm):
-                    raise diverged(desc, "gradient norm", norm.item(), len(losses), total, lr, batch)
+                losses.append(loss.item())
+                # a weight that stopped being finite shows in the next loss; the last step's,
+                # in the check after the loop
+                if not (math.isfinite(losses[-1]) and torch.isfinite(norm)):
+                    raise diverged(desc, "loss" if not math.isfinite(losses[-1]) else "gradient norm",
+                                   len(losses), total, lr, batch)
                 optimizer.step()
                 scheduler.step()
-                if not all(torch.isfinite(p).all() for p in params):
-                    raise diverged(desc, "adapter", "not finite", len(losses), total, lr, batch)
-                losses.append(loss.item())
                 bar.set_postfix(loss=f"{sum(losses[-20:]) / len(losses[-20:]):.4f}", epoch=epoch + 1)
                 bar.update()
+    if not all(torch.isfinite(p).all() for p in params):
+        raise diverged(desc, "adapter", len(losses), total, lr, batch)
     encoder.eval(); head.eval()
     quarter = max(1, len(losses) // 4)
     return {"loss_start": sum(losses[:quarter]) / quarter, "loss_end": sum(losses[-quarter:]) / quarter,
             "steps": len(losses)}
 
 
-def diverged(desc, what, value, step, total, lr, batch):
-    """The error for a training step whose loss, gradients or parameters are not finite."""
-    labels = batch["labels"].float()
-    if step == 0 and what == "loss" and labels.abs().max() <= 1e4:
+def diverged(desc, what, step, total, lr, batch):
+    """The error for a training step whose loss, gradient norm or updated weights are not
+    finite, with its likely cause."""
+    largest = batch["labels"].float().abs().max().item()
+    if largest > 1e4:
+        cause = f"the labels are extreme (up to {largest:.3g} in this batch)"
+    elif step == 1 and what == "loss":
         cause = "the model's outputs are not finite before any update; check the checkpoint"
-    elif labels.abs().max() > 1e4:
-        cause = f"the labels are extreme (up to {labels.abs().max().item():.3g} in this batch)"
     else:
         cause = f"the learning rate is too high for this model; try a lower --lr than {lr:g}"
-    return ExperimentError(f"{desc}: the {what} became {value} at step {step + 1} of {total}: {cause}")
+    return TrainingError(f"{desc}: the {what} became not finite at step {step} of {total}: {cause}")
 
 
 def predict(encoder, head, batches, device="cpu", desc="predict"):
     """Class indices (or scores for STS-B) and gold labels over the batches, as lists. Outputs
-    that are not finite are an ExperimentError naming `desc`: a NaN has no class (argmax
+    that are not finite are a TrainingError naming `desc`: a NaN has no class (argmax
     would call it class 0) and no score."""
     encoder.eval(); head.eval()
     preds, labels = [], []
@@ -112,7 +120,7 @@ def predict(encoder, head, batches, device="cpu", desc="predict"):
             batch = to_device(batch, device)
             logits = head_outputs(encoder, head, batch)
             if not torch.isfinite(logits).all():
-                raise ExperimentError(f"{desc}: the model's outputs are not finite (NaN or inf), "
+                raise TrainingError(f"{desc}: the model's outputs are not finite (NaN or inf), "
                                       f"so nothing can be scored")
             preds += (logits.squeeze(-1) if logits.shape[-1] == 1 else logits.argmax(-1)).tolist()
             labels += batch["labels"].tolist()

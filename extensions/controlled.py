@@ -42,12 +42,13 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from extensions import subspaces
 import lora
+import train
+from extensions import subspaces
+from osrm_min import interference, osrm_subspace, subspace_energy
 from study import report
 from study import resume
 from study.config import ExperimentError
-from osrm_min import interference, osrm_subspace, subspace_energy
 
 INITS = ("lora", "osrm", "osrm-frozen", "osrm-own")
 
@@ -229,7 +230,7 @@ def main(argv=None):
         return 2
     try:  # before the minute of work, not after it
         resume.check_writable(args.out, ["results.json", "controlled.png"])
-    except ExperimentError as e:
+    except (ExperimentError, train.TrainingError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     t0 = time.time()

@@ -1,4 +1,5 @@
 import sys; sys.path[:0] = [".", "lab"]
+
 from load_run import load
 
 run = load("runs/sst2-stsb")              # what exercise 1 wrote

@@ -1,5 +1,7 @@
 import sys; sys.path[:0] = [".", "lab"]
+
 import torch
+
 from extensions import subspaces
 from load_run import load
 

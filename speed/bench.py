@@ -38,15 +38,15 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from pretrained import checkpoint
-from study import config
 import data
 import lora
 import merge
 import osrm_min
-from pretrained import tokenization
 import train
+from pretrained import checkpoint
+from pretrained import tokenization
 from speed import fastpath
+from study import config
 
 
 def set_dropout(encoder, p):
@@ -398,7 +398,8 @@ def main(argv=None):
         model_dir = Path(args.model) if args.model else config.default_model_dir()
         data_dir = data.find_data_dir(args.data_dir)
         results = run(args, model_dir, data_dir)
-    except (data.DataError, checkpoint.CheckpointError, config.ExperimentError) as e:
+    except (data.DataError, checkpoint.CheckpointError, config.ExperimentError,
+            train.TrainingError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except OSError as e:  # a file that cannot be read

@@ -12,15 +12,16 @@ import sys
 import time
 from pathlib import Path
 
-from pretrained import checkpoint
-from study import config
 import data
-from pretrained import hub
 import lora
 import merge
+import train
+from pretrained import checkpoint
+from pretrained import hub
+from pretrained import tokenization
+from study import config
 from study import report
 from study import resume
-from pretrained import tokenization
 from study.config import ExperimentError
 
 
@@ -71,7 +72,8 @@ def run_command(argv, inits, run):
         print(figures)
         print(f"results in {Path(cfg.out) / 'results.json'} and summary.txt")
         return 0
-    except (data.DataError, checkpoint.CheckpointError, hub.DownloadError, ExperimentError) as e:
+    except (data.DataError, checkpoint.CheckpointError, hub.DownloadError, ExperimentError,
+            train.TrainingError) as e:
         print(f"error: {e}", file=sys.stderr)
     except BrokenPipeError:  # the reader of our output has gone (`| head`): leave quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

@@ -7,6 +7,9 @@ know at once (a fine-tune that did not learn, a loss that did not fall).
 import time
 from dataclasses import asdict
 
+import torch
+
+from extensions.subspaces import direction_share
 from study import report, resume
 
 LISTS = report.LISTS  # the lists results.json holds, one entry per seed, init, task, ...
@@ -52,6 +55,41 @@ def scores(results, rows):
     """Score rows (resume.result_row), on dev or on the held-out rows."""
     for r in rows:
         results["rows" if r["split"] == "dev" else "heldout_rows"].append(r)
+
+
+def dev_scores(results, rows):
+    """Record score rows and return {task: score} of those on dev."""
+    scores(results, rows)
+    return {r["task"]: r["score"] for r in rows if r["split"] == "dev"}
+
+
+def subspaces(results, seed, rank, stats, measured, subspaces, u, energy):
+    """What the reports and figures show about the subspaces, before any training: for each
+    statistic's A_t (and, for scale, a random orthonormal A) the energy it reads of its own
+    task and of the others' (`energy`: osrm_min.subspace_energy, handed in, as nothing in
+    study/ imports the entry point) and its share of the LayerNorm direction u, on the rows
+    that fitted A (`stats`, "fit") and on held-out rows (`measured`, "heldout", fair to every
+    init: OSRM's A is fitted to the first); and the eigenvalues of S_{-t} in the middle
+    adapted layer, whose `rank` smallest OSRM takes."""
+    tasks = list(stats)
+    g = torch.Generator().manual_seed(seed)
+    random = {t: {n: torch.linalg.qr(torch.randn(s["S"].shape[0], rank, generator=g,
+                                                 dtype=torch.float64))[0].T
+                  for n, s in stats[t].items()} for t in tasks}
+    for name, by_task in {**subspaces, "random": random}.items():
+        for t, A_init in by_task.items():
+            shares = [direction_share(A, u[n]) for n, A in A_init.items() if n in u]
+            for rows, on in (("fit", stats), ("heldout", measured)):
+                own, others = energy(A_init, on, t)
+                results["subspace_energy"].append({
+                    "seed": seed, "stat": name, "task": t, "rows": rows, "own": own,
+                    "others": others, "ln_share": sum(shares) / len(shares) if shares else None})
+    layers = list(stats[tasks[0]])
+    layer = layers[len(layers) // 2]
+    for t in tasks:
+        S_others = sum(stats[j][layer]["S"] for j in tasks if j != t)
+        results["spectrum"].append({"seed": seed, "task": t, "layer": layer, "rank": rank,
+                                    "eigenvalues": torch.linalg.eigvalsh(S_others).tolist()})
 
 
 def merged(init, method, lam, by_task, since):

@@ -30,8 +30,9 @@ from pathlib import Path
 
 import torch
 
-from study import config
 import data
+import train
+from study import config
 from study.config import ExperimentError
 
 # Everything that shapes one trained adapter; a saved adapter is reused only if all match
@@ -331,6 +332,23 @@ class Store:
         self.save_adapter(cfg, task, init, uses_osrm, state, head.state_dict(), training)
         return state, training
 
+    def evaluate(self, model, adapters, prepared, cfg, init, method, lam, merged_from=None,
+                 select=False):
+        """The dev score rows of the model as it is now, each task of `adapters` with its own
+        head: saved ones where they were computed from the very same adapters (all of
+        `merged_from`'s in a merge), else evaluated (train.evaluate). With --select-on heldout
+        and `select` (a merge at one of several lambdas), the held-out rows' too: what picks
+        lambda."""
+        from_adapters = digest({t: adapter_digest(a.lora, a.head) for t, a in (merged_from or adapters).items()})
+        evaluate = lambda split: lambda t: train.evaluate(
+            model, adapters[t].head, prepared[t]["task"], prepared[t][f"{split}_batches"],
+            cfg.device, evaluation(init, method, lam, t))
+        rows = []
+        for split in ["dev"] + (["heldout"] if select and cfg.select_on == "heldout" else []):
+            rows += self.scored(cfg, init, method, lam, list(adapters), from_adapters,
+                                split, evaluate(split))
+        return rows
+
     def scored(self, cfg, init, method, lam, tasks, adapters, split, evaluate):
         """The score rows of `tasks` under (init, method, lam) on `split` ("dev" or "heldout"):
         those saved earlier from the same settings, inputs and `adapters` (a digest of the
@@ -364,6 +382,14 @@ def usable_training(training):
             and all(is_a(training.get(k), float) and 0 <= training[k] < math.inf
                     for k in ("loss_start", "loss_end"))
             and is_a(training.get("steps"), int) and training["steps"] >= 1)
+
+
+def evaluation(init, method, lam, task):
+    """An evaluation in words, with what to try if its outputs are not finite (train.predict)."""
+    if method == "none":
+        return f"{init}/{task} alone (check the checkpoint, or try a lower --lr)"
+    at = "" if lam is None else f" at lambda {lam:g} (try a smaller --lams, --lam-ta or --lam-ties)"
+    return f"{init}/{task} merged by {method}{at}"
 
 
 def adapter_digest(lora_state, head):

@@ -5,9 +5,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from data import TASKS, DataError, Example, find_data_dir, load_split, make_batches, parse_tasks
-
 from conftest import REAL_GLUE
+from data import TASKS, DataError, Example, find_data_dir, load_split, make_batches, parse_tasks
 
 
 def write(path: Path, text: str, bom=False) -> Path:

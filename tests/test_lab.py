@@ -2,12 +2,13 @@
 still raises NotImplementedError is skipped with a message, so the suite passes while a
 student works; a wrong answer fails."""
 
-import osrm_min
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+
+import osrm_min
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lab"))
 import your_turn  # noqa: E402
@@ -73,7 +74,6 @@ def test_load_run_sees_what_the_run_saw(tmp_path, tiny_model):
     """lab/load_run.py (exercises 2 and 3) rebuilds the layer inputs and task vectors of a saved
     run: the interference it gives by hand, ||dW_t H_j|| / ||dW_j H_j|| from real activations,
     is the matrix the run reported on those rows (interference_fit: the statistics rows)."""
-    from study import cli
     from load_run import load
     from conftest import tiny_args, write_tiny_glue
     write_tiny_glue(tmp_path / "glue")
@@ -96,7 +96,6 @@ def test_tiny_writes_a_checkpoint_and_data_once(tmp_path, capsys):
     assert (tmp_path / "t" / "glue" / "SST-2" / "train.tsv").exists()
     command = capsys.readouterr().out.splitlines()[-1].split()
     assert command[:2] == ["python", "osrm_min.py"]
-    from study import cli
     assert osrm_min.main(command[2:]) == 0  # the command it suggests runs
     assert (tmp_path / "t" / "run" / "results.json").exists()
     assert tiny.main([str(tmp_path / "t")]) == 2  # never over an earlier one

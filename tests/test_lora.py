@@ -2,8 +2,8 @@
 
 import torch
 
-from pretrained import checkpoint
 import lora
+from pretrained import checkpoint
 
 
 def test_lora_linear_computes_w0x_plus_s_BAx():

@@ -7,11 +7,11 @@ the repository); skipped, with the reason, without them.
 import pytest
 import torch
 
-from pretrained import checkpoint
 import data
 import lora
-from pretrained import tokenization
 from conftest import REAL_GLUE as GLUE
+from pretrained import checkpoint
+from pretrained import tokenization
 from train import evaluate, finetune
 
 

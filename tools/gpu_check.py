@@ -37,12 +37,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from speed import bench
-from pretrained import checkpoint
-from study import config
 import lora
-from study import resume
 import train
+from pretrained import checkpoint
+from speed import bench
+from study import config
+from study import resume
 
 ROOT = Path(__file__).resolve().parents[1]
 DEVICE_TESTS = ["tests/pretrained/test_encoder_parity.py", "tests/speed/test_fastpath.py",
@@ -282,7 +282,7 @@ def main(argv=None):
     out = Path(args.out)
     try:  # before the minutes of GPU time, not after
         resume.check_writable(out, ["results.json", "summary.txt"])
-    except config.ExperimentError as e:
+    except (config.ExperimentError, train.TrainingError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     with tempfile.TemporaryDirectory() as tmp:

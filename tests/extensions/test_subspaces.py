@@ -3,15 +3,15 @@
 
 import pytest
 import torch
-
-from pretrained import checkpoint
-import data
-from extensions import subspaces
-import lora
-from pretrained import tokenization
-from conftest import REAL_GLUE
-from osrm_min import osrm_init, osrm_subspace
 from test_osrm import random_second_moment
+
+import data
+import lora
+from conftest import REAL_GLUE
+from extensions import subspaces
+from osrm_min import osrm_init, osrm_subspace
+from pretrained import checkpoint
+from pretrained import tokenization
 
 
 def test_own_task_subspace_solves_the_generalised_eigenproblem():

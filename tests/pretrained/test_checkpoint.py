@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from pretrained import checkpoint
 from conftest import write_tiny_checkpoint
+from pretrained import checkpoint
 from tools.tiny import hf_names, write_safetensors
 
 

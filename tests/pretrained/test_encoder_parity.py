@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pretrained.checkpoint import load_checkpoint
 from conftest import TEST_DEVICE
+from pretrained.checkpoint import load_checkpoint
 
 FIXTURE = Path(__file__).parent / "fixtures" / "encoder_minilm.npz"
 

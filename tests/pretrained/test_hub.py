@@ -1,6 +1,5 @@
 """Downloads of hub models and GLUE, from a real HTTP server on 127.0.0.1 serving files written here."""
 
-import osrm_min
 import http.server
 import io
 import json
@@ -13,9 +12,9 @@ from types import SimpleNamespace
 import pytest
 
 import data
-from pretrained.hub import DownloadError, download_glue, download_model, model_cache_dir, resolve_model
-
+import osrm_min
 from conftest import REAL_GLUE
+from pretrained.hub import DownloadError, download_glue, download_model, model_cache_dir, resolve_model
 
 
 @pytest.fixture
@@ -292,7 +291,6 @@ def test_the_experiment_runs_from_a_hub_id_and_downloaded_glue(hub, glue, tiny_m
                                                                monkeypatch):
     """No local model and no GLUE folder: `--model tiny/bert` comes from the (local) hub and
     CoLA and SST-2 from the (local) GLUE mirror, into the caches, and the whole run goes on."""
-    from study import cli
     hub.put("tiny/bert", {p.relative_to(tiny_model).as_posix(): p.read_bytes()
                           for p in tiny_model.rglob("*") if p.is_file()})
     monkeypatch.delenv("GLUE_DIR", raising=False)

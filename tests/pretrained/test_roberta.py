@@ -6,7 +6,6 @@ real BPE vocabulary of tests/pretrained/fixtures/bpe/) and the reference outputs
 made once by tests/pretrained/fixtures/make_roberta_fixture.py in a separate environment.
 """
 
-import osrm_min
 import json
 import shutil
 from pathlib import Path
@@ -15,13 +14,13 @@ import numpy as np
 import pytest
 import torch
 
-from study import cli
+import osrm_min
+from conftest import TEST_DEVICE
+from conftest import tiny_args, write_tiny_glue
+from lora import ClassificationHead
 from pretrained import tokenization
 from pretrained.checkpoint import load_checkpoint, read_safetensors
 from speed import fastpath
-from conftest import TEST_DEVICE
-from lora import ClassificationHead
-from conftest import tiny_args, write_tiny_glue
 
 FIXTURES = Path(__file__).parent / "fixtures"
 TINY = FIXTURES / "roberta_tiny"

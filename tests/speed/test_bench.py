@@ -7,8 +7,8 @@ from types import SimpleNamespace
 
 import torch
 
-from speed import bench
 from conftest import write_tiny_glue
+from speed import bench
 
 
 def test_step_flops_on_a_worked_case():

@@ -2,10 +2,10 @@
 
 import torch
 
-from pretrained import checkpoint
-from speed import fastpath
 import lora
 from conftest import TEST_DEVICE
+from pretrained import checkpoint
+from speed import fastpath
 
 
 def test_keep_mask_keeps_1_minus_p_and_dropout_rescales():

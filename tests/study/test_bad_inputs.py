@@ -6,7 +6,6 @@ The runs use the tiny checkpoint and tiny GLUE files of test_cli.py and stop bef
 where the input is refused, so the table runs in seconds.
 """
 
-import osrm_min
 import json
 import os
 import subprocess
@@ -17,14 +16,13 @@ import time
 import pytest
 import torch
 
-from study import cli
-from study import report
-from study import resume
+import osrm_min
 import train
 from conftest import ROOT, write_tiny_checkpoint
-from tools.tiny import TINY_WORDS, hf_names, write_safetensors
 from conftest import tiny_args, write_tiny_glue
-
+from study import report
+from study import resume
+from tools.tiny import TINY_WORDS, hf_names, write_safetensors
 
 DEEP_JSON = "[" * 100_000 + "]" * 100_000  # valid JSON that Python's parser cannot nest
 
@@ -564,14 +562,14 @@ def test_a_diverging_update_is_caught_after_the_last_step(tiny_model):
     from pretrained import checkpoint
     import lora
     from train import finetune
-    from study.config import ExperimentError
+    from train import TrainingError
     encoder, _ = checkpoint.load_checkpoint(tiny_model)
     lora.add_lora(encoder, ("query", "value"), 2, 4)
     head = lora.ClassificationHead(32, 2, "cls", 0.0)
     ids = torch.tensor([[2, 7, 8, 3]])
     batch = {"input_ids": ids, "token_type_ids": torch.zeros_like(ids),
              "attention_mask": ids != 0, "labels": torch.tensor([1])}
-    with pytest.raises(ExperimentError, match="the adapter became not finite at step 1 of 1"):
+    with pytest.raises(TrainingError, match="the adapter became not finite at step 1 of 1"):
         finetune(encoder, head, lambda e: [batch], 1, lr=float("inf"), warmup=0.0, progress=False)
 
 

@@ -1,6 +1,5 @@
 """The command line end to end on a tiny checkpoint and tiny GLUE-format data, and bad input."""
 
-import osrm_min
 import importlib.util
 import json
 import subprocess
@@ -9,10 +8,10 @@ import sys
 import pytest
 import torch
 
-from study import cli
-from study import report
+import osrm_min
 import train
 from conftest import ROOT, tiny_args, write_tiny_glue
+from study import report
 
 
 def test_end_to_end_writes_results_and_resumes(tmp_path, tiny_model, capsys):

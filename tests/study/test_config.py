@@ -4,10 +4,10 @@ regression head's start."""
 import pytest
 import torch
 
-from study import config
 import data
 import merge
 import osrm_min
+from study import config
 
 INITS = {name: init.help for name, init in osrm_min.INITS.items()}
 
