@@ -9,7 +9,8 @@ T tasks see inputs x in R^d made of three parts, like the layer inputs of a real
     x = 3 C z_c  +  U_t(rho) z_t  +  0.1 noise
 
 - C z_c: a common part with most of the energy, the same for every task, carrying no label
-  (a real encoder's shared directions, such as the LayerNorm direction of PAPER.md section 7);
+  (a real encoder's shared directions, such as the constant LayerNorm direction of its
+  query and value inputs, extensions/subspaces.layernorm_direction);
 - U_t(rho) z_t: the task's own k-dimensional signal. U_t = P_t (a private subspace of each
   task) when rho = 0, Q (one subspace shared by all) when rho = 1, and in between a mix of the
   two, the same angle for every task; the label is sign(w_t . z_t), a different w_t per task;
@@ -46,7 +47,7 @@ import lora
 import train
 from extensions import subspaces
 from osrm_min import interference, osrm_subspace, subspace_energy
-from study import report
+from study import figures
 from study import resume
 from study.config import ExperimentError
 
@@ -206,7 +207,7 @@ def figure(results, out):
         ax.grid(alpha=0.3)
     axes[2].legend(fontsize=8)
     fig.tight_layout()
-    report.save_figure(fig, out / "controlled.png")
+    figures.save_figure(fig, out / "controlled.png")
     plt.close(fig)
     return f"figure: {out / 'controlled.png'}"
 

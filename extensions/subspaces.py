@@ -1,10 +1,11 @@
 """osrm-min's own additions to OSRM, beyond the paper: each is named as this project's in the
 --inits help and the README, and none changes what the paper's `osrm` computes.
 
-Measured on the default encoder (PAPER.md section 7): OSRM's A_t, where the other tasks'
-inputs have least energy, reads about 0.1% of its own task's input energy, because the tasks
-of one encoder share their low-energy directions, and one of its r directions is a LayerNorm
-direction that carries no information at all. These functions let a run separate the causes:
+On a small shared encoder OSRM's A_t, where the other tasks' inputs have least energy, can
+read almost none of its own task's input energy too (the tasks share their low-energy
+directions), and one of its r directions is a LayerNorm direction that carries no
+information at all (the "input energy" table of a run's summary measures both; results/README.md
+has the numbers). These functions let a run separate the causes:
 
 - `own_task_subspace` (--inits osrm-own): directions with much of task t's own energy and
   little of the others', instead of little of anybody's.

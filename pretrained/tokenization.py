@@ -174,8 +174,8 @@ BLOCK = 1024  # characters of a text read first; most sentences are one block (_
 def _blocks(text: str, cut):
     """text as consecutive blocks, the first about BLOCK characters long and each next one twice
     as long, each ending at `cut(text, i)`, the first place at or after i where the tokenizer
-    may cut text without changing its tokens. A 10 MB text cost 10 s of tokenization, nearly
-    all of it thrown away at max_length; now only the blocks whose tokens are wanted are read."""
+    may cut text without changing its tokens, so that a very long text is read only as far as
+    max_length keeps its tokens."""
     start, size = 0, BLOCK
     while start < len(text):
         end = cut(text, start + size)

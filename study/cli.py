@@ -20,6 +20,8 @@ from pretrained import checkpoint
 from pretrained import hub
 from pretrained import tokenization
 from study import config
+from study import endpoints
+from study import figures
 from study import report
 from study import resume
 from study.config import ExperimentError
@@ -49,7 +51,7 @@ def run_command(argv, inits, run):
     try:
         cfg = config.parse_command_line(argv, inits, merge.METHODS)
         config.locate_inputs(cfg)  # the model and GLUE: found here, or downloaded once
-        resume.check_writable(cfg.out, ["results.json", "summary.txt", *report.FIGURES,
+        resume.check_writable(cfg.out, ["results.json", "summary.txt", *figures.FIGURES,
                                         *resume.stored_files(cfg)])
         with resume.RunLock(cfg.out):
             encoder, pooling = checkpoint.load_checkpoint(cfg.model)
@@ -62,14 +64,14 @@ def run_command(argv, inits, run):
             print(config.banner(cfg), flush=True)
             results = run(cfg, encoder, tokenizer, fingerprint(cfg))
             results["wall_time_s"] = round(time.time() - t0, 1)
-            report.finish(results)
+            endpoints.finish(results)
             resume.write_json_atomic(results, Path(cfg.out) / "results.json")
             text = report.summary(results)
             resume.write_text_atomic(text + "\n", Path(cfg.out) / "summary.txt")
-            figures = report.write_figures(results, cfg.out)
+            drawn = figures.write_figures(results, cfg.out)
         print()
         print(text)
-        print(figures)
+        print(drawn)
         print(f"results in {Path(cfg.out) / 'results.json'} and summary.txt")
         return 0
     except (data.DataError, checkpoint.CheckpointError, hub.DownloadError, ExperimentError,

@@ -1,4 +1,6 @@
-"""The settings of a run: `Config` is the one place where a default is written.
+"""The settings of a run: `Config` holds every setting and its default. (The method's
+functions keep defaults of their own, for use outside a run, e.g. merge.ties's keep=0.2; a
+run always passes Config's.)
 
 Every field is a command-line flag (`rank` is `--rank`, `batch_size` is `--batch-size`), and
 `--help` and the banner a run prints are read from the fields and their help texts. The
@@ -132,10 +134,9 @@ class Config:
 
 # The paper's fine-tuning (section 4.1; the authors' code for RoBERTa): what --full selects.
 PAPER_PROTOCOL = {"train_samples": 0, "epochs": 10, "batch_size": 64, "lr": 4e-4}
-# A teaching lab's run (LAB.md): two tasks that learn quickly on the default model (MRPC
-# barely passes its majority class at small budgets), sized for a 2-core laptop. Batch 8
-# gives twice the steps for the same work: at batch 16, 500 rows leave STS-B's regression
-# undertrained on some seeds (seed 43: 36.8; 67.0 at batch 8).
+# A teaching lab's run (LAB.md): two tasks that learn quickly on the default model, sized for
+# a 2-core laptop; batch 8 gives twice the steps for the same work (LAB.md's instructor notes
+# have the measurements behind both choices).
 LAB_PRESET = {"tasks": ("sst2", "stsb"), "train_samples": 500, "dev_samples": 400, "batch_size": 8}
 LORA_TARGETS = ("query", "key", "value", "attn_out", "ffn_in", "ffn_out")
 CHOICES = {"targets": LORA_TARGETS, "ties_scope": ("tensor", "global"), "select_on": ("dev", "heldout"),

@@ -10,9 +10,9 @@ from dataclasses import asdict
 import torch
 
 from extensions.subspaces import direction_share
-from study import report, resume
+from study import resume, tables
 
-LISTS = report.LISTS  # the lists results.json holds, one entry per seed, init, task, ...
+LISTS = tables.LISTS  # the lists results.json holds, one entry per seed, init, task, ...
 
 
 def new_results(cfg, inputs):
@@ -29,11 +29,11 @@ def data(results, prepared):
 
 def alone(results, init, task, row):
     """A task's score with its own adapter alone; a warning if it is not clearly above what a
-    constant prediction scores (report.clearly_above)."""
+    constant prediction scores (tables.clearly_above)."""
     score, baseline = row["score"], results["baselines"][task]
     print(f"{init}/{task}: individual score {score:.2f}")
-    if not report.clearly_above(score, baseline):
-        print(f"warning: {init}/{task}: {score:.2f} on dev is not {report.LEARNED_MARGIN:g} "
+    if not tables.clearly_above(score, baseline):
+        print(f"warning: {init}/{task}: {score:.2f} on dev is not {tables.LEARNED_MARGIN:g} "
               f"points above a constant prediction's {baseline:.2f}; this fine-tune did not "
               f"clearly learn its task (more --train-samples may help)")
 
@@ -95,7 +95,7 @@ def subspaces(results, seed, rank, stats, measured, subspaces, u, energy):
 def merged(init, method, lam, by_task, since):
     """The line printed after a merge is scored."""
     print(f"{init}/{method}{'' if lam is None else f' (lambda {lam:g})'}: average "
-          f"{report.task_mean(by_task):.2f} ({time.time() - since:.0f}s)")
+          f"{tables.task_mean(by_task):.2f} ({time.time() - since:.0f}s)")
 
 
 def merge_statistics(results, seed, init, names, seconds):

@@ -234,10 +234,10 @@ def default_command(device, out, dry_run, tiny):
     if done.returncode != 0:
         return {"passed": False, "wall_s": wall, "error": done.stderr.strip()[-2000:]}
     results = json.loads((out / "default" / "results.json").read_text())
-    from study import report
+    from study import tables
     table = {f"{init}/{merge}": {"lambda": lam, "average": sum(avg) / len(avg),
                                  **{t: sum(v) / len(v) for t, v in by_task.items()}}
-             for init, merge, lam, by_task, avg, _ in report.headline(results)}
+             for init, merge, lam, by_task, avg, _ in tables.headline(results)}
     return {"passed": True, "wall_s": wall, "table": table}
 
 

@@ -20,6 +20,7 @@ import osrm_min
 import train
 from conftest import ROOT, write_tiny_checkpoint
 from conftest import tiny_args, write_tiny_glue
+from study import figures
 from study import report
 from study import resume
 from tools.tiny import TINY_WORDS, hf_names, write_safetensors
@@ -303,7 +304,7 @@ def test_a_figure_replaces_a_link_at_its_path_instead_of_writing_through_it(tmp_
     theirs = tmp_path / "theirs.png"
     theirs.write_bytes(b"the user's picture")
     os.symlink(theirs, tmp_path / "lambda.png")
-    report.save_figure(Figure(), tmp_path / "lambda.png")
+    figures.save_figure(Figure(), tmp_path / "lambda.png")
     assert theirs.read_bytes() == b"the user's picture"
     assert (tmp_path / "lambda.png").read_bytes() == b"\x89PNG"
 

@@ -12,6 +12,7 @@ import osrm_min
 import train
 from conftest import ROOT, tiny_args, write_tiny_glue
 from study import report
+from study import tables
 
 
 def test_end_to_end_writes_results_and_resumes(tmp_path, tiny_model, capsys):
@@ -218,8 +219,8 @@ def test_select_on_heldout_picks_lambda_on_held_out_rows_and_pairs_every_init_wi
     assert {(r["init"], r["merge"], r["lambda"], r["split"]) for r in held} == {
         (i, "ta", lam, "heldout") for i in ("lora", "osrm-own", "osrm-mean-random", "lora-gaussian")
         for lam in (0.5, 1.0)}
-    curves = report.lambda_curves(results, "heldout")
-    for (init, merge), lam in report.best_lambdas(results).items():
+    curves = tables.lambda_curves(results, "heldout")
+    for (init, merge), lam in tables.best_lambdas(results).items():
         if merge == "ta":
             assert lam == max(curves[init, merge], key=lambda x: sum(curves[init, merge][x]))
     assert "lambda picked on dev (the paper's way)" in out
@@ -227,7 +228,7 @@ def test_select_on_heldout_picks_lambda_on_held_out_rows_and_pairs_every_init_wi
     paired = {(e["init"], e["merge"]): e for e in results["paired"]}
     assert set(paired) == {(i, m) for i in ("osrm-own", "osrm-mean-random", "lora-gaussian")
                            for m in ("none", "ta", "emr")}
-    table = report.headline(results)
+    table = tables.headline(results)
     avg = {(i, m): a for i, m, _, _, a, _ in table}
     e = paired["osrm-own", "ta"]
     assert e["differences"] == pytest.approx([x - y for x, y in zip(avg["osrm-own", "ta"], avg["lora", "ta"])])

@@ -2,7 +2,9 @@
 
 import pytest
 
+from study import endpoints
 from study import report
+from study import tables
 
 
 def results_with(cola_alone_by_seed):
@@ -41,7 +43,7 @@ def test_normalised_is_na_when_an_individual_score_is_not_positive():
 def test_t_quantile_matches_the_tables():
     # Student's t, two-sided 95%: 12.7062 (1 df), 4.3027 (2 df), 2.2622 (9 df); large df: 1.96
     for df, value in ((1, 12.706205), (2, 4.302653), (9, 2.262157), (1000, 1.962339)):
-        assert abs(report.t_quantile(0.975, df) - value) < 2e-6
+        assert abs(endpoints.t_quantile(0.975, df) - value) < 2e-6
 
 
 def test_paired_differences_and_their_interval_on_a_worked_case():
@@ -52,14 +54,14 @@ def test_paired_differences_and_their_interval_on_a_worked_case():
             rows += [dict(seed=seed, init=init, merge="none", task=t, score=score, **{"lambda": None})
                      for t in ("a", "b")]
     config = dict(tasks=["a", "b"], seeds=[1, 2, 3], inits=["lora", "osrm"], merges=[])
-    [entry] = report.paired({"config": config, "rows": rows, "interference": []})
+    [entry] = endpoints.paired({"config": config, "rows": rows, "interference": []})
     assert entry["differences"] == [-1.0, 0.0, -2.0]
     # mean -1, sample sd 1, half-width 4.302653 / sqrt(3) = 2.484138
     assert entry["mean"] == -1.0
     assert abs(entry["low"] - (-1 - 2.484138)) < 1e-5 and abs(entry["high"] - (-1 + 2.484138)) < 1e-5
     one_seed = {"config": dict(config, seeds=[1]), "rows": [r for r in rows if r["seed"] == 1],
                 "interference": []}
-    [entry] = report.paired(one_seed)
+    [entry] = endpoints.paired(one_seed)
     assert entry["low"] is None and "no interval (one seed)" in report.format_paired(one_seed)
 
 
@@ -72,7 +74,7 @@ def test_failed_finetunes_are_named_and_marked_in_the_table():
                  dict(seed=seed, init="lora", merge="none", task="sst2", score=sst2, **{"lambda": None})]
     results = {"config": dict(tasks=["sst2", "stsb"], seeds=[1, 2, 3], inits=["lora"], merges=[]),
                "rows": rows, "interference": [], "baselines": {"sst2": 50.0, "stsb": 0.0}}
-    failed = report.failed_finetunes(results)
+    failed = tables.failed_finetunes(results)
     assert [(seed, task) for seed, _, task, _ in failed] == [(3, "stsb"), (3, "sst2")]
     assert "half-way" in failed[0][3] and "not 5 points above" in failed[1][3]
     lines = report.format_table(results).splitlines()
@@ -109,16 +111,16 @@ def three_seed_merges(lams=(0.2, 0.5, 1.0)):
 
 def test_lambda_spread_is_best_minus_worst_per_seed_and_is_paired_against_lora():
     results = three_seed_merges()
-    spread = report.lambda_spread(results)
+    spread = endpoints.lambda_spread(results)
     assert spread == {("lora", "ta"): [10.0, 8.0, 10.0], ("osrm", "ta"): [2.0, 2.0, 3.0]}
-    [entry] = report.paired_spread(results)
+    [entry] = endpoints.paired_spread(results)
     assert entry["differences"] == [-8.0, -6.0, -7.0]
     # mean -7, sd 1, half-width 4.302653 / sqrt(3) = 2.484138
     assert abs(entry["low"] - (-7 - 2.484138)) < 1e-5 and abs(entry["high"] - (-7 + 2.484138)) < 1e-5
 
 
 def test_the_primary_endpoint_is_the_paired_reduction_in_merging_cost():
-    [entry] = report.cost_reduction(three_seed_merges())
+    [entry] = endpoints.cost_reduction(three_seed_merges())
     # plain LoRA loses 80-70, 81-71, 82-72 = 10 each by merging (TA at 0.5); OSRM 76-73 = 3,
     # 77.5-74 = 3.5 and 78-76 = 2: a reduction of 7, 6.5 and 8 points
     assert entry["baseline_cost"] == [10.0, 10.0, 10.0] and entry["cost"] == [3.0, 3.5, 2.0]
@@ -132,7 +134,7 @@ def test_the_primary_endpoint_is_the_paired_reduction_in_merging_cost():
 
 
 def test_claims_read_each_interval_against_its_rule():
-    claims = {c["claim"][0]: c for c in report.claims(three_seed_merges())}
+    claims = {c["claim"][0]: c for c in endpoints.claims(three_seed_merges())}
     # 1: merged (TA at the best lambda 0.5): osrm - lora = +3, +3, +4: interval above 0
     assert claims["1"]["mean"] == 10 / 3 and claims["1"]["verdict"] == "held"
     # 2: alone: -4, -3.5, -4; 90% interval -3.833 +- 2.919986 * 0.288675 / sqrt(3) =
@@ -147,10 +149,10 @@ def test_claims_read_each_interval_against_its_rule():
 
 def test_claim_three_is_not_testable_where_the_best_lambda_is_at_the_grids_edge():
     results = three_seed_merges(lams=(0.5, 1.0))  # 0.5, the best, is now the smallest
-    assert report.interior_best(results, "lora", "ta") == (False, 0.5)
-    [claim3] = [c for c in report.claims(results) if c["claim"].startswith("3")]
+    assert endpoints.interior_best(results, "lora", "ta") == (False, 0.5)
+    [claim3] = [c for c in endpoints.claims(results) if c["claim"].startswith("3")]
     assert claim3["verdict"].startswith("not testable here")
-    assert report.interior_best(three_seed_merges(), "lora", "ta") == (True, 0.5)
+    assert endpoints.interior_best(three_seed_merges(), "lora", "ta") == (True, 0.5)
 
 
 @pytest.mark.parametrize("low, high, verdict", [
@@ -160,7 +162,7 @@ def test_claim_three_is_not_testable_where_the_best_lambda_is_at_the_grids_edge(
     (-0.5, 1.5, "inconclusive"),   # holds 0 and gains above the margin
 ])
 def test_claim_one_rule(low, high, verdict):
-    assert report.claim_merged(low, high) == verdict
+    assert endpoints.claim_merged(low, high) == verdict
 
 
 @pytest.mark.parametrize("low90, high90, verdict", [
@@ -171,20 +173,20 @@ def test_claim_one_rule(low, high, verdict):
     (1.2, 2.0, "better by over a point"),
 ])
 def test_claim_two_is_an_equivalence_test(low90, high90, verdict):
-    assert report.claim_alone(low90, high90) == verdict
+    assert endpoints.claim_alone(low90, high90) == verdict
 
 
 @pytest.mark.parametrize("low, high, verdict", [
     (-3.0, -0.1, "held"), (0.2, 1.0, "not held"), (-1.0, 1.0, "inconclusive")])
 def test_claim_three_rule(low, high, verdict):
-    assert report.claim_flatter(low, high) == verdict
+    assert endpoints.claim_flatter(low, high) == verdict
 
 
 def test_one_seed_prints_one_line_for_the_claims_and_no_run_together_columns():
     one = three_seed_merges()
     one["config"]["seeds"] = [1]
     one["rows"] = [r for r in one["rows"] if r["seed"] == 1]
-    assert report.claims(one) == []
+    assert endpoints.claims(one) == []
     text = report.summary(one)
     assert "they need 3 or more --seeds (this run has 1)" in text
     assert "(one seed)no" not in text and ")no interval" not in text
@@ -196,6 +198,6 @@ def test_one_seed_prints_one_line_for_the_claims_and_no_run_together_columns():
 def test_standard_errors_of_a_score_on_held_out_rows():
     # accuracy 0.8 on 400 rows: sqrt(0.8 * 0.2 / 400) = 0.02; Pearson/Spearman 0.8 on 401:
     # (1 - 0.64) / sqrt(400) = 0.018
-    assert abs(report.score_error({"accuracy": 0.8}, 400) - 2.0) < 1e-12
-    assert abs(report.score_error({"accuracy": 0.8, "f1": 0.9}, 400) - 2.0) < 1e-12
-    assert abs(report.score_error({"pearson": 0.79, "spearman": 0.81}, 401) - 1.8) < 1e-12
+    assert abs(endpoints.score_error({"accuracy": 0.8}, 400) - 2.0) < 1e-12
+    assert abs(endpoints.score_error({"accuracy": 0.8, "f1": 0.9}, 400) - 2.0) < 1e-12
+    assert abs(endpoints.score_error({"pearson": 0.79, "spearman": 0.81}, 401) - 1.8) < 1e-12
