@@ -5,7 +5,7 @@ This is the data side of the paper's experimental protocol: the 8 GLUE tasks
 Understanding"), scored on the dev split (MNLI: matched), STS-B as regression, max length 128,
 and the metrics x100: CoLA Matthews correlation; SST-2, MNLI, QNLI, RTE accuracy; MRPC and QQP
 the mean of accuracy and F1; STS-B the mean of Pearson and Spearman correlation. The
-tokenizers that turn the text into ids are in tokenization.py.
+tokenizers that turn the text into ids are in pretrained/tokenization.py.
 
     from data import TASKS, find_data_dir, load_split, encode_examples, make_batches
     examples, n_skipped = load_split(TASKS["mrpc"], "dev", find_data_dir(None))
@@ -297,7 +297,7 @@ def prepare_tasks(names, data_dir, tokenizer, n_train, seed, max_length, k, eval
 
 
 def encode_examples(tokenizer, examples: list, max_length: int) -> list:
-    """Tokenize once (a tokenizer of tokenization.py): [(input_ids, token_type_ids, label), ...]."""
+    """Tokenize once (a tokenizer of pretrained/tokenization.py): [(input_ids, token_type_ids, label), ...]."""
     return [(*tokenizer.encode(ex.text_a, ex.text_b, max_length), ex.label) for ex in examples]
 
 

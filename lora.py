@@ -12,7 +12,7 @@ per-task heads. Read it top to bottom:
    token type, and LayerNorm eps 1e-5.
 3. `ClassificationHead`: one per task, never merged.
 
-Real pretrained weights are loaded by checkpoint.py; the parameter names here follow Hugging
+Real pretrained weights are loaded by pretrained/checkpoint.py; the parameter names here follow Hugging
 Face's `BertModel` through its small rename table.
 
 This is the plain computation: every position of a padded batch, F.dropout's masks. The

@@ -19,8 +19,9 @@ Model Merging" (ACL 2025), in the order of this file:
    own head; RegMean and Fisher merging first read `merge_statistics` from each model.
 6. `interference`: how much each adapter writes on the other tasks' inputs,
    ||dW_t H_j|| / ||dW_j H_j||, from the same statistics; `subspace_energy`.
-7. `run_seed`: the experiment, top to bottom, and `run`, seed by seed. The command line is in
-   cli.py, the settings in config.py, resuming in resume.py, the tables in report.py.
+7. `run_seed`: the experiment, top to bottom, and `run`, seed by seed. What wraps it lives in
+   study/: the settings (config.py), the command line (cli.py), saved adapters and scores
+   (resume.py), what a run records and says (record.py), the report (report.py).
 """
 
 import signal

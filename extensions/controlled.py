@@ -1,8 +1,8 @@
 """When OSRM's mechanism works and when it cannot: a controlled experiment (this project's own,
 not the paper's), small enough for a lab: about a minute on 2 CPU cores.
 
-    python controlled.py                          # the table; results in runs/controlled/
-    python controlled.py --overlaps 0,1 --seeds 42
+    python -m extensions.controlled                          # the table; results in runs/controlled/
+    python -m extensions.controlled --overlaps 0,1 --seeds 42
 
 T tasks see inputs x in R^d made of three parts, like the layer inputs of a real encoder:
 

@@ -1,7 +1,7 @@
 """How fast osrm-min fine-tunes and evaluates on this machine, against transformers + PEFT.
 
-    python bench.py            # a table (about 3 minutes on 2 CPU cores, 6 with the comparison)
-    python bench.py --json     # the same numbers as JSON
+    python -m speed.bench            # a table (about 3 minutes on 2 CPU cores, 6 with the comparison)
+    python -m speed.bench --json     # the same numbers as JSON
 
 On the default model and real SST-2 sentences it measures:
 

@@ -303,7 +303,7 @@ def combine(parts):
 
 
 def main(argv=None):
-    """python report.py RUN/results.json [RUN2/results.json ...] [--out DIR]: print the summary
+    """python -m study.report RUN/results.json [RUN2/results.json ...] [--out DIR]: print the summary
     and draw the figures again; several runs that differ only in --inits are combined into one
     report, written with its results.json into --out."""
     import argparse

@@ -1,8 +1,8 @@
 """A prepared GPU check: verify and measure osrm-min's CUDA path with one command.
 
-    bash gpu_check.sh                 # on a GPU machine: the README's set-up, then this script
-    python gpu_check.py               # the check alone, in an environment that is already set up
-    python gpu_check.py --dry-run     # every step on the CPU with a tiny checkpoint and tiny data
+    bash tools/gpu_check.sh                 # on a GPU machine: the README's set-up, then this script
+    python -m tools.gpu_check               # the check alone, in an environment that is already set up
+    python -m tools.gpu_check --dry-run     # every step on the CPU with a tiny checkpoint and tiny data
 
 GPU time is scarce, so everything is prepared here and the minutes go to measuring. Steps, each
 timed, with a budget of about 8 minutes on one GPU in all:

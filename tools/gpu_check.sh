@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU check in one command, on a fresh GPU machine with the repository and pip access:
-# the README's set-up in its own environment (.venv-gpu), then gpu_check.py (about 8 minutes).
+# the README's set-up in its own environment (.venv-gpu), then tools/gpu_check.py (about 8 minutes).
 # requirements.txt pins torch==2.13.0; on Linux x86_64 the PyPI wheel of that version is the
 # CUDA build (its CUDA runtime comes as nvidia-* wheels), so no extra index is needed; this
 # workplace's CPU machines get a CPU wheel from a local index instead.

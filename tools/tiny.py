@@ -1,7 +1,7 @@
 """A tiny random BERT checkpoint and tiny GLUE-format data: the project's tests run on them,
 gpu_check.py's dry run does, and so can anyone checking a set-up in seconds (LAB.md):
 
-    python tiny.py /tmp/tiny      # writes /tmp/tiny/model and /tmp/tiny/glue, prints a command
+    python -m tools.tiny /tmp/tiny      # writes /tmp/tiny/model and /tmp/tiny/glue, prints a command
 
 The checkpoint is a real Hugging Face format folder (config.json, vocab.txt,
 model.safetensors) with random weights; the data is SST-2 and MRPC in the GLUE layout, with
@@ -93,7 +93,7 @@ def write_safetensors(tensors, path):
 
 def main(argv):
     if len(argv) != 1:
-        print("usage: python tiny.py FOLDER  (writes FOLDER/model and FOLDER/glue)", file=sys.stderr)
+        print("usage: python -m tools.tiny FOLDER  (writes FOLDER/model and FOLDER/glue)", file=sys.stderr)
         return 2
     folder = Path(argv[0])
     if (folder / "model").exists() or (folder / "glue").exists():
