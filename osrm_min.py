@@ -24,6 +24,7 @@ Model Merging" (ACL 2025), in the order of this file:
    (resume.py), what a run records and says (record.py), the report (report.py).
 """
 
+import contextlib
 import signal
 import sys
 
@@ -43,7 +44,7 @@ import merge
 import train
 from extensions.subspaces import (layernorm_directions, own_task_subspace, random_null_basis,
                                   without_direction)
-from speed import fastpath
+from speed import fastpath, parallel
 from study import cli, config, record, resume
 from study.config import ExperimentError
 
@@ -229,7 +230,7 @@ def new_head(encoder, task, cfg, train_rows=()):
     return head.to(cfg.device)
 
 
-def build_adapter(model, head, A_init, train_A, task_data, cfg, desc):
+def build_adapter(model, head, A_init, train_A, task_data, cfg, desc, progress=True):
     """Fine-tune a fresh adapter on one task (section 3 of the paper, then its fine-tuning):
     every adapted layer starts from A = A_init[layer] and B = 0, A trainable or not
     (`train_A`), with the task's `head`; task_data: data.prepare_tasks's entry of the task.
@@ -243,7 +244,7 @@ def build_adapter(model, head, A_init, train_A, task_data, cfg, desc):
                                               pad_id=task_data["pad_id"])
     torch.manual_seed(seed)  # dropout masks
     training = train.finetune(model, head, batches, cfg.epochs, cfg.lr, cfg.weight_decay,
-                              cfg.warmup, cfg.max_grad_norm, cfg.device, desc=desc)
+                              cfg.warmup, cfg.max_grad_norm, cfg.device, desc, progress)
     state = lora.lora_state(model)
     lora.remove_lora(model)
     return state, training
@@ -253,6 +254,16 @@ def osrm_post(A, B, A_osrm):
     """The post-hoc variant (the authors' post_OSRM): a trained adapter dW = s B A becomes
     dW A_o^T A_o, no training. That is again a rank-r adapter, (A', B') = (A_o, B A A_o^T)."""
     return A_osrm.clone(), B @ (A @ A_osrm.T)
+
+
+def train_job(model, job):
+    """One fine-tune in a worker process (speed/parallel.py): job = (cfg, init, task, A_init,
+    the task's prepared data); returns (lora state, head state, training summary)."""
+    cfg, init, task, A_init, task_data = job
+    head = fastpath.use_fast_dropout(new_head(model, task_data["task"], cfg, task_data["train"]))
+    state, training = build_adapter(model, head, A_init, INITS[init].train_A, task_data, cfg,
+                                    f"{init}/{task}", progress=False)
+    return state, head.state_dict(), training
 
 
 def post_hoc_adapter(plain, A_osrm):
@@ -399,12 +410,13 @@ def movement(A_start, A_end, stats, task):
 
 # 7. The experiment
 
-def run_seed(cfg, encoder, model, tokenizer, store, results):
+def run_seed(cfg, encoder, model, tokenizer, store, results, workers=None):
     """Everything for one seed, in the order of the method: statistics, subspaces, every init's
     adapters (scored alone), every merge at every lambda, the interference. `model` is the
     encoder with the speed tricks on (speed/fastpath.py), for training and scoring; `store`
     (study/resume.py) reuses what an earlier run saved; results (study/record.py) collects
-    what results.json holds."""
+    what results.json holds; with `workers` (speed/parallel.Workers) the fine-tunes run side by
+    side first."""
     prepared = data.prepare_tasks(cfg.tasks, cfg.data_dir, tokenizer, config.train_rows(cfg), cfg.seed,
                                   cfg.max_length, cfg.osrm_samples, cfg.eval_batch_size,
                                   cfg.heldout_samples if cfg.select_on == "heldout" else 0,
@@ -420,6 +432,13 @@ def run_seed(cfg, encoder, model, tokenizer, store, results):
     subspaces = {s: {t: osrm_init(stats, t, cfg.rank, s, skip, cfg.own_eps, cfg.seed) for t in cfg.tasks}
                  for s in dict.fromkeys(INITS[i].statistic for i in cfg.inits if INITS[i].statistic)}
     record.subspaces(results, cfg.seed, cfg.rank, stats, measured, subspaces, u, subspace_energy)
+    if workers is not None:  # 3-4 side by side: the fine-tunes the store lacks; the loop then loads them
+        jobs = [(cfg, init, t, initial_A(encoder, init, t, cfg, subspaces), prepared[t])
+                for init in cfg.inits if not INITS[init].post_hoc for t in cfg.tasks
+                if not store.has_adapter(cfg, t, init, INITS[init].statistic is not None)]
+        save = lambda job, out: store.save_adapter(cfg, job[2], job[1], INITS[job[1]].statistic
+                                                   is not None, *out)
+        workers.train(jobs, train_job, save)
     trained = {}
     for init in cfg.inits:
         spec = INITS[init]
@@ -492,9 +511,11 @@ def run(cfg, encoder, tokenizer, inputs):
     model = fastpath.speed_up(encoder)  # the same modules; the speed tricks switched on
     store = resume.Store(cfg, inputs)
     results = record.new_results(cfg, inputs)
-    for seed in cfg.seeds:
-        print(f"seed {seed}")
-        run_seed(replace(cfg, seed=seed), encoder, model, tokenizer, store, results)
+    n = parallel.workers(cfg)
+    with parallel.Workers(cfg, n) if n > 1 else contextlib.nullcontext() as workers:
+        for seed in cfg.seeds:
+            print(f"seed {seed}")
+            run_seed(replace(cfg, seed=seed), encoder, model, tokenizer, store, results, workers)
     return results
 
 

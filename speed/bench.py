@@ -3,13 +3,15 @@
     python -m speed.bench            # a table (about 3 minutes on 2 CPU cores, 6 with the comparison)
     python -m speed.bench --json     # the same numbers as JSON
 
-On the default model and real SST-2 sentences it measures:
+On the default model and real GLUE text it measures, with the model's own dropout (0.1):
 
-- training: LoRA rank 8, alpha 16, LoRA dropout 0 on query and value, batch 32, max length 128,
-  each batch padded to its longest sentence, AdamW lr 4e-4; a few warm-up steps, then `--steps`
-  timed steps, repeated `--repeats` times (the median repeat is reported). Once with the model's
-  own dropout (0.1 for BERT) and once without dropout.
-- evaluation: SST-2 dev under inference mode, in file order.
+- first, the default run's own workload (`python osrm_min.py`'s settings): training steps on
+  its SST-2 and MRPC batches (16 rows cut from length-sorted chunks of the seeded training
+  subset, so little padding) and its evaluation of both dev sets (length-sorted batches of
+  128); then, for comparison, what an ungrouped loop does: random SST-2 batches of 32 (about
+  two thirds padding) and SST-2 dev in file order. LoRA rank 8, alpha 16 on query and value,
+  AdamW lr 4e-4; `--warmup` untimed steps, then `--steps` timed ones, `--repeats` times (the
+  median repeat is reported);
 - the OSRM overhead: layer statistics on 100 examples of each of two tasks plus the subspaces,
   as a fraction of one default fine-tuning run (`python osrm_min.py`'s settings; its time is
   estimated from the step time on a sample of its own batches).
@@ -188,24 +190,42 @@ def summarise(times, batches):
     return out
 
 
-def bench_sides(sides, train_batches, warm, dev_batches, repeats, dropouts):
-    """Training throughput per dropout, then evaluation throughput, for each side."""
-    out = {"train": {}}
-    for dropout in dropouts:
-        built = {}
-        for name, make in sides.items():
-            torch.manual_seed(0)
-            built[name] = make(dropout)
-        times = round_robin({n: s.train_step for n, s in built.items()}, warm, train_batches,
-                            repeats)
-        out["train"][f"dropout {dropout:g}"] = summarise(times, train_batches)
-        print(f"  training, dropout {dropout:g}: {out['train'][f'dropout {dropout:g}']}",
-              file=sys.stderr, flush=True)
-    times = round_robin({n: s.eval_step for n, s in built.items()}, dev_batches[:1], dev_batches,
-                        repeats)
-    out["eval"] = summarise(times, dev_batches)
-    print(f"  evaluation: {out['eval']}", file=sys.stderr, flush=True)
+def bench_sides(sides, workloads, repeats, dropout):
+    """{workload: throughput of each side}: every side trains on (or scores) the very same
+    batches in turn; workloads: {name: ("train" or "eval", warm-up batches, timed batches)}."""
+    built = {}
+    for name, make in sides.items():
+        torch.manual_seed(0)
+        built[name] = make(dropout)
+    out = {}
+    for label, (kind, warm, batches) in workloads.items():
+        steps = {n: s.train_step if kind == "train" else s.eval_step for n, s in built.items()}
+        out[label] = summarise(round_robin(steps, warm, batches, repeats), batches)
+        print(f"  {label}: {out[label]}", file=sys.stderr, flush=True)
     return out
+
+
+def run_batches(tokenizer, data_dir, task, steps, warmup):
+    """What `python osrm_min.py` trains and scores on for `task`, with its defaults: training
+    batches of 16 cut from length-sorted chunks of its seeded 8000-row subset (seed 42; the
+    (warmup, steps) batches spread over the epoch), and its dev set in length-sorted batches
+    of 128, as data.prepare_tasks makes them."""
+    cfg = config.Config(tasks=(task, "sst2" if task != "sst2" else "mrpc"))
+    rows, _ = data.load_split(data.TASKS[task], "train", data_dir)
+    encoded = data.encode_examples(tokenizer, data.train_subset(task, rows, cfg.train_samples, cfg.seed),
+                                   cfg.max_length)
+    epoch = data.make_batches(encoded, cfg.batch_size, shuffle=True, seed=osrm_min.task_seed(cfg.seed, task),
+                              group_by_length=cfg.group_by_length, pad_id=tokenizer.pad_id)
+    picked = epoch[::max(1, len(epoch) // (warmup + steps))][:warmup + steps]
+    dev, _ = data.load_split(data.TASKS[task], "dev", data_dir)
+    dev = data.make_batches(data.encode_examples(tokenizer, dev, cfg.max_length), cfg.eval_batch_size,
+                            group_by_length=True, pad_id=tokenizer.pad_id)
+    return picked[:warmup], picked[warmup:], dev
+
+
+def padding(batches):
+    """The share of the batches' positions that are padding."""
+    return 1 - sum(int(b["attention_mask"].sum()) for b in batches) / sum(b["input_ids"].numel() for b in batches)
 
 
 def bench_osrm(model_dir, data_dir, tokenizer, repeats):
@@ -293,12 +313,20 @@ def machine():
 def run(args, model_dir, data_dir):
     tokenizer = tokenization.load_tokenizer(model_dir)
     config = checkpoint.load_checkpoint(model_dir)[0].config
-    checkpoint.check_tokenizer(model_dir, config, tokenizer, pairs=True)  # MRPC's, for OSRM
+    checkpoint.check_tokenizer(model_dir, config, tokenizer, pairs=True)  # MRPC's
+    # first the default run's own batches, then what an ungrouped loop does
+    workloads = {}
+    for task in ("sst2", "mrpc"):
+        warm, batches, dev = run_batches(tokenizer, data_dir, task, args.steps, args.warmup)
+        workloads[f"{task} train, the run's batches (16, grouped)"] = ("train", warm, batches)
+        workloads[f"{task} dev, the run's evaluation"] = ("eval", dev[:1], dev)
     batches = sst2_batches(tokenizer, data_dir, "train", 32 * (args.warmup + args.steps), 32, True)
-    warm, train_batches = batches[:args.warmup], batches[args.warmup:]
-    dev_batches = sst2_batches(tokenizer, data_dir, "dev", None, args.eval_batch_size, False)
-    dropouts = (config.hidden_dropout_prob, 0.0)
-    results = {"machine": machine()}
+    workloads["sst2 train, random batches (32, ungrouped)"] = ("train", batches[:args.warmup],
+                                                               batches[args.warmup:])
+    dev = sst2_batches(tokenizer, data_dir, "dev", None, args.eval_batch_size, False)
+    workloads["sst2 dev, in file order (128)"] = ("eval", dev[:1], dev)
+    results = {"machine": machine(),
+               "padding": {k: round(padding(w[2]), 3) for k, w in workloads.items()}}
     rates = [matmul_rate()]
 
     results["osrm"] = bench_osrm(model_dir, data_dir, tokenizer, args.repeats)
@@ -317,25 +345,25 @@ def run(args, model_dir, data_dir):
         import peft, transformers
         results["transformers_peft"] = f"transformers {transformers.__version__}, peft {peft.__version__}"
         sides["transformers_peft"] = lambda d: TransformersPeft(model_dir, d)
-    results.update(bench_sides(sides, train_batches, warm, dev_batches, args.repeats, dropouts))
+    results["workloads"] = bench_sides(sides, workloads, args.repeats, config.hidden_dropout_prob)
 
     # The arithmetic ceiling: FLOPs of the timed training steps over their time, against the
     # matrix-multiply rate (the best of two measurements: a shared machine has slow spells).
     rates.append(matmul_rate())
     results["matmul_gflops"] = round(max(rates), 1)
-    flops = {k: sum(step_flops(b, config, True)[k] for b in train_batches) for k in ("real", "padded")}
-    results["ceiling"] = {"train_gflop_real": round(flops["real"] / 1e9, 1),
-                          "train_gflop_padded": round(flops["padded"] / 1e9, 1)}
-    for d, sides_ in results["train"].items():
-        for key, r in sides_.items():
-            if key == "speedup":
-                continue
-            work = flops["padded"] if key != "ours" else flops["real"]
-            results["ceiling"][f"{key}, {d}"] = round(work / r["seconds"] / 1e9 / results["matmul_gflops"], 3)
-    results["settings"] = {"batch_size": 32, "max_length": 128, "rank": 8, "alpha": 16,
-                           "targets": ["query", "value"], "lr": 4e-4, "warmup_steps": args.warmup,
-                           "timed_steps": args.steps, "repeats": args.repeats,
-                           "eval_batch_size": args.eval_batch_size}
+    results["ceiling"] = {}
+    for label, (kind, _, batches) in workloads.items():
+        if kind != "train":
+            continue
+        flops = {k: sum(step_flops(b, config, True)[k] for b in batches) for k in ("real", "padded")}
+        for side, r in results["workloads"][label].items():
+            if side != "speedup":  # the packed path computes real tokens only; the others, all
+                work = flops["real"] if side == "ours" else flops["padded"]
+                results["ceiling"][f"{side}, {label}"] = round(work / r["seconds"] / 1e9 / results["matmul_gflops"], 3)
+    results["settings"] = {"max_length": 128, "rank": 8, "alpha": 16, "targets": ["query", "value"],
+                           "lr": 4e-4, "dropout": config.hidden_dropout_prob,
+                           "warmup_steps": args.warmup, "timed_steps": args.steps,
+                           "repeats": args.repeats, "eval_batch_size": args.eval_batch_size}
     return results
 
 
@@ -346,17 +374,15 @@ def report(r):
              f"matrix multiply (float32): {r['matmul_gflops']} GFLOP/s",
              f"transformers + PEFT: {r['transformers_peft']}", ""]
     cols = [("ours", "osrm-min"), ("ours_padded", "padded path"), ("transformers_peft", "HF+PEFT")]
-    head = f"{'examples/s':<34}" + "".join(f"{c[1]:>13}" for c in cols) + f"{'speed-up':>10}"
-    lines.append(head)
-    rows = [(f"training, {d}", v) for d, v in r["train"].items()] + [("evaluation (SST-2 dev)", r["eval"])]
-    for label, v in rows:
+    lines.append(f"{'examples/s (dropout ' + str(r['settings']['dropout']) + ')':<46}{'padding':>8}"
+                 + "".join(f"{c[1]:>13}" for c in cols) + f"{'speed-up':>10}")
+    for label, v in r["workloads"].items():
         cells = "".join(f"{v[k]['examples_per_s']:>13.1f}" if k in v else f"{'-':>13}" for k, _ in cols)
         ratio = f"{v['speedup']:>9.2f}x" if "speedup" in v else f"{'-':>10}"
-        lines.append(f"{label:<34}{cells}{ratio}")
-    c = r["ceiling"]
-    lines += ["", f"arithmetic: the {r['settings']['timed_steps']} timed training steps are "
-              f"{c['train_gflop_real']} GFLOP on real tokens ({c['train_gflop_padded']} padded)"]
-    lines += [f"  {k}: {v:.0%} of the matrix-multiply rate" for k, v in c.items() if "dropout" in k]
+        lines.append(f"{label:<46}{r['padding'][label]:>8.0%}{cells}{ratio}")
+    lines += ["", "share of the matrix-multiply rate a training step reaches (FLOPs on the tokens "
+                  "each side computes):"]
+    lines += [f"  {k}: {v:.0%}" for k, v in r["ceiling"].items()]
     o = r["osrm"]
     lines += ["", f"OSRM statistics + subspaces (2 tasks x 100 examples): {o['stats_and_subspaces_s']:.2f}s "
               f"= {o['fraction']:.2%} of a default fine-tune ({o['steps']} steps, est. "

@@ -124,6 +124,9 @@ class Config:
                                    "RoBERTa's own classification head)")
     device: str = setting("cpu", "cpu, cuda or auto; on cuda training runs in bf16 autocast")
     eval_batch_size: int = setting(128, "batch size of evaluation")
+    workers: int = setting(1, "fine-tunes trained side by side in this many processes, each with "
+                              "its share of the CPU threads (0: one per CPU core on a CPU, 1 on "
+                              "a GPU); merging and evaluation stay in the main process")
     full: bool = setting(False, "the paper's protocol for a GPU (PAPER_PROTOCOL): all training "
                                 "rows, 10 epochs, batch 64, lr 4e-4; other flags still apply")
     lab: bool = setting(False, "osrm-min's lab-sized run (LAB_PRESET): SST-2 and STS-B, fewer "
@@ -294,6 +297,7 @@ def check(cfg, inits, merges):
         (cfg.epochs >= 1, "--epochs must be at least 1"),
         (cfg.batch_size >= 1, "--batch-size must be at least 1"),
         (cfg.eval_batch_size >= 1, "--eval-batch-size must be at least 1"),
+        (cfg.workers >= 0, "--workers must be 0 (one per CPU core) or more"),
         (cfg.dev_samples >= 0, "--dev-samples must be 0 (every dev row) or more"),
         (cfg.train_samples >= 0, "--train-samples must be at least 1 (or 0 for all rows)"),
         (cfg.osrm_samples >= 1, "--osrm-samples must be at least 1"),

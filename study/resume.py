@@ -45,7 +45,7 @@ OSRM_KEYS = ("osrm_samples", "osrm_skip_ln_direction", "own_eps")  # A_t also de
 # and --eval-batch-size are not among them: they change a score's rounding (STS-B's in the
 # fifth digit), and a reused score must be the one a fresh run computes.
 WORK_KEYS = ("seeds", "seed", "inits", "merges", "lams", "lam_ta", "lam_ties", "out",
-             "lab")  # --lab only sets other settings
+             "lab", "workers")  # --lab only sets other settings
 
 
 # Writing files whole
@@ -313,6 +313,16 @@ class Store:
             return None
         print(f"{init}/{task}: loaded the adapter trained earlier ({path})")
         return state, training
+
+    def has_adapter(self, cfg, task, init, uses_osrm):
+        """Whether an adapter saved with these settings and inputs is there (checked whole
+        only when load_adapter reads it)."""
+        path = self.adapter_path(init, task, cfg.seed)
+        try:
+            saved = torch.load(path, map_location="cpu", weights_only=True)
+            return saved.get("config") == self.adapter_settings(cfg, task, init, uses_osrm)
+        except Exception:  # missing, truncated or foreign: trained again
+            return False
 
     def save_adapter(self, cfg, task, init, uses_osrm, lora_state, head_state, training):
         save_atomic({"config": self.adapter_settings(cfg, task, init, uses_osrm),
