@@ -27,5 +27,5 @@ run b --inits lora-orthonormal,osrm "${SEEDS[@]}" &
 wait -n
 run lr-check --inits lora,osrm --lr 4e-4 --epochs 6 --seeds 42 &
 wait
-python report.py results/parts/a/results.json results/parts/b/results.json --out results
-python report.py results/parts/lr-check/results.json --out results/lr-check
+python -m study.report results/parts/a/results.json results/parts/b/results.json --out results
+python -m study.report results/parts/lr-check/results.json --out results/lr-check
