@@ -25,6 +25,7 @@ import data  # noqa: E402
 import lora  # noqa: E402
 import osrm_min  # noqa: E402
 from pretrained import tokenization  # noqa: E402
+from study import config, resume  # noqa: E402
 
 
 class LabError(Exception):
@@ -52,6 +53,26 @@ class Named(dict):
         raise LabError(f"{self.what} has no {key!r}, only {', '.join(map(str, self))}")
 
 
+def where(cfg, inputs):
+    """(model, GLUE folder) on this machine: where the run found them, or, for a run folder
+    handed out from another machine (LAB.md's plan for slow machines), the installed default
+    model and $GLUE_DIR, if their content is what the run read (results.json's "inputs")."""
+    model, data_dir = cfg["model"], cfg["data_dir"]
+    if not Path(model).is_dir():
+        model = str(config.default_model_dir())
+        if resume.fingerprint_inputs(checkpoint.model_files(model), [], {})["model"] != inputs["model"]:
+            raise LabError(f"the run's model {cfg['model']} is not on this machine, and the "
+                           f"installed default {model} is another model")
+    if not Path(data_dir).is_dir():
+        data_dir = str(data.find_data_dir(None))
+        for t in cfg["tasks"]:
+            path = data.split_sources(data.TASKS[t], data_dir, cfg.get("carve_splits", 0))[0]["train"]
+            if resume.file_digest(path) != inputs[f"train:{t}"]:
+                raise LabError(f"{path} is not the file the run trained on; set GLUE_DIR to the "
+                               f"GLUE copy the run was made with")
+    return model, data_dir
+
+
 class Run:
     def __init__(self, out, seed=None):
         self.out = Path(out)
@@ -63,18 +84,20 @@ class Run:
             self.cfg = cfg = self.results["config"]
             self.seed = cfg["seeds"][0] if seed is None else seed
             self.tasks = cfg["tasks"]
-            self.encoder, _ = checkpoint.load_checkpoint(cfg["model"])
+            model, data_dir = where(cfg, self.results["inputs"])
+            self.encoder, _ = checkpoint.load_checkpoint(model)
             self.encoder.eval()  # no dropout: the inputs the frozen model sees
             self.layers = list(lora.target_layers(self.encoder, cfg["targets"]))
-            tokenizer = tokenization.load_tokenizer(cfg["model"])
+            tokenizer = tokenization.load_tokenizer(model)
             self.batches = Named(f"the run in {self.out}", {})
             for name in self.tasks:  # the same k rows the run's statistics read
-                rows, _ = data.load_split(data.TASKS[name], "train", cfg["data_dir"])
+                rows, _ = data.load_split(data.TASKS[name], "train", data_dir)
                 rows = data.train_subset(name, rows, cfg["osrm_samples"], self.seed)
                 self.batches[name] = data.make_batches(
                     data.encode_examples(tokenizer, rows, cfg["max_length"]), cfg["batch_size"],
                     pad_id=tokenizer.pad_id)
-        except (checkpoint.CheckpointError, data.DataError, OSError) as e:  # moved or changed
+        except (checkpoint.CheckpointError, data.DataError, config.ExperimentError,
+                OSError) as e:  # moved or changed
             raise LabError(f"the run in {self.out} cannot be opened: {e}") from None
         except (ValueError, KeyError, TypeError, IndexError, RecursionError) as e:
             raise LabError(f"{path} does not hold the results of a finished osrm-min run "
@@ -115,6 +138,18 @@ class Run:
         except Exception as e:  # truncated, or not an adapter file
             raise LabError(f"{path} cannot be read ({type(e).__name__}); run with --inits "
                            f"{init} again") from None
+
+    def movement(self):
+        """{init: {task: entry}} of this seed, as results.json's "movement" holds them: the
+        share of its own task's and of the other tasks' input energy that the adapter's A reads
+        at the start of training (own_start, others_start) and at its end (own_end,
+        others_end), on held-out rows, and how much of A's row space stayed (overlap, 1: A did
+        not turn)."""
+        moved = Named(f"the run in {self.out}", {})
+        for e in self.results.get("movement", []):
+            if e["seed"] == self.seed:
+                moved.setdefault(e["init"], Named("its movement", {}))[e["task"]] = e
+        return moved
 
     def task_vector(self, init, task):
         """{layer: dW = (alpha / r) B A}: what merging adds to the pretrained weights."""

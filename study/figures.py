@@ -1,6 +1,6 @@
 """The figures of a run (with the optional matplotlib: pip install -r requirements-figures.txt):
 lambda curves, interference matrices, the spectrum OSRM's subspace is taken from, and the
-energy each statistic's A_t reads.
+energy each init's A_t reads before and after training.
 """
 
 import statistics
@@ -47,16 +47,16 @@ def write_figures(results, out):
 
 def draw_spectrum(plt, results, out):
     """spectrum.png: the eigenvalues of S_{-t} (the other tasks' second moment) in one layer,
-    per task, first seed, with the r smallest, the ones OSRM's A_t spans, marked."""
+    per task, first seed, smallest first, with the r smallest, the ones OSRM's A_t spans,
+    marked at the left (a log index axis, so that they are not crowded)."""
     entries = [e for e in results["spectrum"] if e["seed"] == results["spectrum"][0]["seed"]]
     fig, ax = plt.subplots(figsize=(5.6, 3.6))
     for e in entries:
-        values = sorted(e["eigenvalues"], reverse=True)
-        line, = ax.semilogy(range(1, len(values) + 1), values, label=f"S_-t, t = {e['task']}")
+        values = sorted(e["eigenvalues"])
+        line, = ax.loglog(range(1, len(values) + 1), values, label=f"S_-t, t = {e['task']}")
         r = e["rank"]
-        ax.semilogy(range(len(values) - r + 1, len(values) + 1), values[-r:], "o",
-                    color=line.get_color(), markersize=4)
-    ax.set_xlabel("eigenvalue index (largest first)")
+        ax.loglog(range(1, r + 1), values[:r], "o", color=line.get_color(), markersize=4)
+    ax.set_xlabel("eigenvalue index, smallest first (log scale)")
     ax.set_ylabel("eigenvalue")
     ax.set_title(f"{entries[0]['layer']}: dots = the {entries[0]['rank']} directions OSRM picks",
                  fontsize=9)
@@ -68,20 +68,37 @@ def draw_spectrum(plt, results, out):
 
 
 def draw_energy(plt, results, out):
-    """energy.png: the share of its own task's input energy and of the other tasks' that each
-    statistic's A_t reads (mean over tasks, layers and seeds), random subspace included."""
-    entries = results["subspace_energy"]
-    stats = list(dict.fromkeys(e["stat"] for e in entries))
-    mean = lambda stat, key: 100 * statistics.mean(e[key] for e in entries if e["stat"] == stat)
-    fig, ax = plt.subplots(figsize=(1.3 * len(stats) + 2.4, 3.4))
-    x = range(len(stats))
-    ax.bar([i - 0.2 for i in x], [mean(s, "own") for s in stats], 0.4, label="own task")
-    ax.bar([i + 0.2 for i in x], [mean(s, "others") for s in stats], 0.4, label="other tasks")
-    ax.set_xticks(list(x), stats, fontsize=8)
+    """energy.png: per init, the share of its own task's input energy and of the other tasks'
+    that A_t's row space reads, at the start of training and at its end (results "movement",
+    on held-out rows; mean over tasks, layers and seeds), beside a random subspace's share.
+    Results that predate "movement" show the initial A of each statistic instead."""
+    entries = results.get("movement") or []
+    if entries:
+        groups = list(dict.fromkeys(e["init"] for e in entries))
+        pick = lambda g: [e for e in entries if e["init"] == g]
+        bars = [("own_start", "own task, initial A"), ("own_end", "own task, trained A"),
+                ("others_start", "other tasks, initial A"), ("others_end", "other tasks, trained A")]
+    else:
+        entries = results["subspace_energy"]
+        groups = list(dict.fromkeys(e["stat"] for e in entries if e["stat"] != "random"))
+        pick = lambda g: [e for e in entries if e["stat"] == g]
+        bars = [("own", "own task, initial A"), ("others", "other tasks, initial A")]
+    mean = lambda g, key: 100 * statistics.mean(e[key] for e in pick(g))
+    width = 0.8 / len(bars)
+    fig, ax = plt.subplots(figsize=(1.3 * len(groups) + 2.8, 3.6))
+    for k, (key, label) in enumerate(bars):
+        ax.bar([i + (k - (len(bars) - 1) / 2) * width for i in range(len(groups))],
+               [mean(g, key) for g in groups], width, label=label)
+    random = [e["own"] for e in results.get("subspace_energy", [])
+              if e["stat"] == "random" and e.get("rows", "heldout") == "heldout"]
+    if random:
+        ax.axhline(100 * statistics.mean(random), color="gray", linestyle="--", linewidth=1,
+                   label="a random subspace")
+    ax.set_xticks(list(range(len(groups))), groups, fontsize=8)
     ax.set_yscale("log")
     ax.set_ylabel("% of input energy A_t reads")
     ax.grid(alpha=0.3, axis="y")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7)
     fig.tight_layout()
     save_figure(fig, out / "energy.png")
     plt.close(fig)

@@ -70,7 +70,7 @@ def subspaces(results, seed, rank, stats, measured, subspaces, u, energy):
     study/ imports the entry point) and its share of the LayerNorm direction u, on the rows
     that fitted A (`stats`, "fit") and on held-out rows (`measured`, "heldout", fair to every
     init: OSRM's A is fitted to the first); and the eigenvalues of S_{-t} in the middle
-    adapted layer, whose `rank` smallest OSRM takes."""
+    adapted layer (the one LAB.md's exercise 3 discusses), whose `rank` smallest OSRM takes."""
     tasks = list(stats)
     g = torch.Generator().manual_seed(seed)
     random = {t: {n: torch.linalg.qr(torch.randn(s["S"].shape[0], rank, generator=g,
@@ -85,7 +85,7 @@ def subspaces(results, seed, rank, stats, measured, subspaces, u, energy):
                     "seed": seed, "stat": name, "task": t, "rows": rows, "own": own,
                     "others": others, "ln_share": sum(shares) / len(shares) if shares else None})
     layers = list(stats[tasks[0]])
-    layer = layers[len(layers) // 2]
+    layer = layers[(len(layers) - 1) // 2]  # of six layers' query and value: layers.2.value
     for t in tasks:
         S_others = sum(stats[j][layer]["S"] for j in tasks if j != t)
         results["spectrum"].append({"seed": seed, "task": t, "layer": layer, "rank": rank,

@@ -36,8 +36,12 @@ from study import config
 from study.config import ExperimentError
 
 # Everything that shapes one trained adapter; a saved adapter is reused only if all match
-# (the device too: a GPU trains in bf16 autocast).
-ADAPTER_KEYS = ("model", "data_dir", "full", "rank", "alpha", "targets", "lora_dropout", "lr",
+# (the device too: a GPU trains in bf16 autocast). The model and the data enter by content
+# ("inputs" in Store.adapter_settings), not by where they lie (PATH_KEYS), so that adapters
+# and scores copied with their folder to another machine are reused there (LAB.md's handed-out
+# runs).
+PATH_KEYS = ("model", "data_dir")
+ADAPTER_KEYS = ("full", "rank", "alpha", "targets", "lora_dropout", "lr",
                 "epochs", "batch_size", "train_samples", "max_length", "group_by_length",
                 "weight_decay", "warmup", "max_grad_norm", "seed", "pooling", "device")
 OSRM_KEYS = ("osrm_samples", "osrm_skip_ln_direction", "own_eps")  # A_t also depends on the other tasks
@@ -450,14 +454,15 @@ class Evaluations:
     """Scores computed earlier, kept in <out>/evaluations.json, so that an interrupted run
     resumes its evaluations (merges at every lambda), not only its training.
 
-    A row is reused only if every setting that shapes a score matches (all but WORK_KEYS), the
-    files it was computed from are unchanged (`inputs_of(task)`, a digest), and its seed, init,
-    merge, lambda and task are the ones asked for.
+    A row is reused only if every setting that shapes a score matches (all but WORK_KEYS and
+    PATH_KEYS), the files it was computed from are unchanged (`inputs_of(task)`, a digest), and
+    its seed, init, merge, lambda and task are the ones asked for.
     """
 
     def __init__(self, path, cfg, inputs_of):
         self.path = Path(path)
-        self.settings = plain({k: v for k, v in asdict(cfg).items() if k not in WORK_KEYS})
+        self.settings = plain({k: v for k, v in asdict(cfg).items()
+                               if k not in WORK_KEYS + PATH_KEYS})
         saved = {}
         if self.path.exists():
             try:

@@ -99,3 +99,26 @@ def test_tiny_writes_a_checkpoint_and_data_once(tmp_path, capsys):
     assert osrm_min.main(command[2:]) == 0  # the command it suggests runs
     assert (tmp_path / "t" / "run" / "results.json").exists()
     assert tiny.main([str(tmp_path / "t")]) == 2  # never over an earlier one
+
+
+def test_load_run_opens_a_run_handed_out_from_another_machine(tmp_path, tiny_model, monkeypatch):
+    """A run folder whose GLUE copy lies elsewhere here is opened with $GLUE_DIR if the files
+    are the ones it trained on; another file, or a model that is not here, is a LabError."""
+    import shutil
+    from load_run import LabError, load
+    from conftest import tiny_args, write_tiny_glue
+    write_tiny_glue(tmp_path / "glue")
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model, model)
+    assert osrm_min.main(tiny_args(tmp_path, model, "--inits", "lora")) == 0
+    before = load(tmp_path / "out").layer_inputs("sst2", "layers.0.query")
+    (tmp_path / "glue").rename(tmp_path / "moved")
+    monkeypatch.setenv("GLUE_DIR", str(tmp_path / "moved"))
+    assert torch.equal(load(tmp_path / "out").layer_inputs("sst2", "layers.0.query"), before)
+    with open(tmp_path / "moved" / "SST-2" / "train.tsv", "a") as f:
+        f.write("a new sentence\t1\n")
+    with pytest.raises(LabError, match="not the file the run trained on"):
+        load(tmp_path / "out")
+    shutil.rmtree(model)
+    with pytest.raises(LabError):  # the installed default model, if any, is not the tiny one
+        load(tmp_path / "out")

@@ -180,6 +180,31 @@ def test_a_rerun_reuses_earlier_scores_and_evaluates_only_what_is_new(tmp_path, 
     assert len(calls) == 4 + 2 * (1 + 2) * 2
 
 
+def test_a_run_copied_with_its_model_and_data_elsewhere_is_reused_there(tmp_path, tiny_model,
+                                                                        monkeypatch):
+    """Saved adapters and scores are keyed by the content of the model and data, not their
+    paths: a run folder handed out with the same files in other places (LAB.md's plan for
+    slow machines) trains and evaluates nothing again; changed content still retrains."""
+    import shutil
+    write_tiny_glue(tmp_path / "glue")
+    assert osrm_min.main(tiny_args(tmp_path, tiny_model)) == 0
+    first = json.loads((tmp_path / "out" / "results.json").read_text())["rows"]
+    elsewhere = tmp_path / "elsewhere"
+    shutil.copytree(tiny_model, elsewhere / "model")
+    shutil.copytree(tmp_path / "glue", elsewhere / "glue")
+    shutil.copytree(tmp_path / "out", elsewhere / "out")
+    calls = []
+    evaluate = train.evaluate
+    monkeypatch.setattr(train, "evaluate", lambda *a, **k: calls.append(1) or evaluate(*a, **k))
+    assert osrm_min.main(tiny_args(elsewhere, elsewhere / "model")) == 0
+    assert calls == []
+    assert json.loads((elsewhere / "out" / "results.json").read_text())["rows"] == first
+    with open(elsewhere / "glue" / "SST-2" / "train.tsv", "a") as f:  # other content: retrained
+        f.write("a new sentence\t1\n")
+    assert osrm_min.main(tiny_args(elsewhere, elsewhere / "model")) == 0
+    assert calls != []
+
+
 def test_the_data_aware_merges_write_rows_without_a_lambda_and_are_reused(tmp_path, tiny_model,
                                                                           monkeypatch, capsys):
     write_tiny_glue(tmp_path / "glue")
