@@ -28,8 +28,9 @@ _MODEL = None  # in a worker: the encoder it loaded, with the speed tricks on
 
 
 def workers(cfg):
-    """How many fine-tunes run side by side: --workers, or with 0 one per CPU core on a CPU
-    (one on a GPU, which one process already keeps busy)."""
+    """At most how many fine-tunes run side by side: --workers, or with 0 one per CPU core on a
+    CPU (one on a GPU, which one process already keeps busy); Workers takes no more processes
+    than there are fine-tunes to run."""
     if cfg.workers:
         return cfg.workers
     return 1 if str(cfg.device).startswith("cuda") else max(1, os.cpu_count() or 1)
@@ -50,13 +51,13 @@ def _run(train_job, job):
 
 
 class Workers:
-    """`with Workers(cfg, n) as pool:` n worker processes for the run's fine-tunes, started at
-    the first `pool.train(...)` and kept for every seed (a worker's start-up, an interpreter
-    and a checkpoint, costs seconds)."""
+    """`with Workers(cfg, n) as pool:` up to n worker processes for the run's fine-tunes (no more
+    than the first seed's fine-tunes), started at the first `pool.train(...)` and kept for
+    every seed (a worker's start-up, an interpreter and a checkpoint, costs seconds)."""
 
     def __init__(self, cfg, n):
-        self.cfg, self.n, self.pool = cfg, n, None
-        self.threads = max(1, torch.get_num_threads() // n)
+        self.cfg, self.n, self.pool = cfg, n, None  # n: at most this many processes
+        self.threads = None
 
     def __enter__(self):
         return self
@@ -71,6 +72,9 @@ class Workers:
             # a killed worker leaves the pool's semaphores to multiprocessing's resource tracker,
             # which would warn about them at exit, after the run's one-line error
             os.environ.setdefault("PYTHONWARNINGS", "ignore::UserWarning:multiprocessing.resource_tracker")
+            # no more processes than the first seed has fine-tunes, each with its share of threads
+            self.n = min(self.n, len(jobs))
+            self.threads = max(1, torch.get_num_threads() // self.n)
             context = multiprocessing.get_context("spawn")  # fresh interpreters: no forked thread pools
             self.pool = ProcessPoolExecutor(self.n, mp_context=context, initializer=_start,
                                             initargs=(self.cfg.model, self.cfg.device, self.threads))
