@@ -20,9 +20,10 @@ print("smallest eigenvalues:", [f"{x:.2e}" for x in eigenvalues[:10].tolist()])
 print("largest eigenvalues: ", [f"{x:.2e}" for x in eigenvalues[-3:].tolist()])
 
 print("A before and after training (results.json's movement; held-out rows):")
-width = max(len(init) for init in run.movement()) + 2
+moved = run.movement()
+width = max(len(init) for init in moved) + 2
 print(f"{'init':{width}}{'task':6}{'own: start -> end':>20}{'others: start -> end':>24}{'overlap':>9}")
-for init, by_task in run.movement().items():
+for init, by_task in moved.items():
     for task, m in by_task.items():
         print(f"{init:{width}}{task:6}{m['own_start']:>10.2%} -> {m['own_end']:<6.2%}"
               f"{m['others_start']:>14.2%} -> {m['others_end']:<6.2%}{m['overlap']:>9.3f}")

@@ -54,22 +54,18 @@ class Named(dict):
 
 
 def where(cfg, inputs):
-    """(model, GLUE folder) on this machine: where the run found them, or, for a run folder
-    handed out from another machine (LAB.md's plan for slow machines), the installed default
-    model and $GLUE_DIR, if their content is what the run read (results.json's "inputs")."""
-    model, data_dir = cfg["model"], cfg["data_dir"]
-    if not Path(model).is_dir():
-        model = str(config.default_model_dir())
-        if resume.fingerprint_inputs(checkpoint.model_files(model), [], {})["model"] != inputs["model"]:
-            raise LabError(f"the run's model {cfg['model']} is not on this machine, and the "
-                           f"installed default {model} is another model")
-    if not Path(data_dir).is_dir():
-        data_dir = str(data.find_data_dir(None))
-        for t in cfg["tasks"]:
-            path = data.split_sources(data.TASKS[t], data_dir, cfg.get("carve_splits", 0))[0]["train"]
-            if resume.file_digest(path) != inputs[f"train:{t}"]:
-                raise LabError(f"{path} is not the file the run trained on; set GLUE_DIR to the "
-                               f"GLUE copy the run was made with")
+    """(model, GLUE folder) on this machine whose content is what the run read (results.json's
+    "inputs"): where the run found them, or, for a run folder handed out from another machine
+    (LAB.md's plan for slow machines), the installed default model and $GLUE_DIR."""
+    model = cfg["model"] if Path(cfg["model"]).is_dir() else str(config.default_model_dir())
+    if resume.fingerprint_inputs(checkpoint.model_files(model), [], {})["model"] != inputs["model"]:
+        raise LabError(f"{model} is not the model the run used ({cfg['model']}); run it again")
+    data_dir = cfg["data_dir"] if Path(cfg["data_dir"]).is_dir() else str(data.find_data_dir(None))
+    for t in cfg["tasks"]:
+        path = data.split_sources(data.TASKS[t], data_dir, cfg.get("carve_splits", 0))[0]["train"]
+        if resume.file_digest(path) != inputs[f"train:{t}"]:
+            raise LabError(f"{path} is not the file the run trained on; set GLUE_DIR to the "
+                           f"GLUE copy the run was made with, or run it again")
     return model, data_dir
 
 

@@ -103,7 +103,8 @@ def test_tiny_writes_a_checkpoint_and_data_once(tmp_path, capsys):
 
 def test_load_run_opens_a_run_handed_out_from_another_machine(tmp_path, tiny_model, monkeypatch):
     """A run folder whose GLUE copy lies elsewhere here is opened with $GLUE_DIR if the files
-    are the ones it trained on; another file, or a model that is not here, is a LabError."""
+    are the ones it trained on; another file, there or in place, or a model that is not here,
+    is a LabError."""
     import shutil
     from load_run import LabError, load
     from conftest import tiny_args, write_tiny_glue
@@ -117,6 +118,10 @@ def test_load_run_opens_a_run_handed_out_from_another_machine(tmp_path, tiny_mod
     assert torch.equal(load(tmp_path / "out").layer_inputs("sst2", "layers.0.query"), before)
     with open(tmp_path / "moved" / "SST-2" / "train.tsv", "a") as f:
         f.write("a new sentence\t1\n")
+    with pytest.raises(LabError, match="not the file the run trained on"):
+        load(tmp_path / "out")
+    monkeypatch.delenv("GLUE_DIR")
+    (tmp_path / "moved").rename(tmp_path / "glue")  # back in place, but changed
     with pytest.raises(LabError, match="not the file the run trained on"):
         load(tmp_path / "out")
     shutil.rmtree(model)
