@@ -256,16 +256,6 @@ def osrm_post(A, B, A_osrm):
     return A_osrm.clone(), B @ (A @ A_osrm.T)
 
 
-def train_job(model, job):
-    """One fine-tune in a worker process (speed/parallel.py): job = (cfg, init, task, A_init,
-    the task's prepared data); returns (lora state, head state, training summary)."""
-    cfg, init, task, A_init, task_data = job
-    head = fastpath.use_fast_dropout(new_head(model, task_data["task"], cfg, task_data["train"]))
-    state, training = build_adapter(model, head, A_init, INITS[init].train_A, task_data, cfg,
-                                    f"{init}/{task}", progress=False)
-    return state, head.state_dict(), training
-
-
 def post_hoc_adapter(plain, A_osrm):
     """osrm-post: plain LoRA's trained adapter, every layer projected by `osrm_post`."""
     state = {}
@@ -411,12 +401,12 @@ def movement(A_start, A_end, stats, task):
 # 7. The experiment
 
 def run_seed(cfg, encoder, model, tokenizer, store, results, workers=None):
-    """Everything for one seed, in the order of the method: statistics, subspaces, every init's
-    adapters (scored alone), every merge at every lambda, the interference. `model` is the
-    encoder with the speed tricks on (speed/fastpath.py), for training and scoring; `store`
-    (study/resume.py) reuses what an earlier run saved; results (study/record.py) collects
-    what results.json holds; with `workers` (speed/parallel.Workers) the fine-tunes run side by
-    side first."""
+    """Everything for one seed, in the order of the method: statistics, subspaces, then for
+    every init its adapters (scored alone), every merge at every lambda, the interference
+    (run_init). `model` is the encoder with the speed tricks on (speed/fastpath.py), for
+    training and scoring; `store` (study/resume.py) reuses what an earlier run saved; results
+    (study/record.py) collects what results.json holds; with `workers` (speed/parallel.Workers)
+    the inits run side by side in worker processes, and their results arrive later."""
     prepared = data.prepare_tasks(cfg.tasks, cfg.data_dir, tokenizer, config.train_rows(cfg), cfg.seed,
                                   cfg.max_length, cfg.osrm_samples, cfg.eval_batch_size,
                                   cfg.heldout_samples if cfg.select_on == "heldout" else 0,
@@ -432,58 +422,90 @@ def run_seed(cfg, encoder, model, tokenizer, store, results, workers=None):
     subspaces = {s: {t: osrm_init(stats, t, cfg.rank, s, skip, cfg.own_eps, cfg.seed) for t in cfg.tasks}
                  for s in dict.fromkeys(INITS[i].statistic for i in cfg.inits if INITS[i].statistic)}
     record.subspaces(results, cfg.seed, cfg.rank, stats, measured, subspaces, u, subspace_energy)
-    if workers is not None:  # 3-4 side by side: the fine-tunes the store lacks; the loop then loads them
-        jobs = [(cfg, init, t, initial_A(encoder, init, t, cfg, subspaces), prepared[t])
-                for init in cfg.inits if not INITS[init].post_hoc for t in cfg.tasks
-                if not store.has_adapter(cfg, t, init, INITS[init].statistic is not None)]
-        save = lambda job, out: store.save_adapter(cfg, job[2], job[1], INITS[job[1]].statistic
-                                                   is not None, *out)
-        workers.train(jobs, train_job, save)
+    # 3-6. every init in turn; or side by side
+    seed_data = (prepared, stats, measured, subspaces)
+    if workers is not None:
+        for inits in init_groups(cfg):
+            workers.submit((cfg.seed, tuple(inits)), inits_job, (cfg, inits, seed_data, store.inputs))
+        return
     trained = {}
     for init in cfg.inits:
-        spec = INITS[init]
-        # 3-4. each task's adapter, built as the init says and fine-tuned; scored alone
-        adapters = {}
-        for t in cfg.tasks:
-            if spec.post_hoc:
-                adapters[t] = post_hoc_adapter(trained["lora"][t], subspaces[spec.statistic][t])
-            else:
-                head = fastpath.use_fast_dropout(new_head(encoder, prepared[t]["task"], cfg,
-                                                          prepared[t]["train"]))
-                A_init = initial_A(encoder, init, t, cfg, subspaces)
-                state, training = store.adapter(
-                    cfg, t, init, spec.statistic is not None,
-                    lora.lora_shapes(encoder, cfg.targets, cfg.rank), head,
-                    lambda: build_adapter(model, head, A_init, spec.train_A, prepared[t], cfg,
-                                          f"{init}/{t}"))
-                adapters[t] = Adapter(state, head, training)
-                record.training(results, cfg.seed, init, t, training)
-                results["movement"].append({"seed": cfg.seed, "init": init, "task": t,
-                                            **movement(A_init, adapters[t].A(), measured, t)})
-            with lora.carrying(model, adapters[t].lora, cfg.targets, cfg.rank, cfg.alpha):
-                rows = store.evaluate(model, {t: adapters[t]}, prepared, cfg, init, "none", None)
-            record.scores(results, rows)
-            record.alone(results, init, t, rows[0])
-        trained[init] = adapters
-        task_vectors = {t: a.task_vector(cfg.alpha / cfg.rank) for t, a in adapters.items()}
-        heads = {t: a.head for t, a in adapters.items()}
-        # 5. every merge at every lambda, each task scored with its own head
-        t0 = time.time()
-        statistics = merge_statistics(encoder, adapters, prepared, cfg)
-        record.merge_statistics(results, cfg.seed, init, list(statistics), time.time() - t0)
-        for method in cfg.merges:
-            for lam in lambdas(cfg, method):
-                t0 = time.time()
-                score = lambda h: record.dev_scores(results, store.evaluate(
-                    model, {t: adapters[t] for t in h}, prepared, cfg, init, method, lam,
-                    merged_from=adapters, select=lam is not None))
-                record.merged(init, method, lam, merged_scores(
-                    model, method, lam, task_vectors, heads, statistics, score, cfg), t0)
-        # 6. how much each adapter writes on the other tasks' inputs: on held-out rows, and on
-        # the rows OSRM's subspace was fitted to (which flatters OSRM)
-        for key, on in (("interference", measured), ("interference_fit", stats)):
-            results[key].append({"seed": cfg.seed, "init": init, "tasks": list(cfg.tasks),
-                                 "matrix": interference(task_vectors, on)})
+        trained[init] = run_init(cfg, init, encoder, model, store, results, seed_data, trained)
+
+
+def run_init(cfg, init, encoder, model, store, results, seed_data, trained, progress=True):
+    """Steps 3-6 of one seed under one init: each task's adapter, built as the init says and
+    fine-tuned, scored alone; every merge at every lambda; the interference. seed_data: the
+    seed's (prepared data, statistics, held-out statistics, subspaces); trained: {init: the
+    adapters} of the inits before (the post-hoc ones project plain LoRA's). Returns the
+    adapters, {task: Adapter}."""
+    prepared, stats, measured, subspaces = seed_data
+    spec = INITS[init]
+    # 3-4. each task's adapter, built as the init says and fine-tuned; scored alone
+    adapters = {}
+    for t in cfg.tasks:
+        if spec.post_hoc:
+            adapters[t] = post_hoc_adapter(trained["lora"][t], subspaces[spec.statistic][t])
+        else:
+            head = fastpath.use_fast_dropout(new_head(encoder, prepared[t]["task"], cfg,
+                                                      prepared[t]["train"]))
+            A_init = initial_A(encoder, init, t, cfg, subspaces)
+            state, training = store.adapter(
+                cfg, t, init, spec.statistic is not None,
+                lora.lora_shapes(encoder, cfg.targets, cfg.rank), head,
+                lambda: build_adapter(model, head, A_init, spec.train_A, prepared[t], cfg,
+                                      f"{init}/{t}", progress))
+            adapters[t] = Adapter(state, head, training)
+            record.training(results, cfg.seed, init, t, training)
+            results["movement"].append({"seed": cfg.seed, "init": init, "task": t,
+                                        **movement(A_init, adapters[t].A(), measured, t)})
+        with lora.carrying(model, adapters[t].lora, cfg.targets, cfg.rank, cfg.alpha):
+            rows = store.evaluate(model, {t: adapters[t]}, prepared, cfg, init, "none", None)
+        record.scores(results, rows)
+        record.alone(results, init, t, rows[0])
+    task_vectors = {t: a.task_vector(cfg.alpha / cfg.rank) for t, a in adapters.items()}
+    heads = {t: a.head for t, a in adapters.items()}
+    # 5. every merge at every lambda, each task scored with its own head
+    t0 = time.time()
+    statistics = merge_statistics(encoder, adapters, prepared, cfg)
+    record.merge_statistics(results, cfg.seed, init, list(statistics), time.time() - t0)
+    for method in cfg.merges:
+        for lam in lambdas(cfg, method):
+            t0 = time.time()
+            score = lambda h: record.dev_scores(results, store.evaluate(
+                model, {t: adapters[t] for t in h}, prepared, cfg, init, method, lam,
+                merged_from=adapters, select=lam is not None))
+            record.merged(init, method, lam, merged_scores(
+                model, method, lam, task_vectors, heads, statistics, score, cfg), t0)
+    # 6. how much each adapter writes on the other tasks' inputs: on held-out rows, and on
+    # the rows OSRM's subspace was fitted to (which flatters OSRM)
+    for key, on in (("interference", measured), ("interference_fit", stats)):
+        results[key].append({"seed": cfg.seed, "init": init, "tasks": list(cfg.tasks),
+                             "matrix": interference(task_vectors, on)})
+    return adapters
+
+
+def init_groups(cfg):
+    """The inits of a seed that can run apart (--workers): each alone, but a post-hoc init
+    (osrm-post) with plain LoRA, whose trained adapters it projects."""
+    return [[init] + ([p for p in cfg.inits if INITS[p].post_hoc] if init == "lora" else [])
+            for init in cfg.inits if not INITS[init].post_hoc]
+
+
+def inits_job(encoder, model, job):
+    """run_init for a group of one seed's inits in a worker process (speed/parallel.py): job =
+    (cfg, inits, seed_data, input fingerprints). Adapters are saved as they finish, as in one
+    process; the scores are not (this process writes them): returns ({init: what it adds to
+    the results}, the new score rows)."""
+    cfg, inits, seed_data, inputs = job
+    store = resume.Store(cfg, inputs, save_scores=False)
+    trained, added = {}, {}
+    for init in inits:
+        added[init] = record.new_results(cfg, inputs)
+        record.data(added[init], seed_data[0])
+        trained[init] = run_init(cfg, init, encoder, model, store, added[init], seed_data,
+                                 trained, progress=False)
+    return added, store.scores.new_rows
 
 
 def layer_statistics(encoder, cfg, prepared, rows):
@@ -511,11 +533,17 @@ def run(cfg, encoder, tokenizer, inputs):
     model = fastpath.speed_up(encoder)  # the same modules; the speed tricks switched on
     store = resume.Store(cfg, inputs)
     results = record.new_results(cfg, inputs)
-    n = parallel.workers(cfg)
+    n = min(parallel.workers(cfg), len(cfg.seeds) * len(init_groups(cfg)))
     with parallel.Workers(cfg, n) if n > 1 else contextlib.nullcontext() as workers:
         for seed in cfg.seeds:
             print(f"seed {seed}")
             run_seed(replace(cfg, seed=seed), encoder, model, tokenizer, store, results, workers)
+        if workers is not None:  # each score saved as its job ends; results in one process's order
+            done = workers.wait(lambda added_rows: store.scores.add(added_rows[1]))
+            for seed in cfg.seeds:
+                added = {i: a for g in init_groups(cfg) for i, a in done[seed, tuple(g)][0].items()}
+                for init in cfg.inits:
+                    record.extend(results, added[init])
     return results
 
 

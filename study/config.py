@@ -124,9 +124,9 @@ class Config:
                                    "RoBERTa's own classification head)")
     device: str = setting("cpu", "cpu, cuda or auto; on cuda training runs in bf16 autocast")
     eval_batch_size: int = setting(128, "batch size of evaluation")
-    workers: int = setting(1, "fine-tunes trained side by side in this many processes, each with "
-                              "its share of the CPU threads (0: one per CPU core on a CPU, 1 on "
-                              "a GPU); merging and evaluation stay in the main process")
+    workers: int = setting(1, "each seed's inits (fine-tunes, merges, scores) run side by side in "
+                              "this many processes, each with its share of the CPU threads (0: "
+                              "one per CPU core on a CPU, 1 on a GPU)")
     full: bool = setting(False, "the paper's protocol for a GPU (PAPER_PROTOCOL): all training "
                                 "rows, 10 epochs, batch 64, lr 4e-4; other flags still apply")
     lab: bool = setting(False, "osrm-min's lab-sized run (LAB_PRESET): SST-2 and STS-B, fewer "

@@ -104,3 +104,10 @@ def merge_statistics(results, seed, init, names, seconds):
         results["merge_statistics_s"].append({"seed": seed, "init": init,
                                               "seconds": round(seconds, 2)})
         print(f"{init}: statistics for {', '.join(names)} in {seconds:.1f}s")
+
+
+def extend(results, added):
+    """Add what a worker process recorded for one seed and init (osrm_min.inits_job) to the
+    run's results, after what came before, as one process would have appended it."""
+    for key in LISTS:
+        results[key].extend(added[key])

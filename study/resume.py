@@ -238,12 +238,14 @@ def stored_files(cfg):
 class Store:
     """The adapters and scores of earlier runs into the same output folder."""
 
-    def __init__(self, cfg, inputs):
+    def __init__(self, cfg, inputs, save_scores=True):
+        """save_scores=False (a worker process, speed/parallel.py): new scores are kept in
+        self.scores.new_rows for the main process to save, which alone writes the file."""
         self.out = Path(cfg.out)
         self.inputs = inputs  # fingerprint_inputs(...)
         (self.out / "adapters").mkdir(parents=True, exist_ok=True)
         self.scores = Evaluations(self.out / "evaluations.json", cfg,
-                                  lambda task: self.row_inputs(cfg.tasks, task))
+                                  lambda task: self.row_inputs(cfg.tasks, task), save_scores)
 
     def adapter_path(self, init, task, seed):
         return self.out / adapter_file(init, task, seed)
@@ -317,16 +319,6 @@ class Store:
             return None
         print(f"{init}/{task}: loaded the adapter trained earlier ({path})")
         return state, training
-
-    def has_adapter(self, cfg, task, init, uses_osrm):
-        """Whether an adapter saved with these settings and inputs is there (checked whole
-        only when load_adapter reads it)."""
-        path = self.adapter_path(init, task, cfg.seed)
-        try:
-            saved = torch.load(path, map_location="cpu", weights_only=True)
-            return saved.get("config") == self.adapter_settings(cfg, task, init, uses_osrm)
-        except Exception:  # missing, truncated or foreign: trained again
-            return False
 
     def save_adapter(self, cfg, task, init, uses_osrm, lora_state, head_state, training):
         save_atomic({"config": self.adapter_settings(cfg, task, init, uses_osrm),
@@ -459,8 +451,8 @@ class Evaluations:
     its seed, init, merge, lambda and task are the ones asked for.
     """
 
-    def __init__(self, path, cfg, inputs_of):
-        self.path = Path(path)
+    def __init__(self, path, cfg, inputs_of, save=True):
+        self.path, self.save, self.new_rows = Path(path), save, []
         self.settings = plain({k: v for k, v in asdict(cfg).items()
                                if k not in WORK_KEYS + PATH_KEYS})
         saved = {}
@@ -476,10 +468,10 @@ class Evaluations:
         rows = saved.get("rows", []) if saved.get("settings") == self.settings else []
         fresh = [r for r in rows if r["task"] in cfg.tasks and r["inputs"] == inputs_of(r["task"])]
         self.rows = {self.key(r): r for r in fresh}
-        if len(fresh) < len(rows):
+        if save and len(fresh) < len(rows):  # (said once, by the process that saves)
             print(f"note: the model, tokenizer or data files changed since {len(rows) - len(fresh)} "
                   f"scores in {self.path} were computed; evaluating those again")
-        if self.rows:
+        if save and self.rows:
             print(f"note: reusing {len(self.rows)} scores of an earlier run with the same "
                   f"settings and input files ({self.path})")
 
@@ -494,4 +486,7 @@ class Evaluations:
 
     def add(self, rows):
         self.rows.update({self.key(r): r for r in rows})
+        if not self.save:
+            self.new_rows += rows
+            return
         write_json_atomic({"settings": self.settings, "rows": list(self.rows.values())}, self.path)

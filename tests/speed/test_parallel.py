@@ -13,10 +13,11 @@ import osrm_min
 from conftest import ROOT, tiny_args, write_tiny_glue
 
 
-def rows(out):
+def recorded(out):
+    """What results.json holds, but for the times it took."""
     results = json.loads((out / "results.json").read_text())
-    return [(r["seed"], r["init"], r["merge"], r["lambda"], r["task"], r["score"])
-            for r in results["rows"]], results["interference"]
+    return {k: results[k] for k in ("rows", "heldout_rows", "interference", "interference_fit",
+                                    "subspace_energy", "spectrum", "training", "movement")}
 
 
 def test_two_workers_give_what_one_process_gives(tmp_path, tiny_model, capsys):
@@ -24,12 +25,16 @@ def test_two_workers_give_what_one_process_gives(tmp_path, tiny_model, capsys):
     runs = {}
     for workers in ("1", "2"):
         args = tiny_args(tmp_path, tiny_model, "--inits", "lora,osrm,osrm-post", "--merges", "ta,ties",
+                         "--lams", "0.5,1.0", "--select-on", "heldout", "--heldout-samples", "4",
                          "--seeds", "1,2", "--workers", workers)
         args[args.index("--out") + 1] = str(tmp_path / workers)
         assert osrm_min.main(args) == 0
-        runs[workers] = rows(tmp_path / workers)
-    assert "training 4 adapters in 2 worker processes" in capsys.readouterr().out
-    assert runs["1"] == runs["2"]  # identical here; on other machines, to float rounding
+        runs[workers] = recorded(tmp_path / workers)
+    assert "the inits of every seed run side by side in 2 worker processes" in capsys.readouterr().out
+    assert runs["1"]["heldout_rows"] and runs["1"]["movement"]
+    assert runs["1"] == runs["2"]  # identical here, in the same order; elsewhere, to float rounding
+    saved = [json.loads((tmp_path / w / "evaluations.json").read_text())["rows"] for w in ("1", "2")]
+    assert len(saved[1]) == len(saved[0])  # every score the workers computed, saved by the main process
     assert sorted(p.name for p in (tmp_path / "2" / "adapters").iterdir()) == sorted(
         p.name for p in (tmp_path / "1" / "adapters").iterdir())
 
