@@ -106,6 +106,19 @@ def cost_reduction(results, baseline="lora"):
     return out
 
 
+
+CONTROL = "lora-orthonormal"  # this project's scale-matched control for OSRM
+
+
+def against_control(results, control=CONTROL):
+    """Exploratory, this project's own: each OSRM init against the scale-matched control, which
+    differs from it in one thing only, where A points (random orthonormal rows, OSRM's row
+    norm). Returns the paired differences of the average, alone and merged (paired), and the
+    reduction in merging cost (cost_reduction), both against the control instead of plain LoRA."""
+    def osrm(entries):
+        return [e for e in entries if e["init"].startswith("osrm")]
+    return osrm(paired(results, control)), osrm(cost_reduction(results, control))
+
 POINT = 1.0  # "within about a point": the paper's own wording for its single-task scores
 
 
@@ -215,10 +228,13 @@ def heldout_error(results, baseline="lora"):
 
 
 def finish(results):
-    """Add the paired comparisons, the primary endpoint and the claims to a run's results (what
-    results.json holds beside the raw rows)."""
+    """Add the paired comparisons, the primary endpoint, the claims and the exploratory pairing
+    against the scale-matched control to a run's results (what results.json holds beside the
+    raw rows)."""
     results["paired"] = paired(results)
     results["paired_lambda_spread"] = paired_spread(results)
     results["cost_reduction"] = cost_reduction(results)
     results["claims"] = claims(results)
+    diffs, reductions = against_control(results)
+    results["against_control"] = {"control": CONTROL, "paired": diffs, "cost_reduction": reductions}
     return results

@@ -12,8 +12,8 @@ import statistics
 import sys
 from pathlib import Path
 
-from study.endpoints import (MARGIN, MIN_SEEDS, POINT, claims, cost_reduction, finish,
-                          heldout_error, paired, paired_spread)
+from study.endpoints import (CONTROL, MARGIN, MIN_SEEDS, POINT, against_control, claims,
+                             cost_reduction, finish, heldout_error, paired, paired_spread)
 from study.figures import write_figures
 from study.tables import (LISTS, failed_finetunes, headline, init_width, interference_matrices,
                            lambda_curves, mean_std, selected_on, task_mean)
@@ -80,14 +80,15 @@ def format_claims(results):
     return "\n".join(lines)
 
 
-def format_cost_reduction(results):
+def format_cost_reduction(results, entries=None, label="lora cost"):
     """The primary endpoint's table: per init and merge, plain LoRA's merging cost, the init's,
-    the reduction with its 95% interval, and the share of plain LoRA's cost recovered."""
-    entries = cost_reduction(results)
+    the reduction with its 95% interval, and the share of plain LoRA's cost recovered (entries:
+    cost_reduction(results) unless given, against another baseline, named by label)."""
+    entries = cost_reduction(results) if entries is None else entries
     if not entries:
         return ""
     w0 = init_width(results)
-    lines = [f"{'init':<{w0}}{'merge':<10}{'lora cost':>10}{'its cost':>10}{'reduction':>11}"
+    lines = [f"{'init':<{w0}}{'merge':<10}{label:>10}{'its cost':>10}{'reduction':>11}"
              f"  {'95% interval':<24}{'share':>7}"]
     for e in entries:
         share = "-" if e["share"] is None else f"{100 * e['share']:.0f}%"
@@ -224,6 +225,16 @@ def summary(results):
     if n_intervals and len(cfg["seeds"]) >= MIN_SEEDS:
         parts += [f"exploratory: every interval but the primary endpoint's ({n_intervals} in "
                   f"these two tables), none corrected for multiple comparisons"]
+    diffs, reductions = against_control(results)
+    if diffs:
+        parts += ["", f"exploratory, this project's own: OSRM against the scale-matched control "
+                  f"({CONTROL}: random orthonormal rows, OSRM's row norm; what differs is where "
+                  f"A points), per-seed difference of the average (osrm - {CONTROL}, lambda as "
+                  f"above), mean and 95% t-interval:", format_paired(results, diffs)]
+    if reductions:
+        parts += [f"and the reduction in merging cost against it ({CONTROL}'s cost - OSRM's; "
+                  f"share: of the control's cost):",
+                  format_cost_reduction(results, reductions, "ctrl cost")]
     error = heldout_error(results)
     if error:
         parts += ["", f"lambda is picked on {error[0]} held-out training rows per task: one "

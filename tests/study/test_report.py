@@ -133,6 +133,23 @@ def test_the_primary_endpoint_is_the_paired_reduction_in_merging_cost():
     assert table[1].split() == ["osrm", "ta", "10.00", "2.83", "+7.17", "[+5.27,", "+9.06]", "72%"]
 
 
+
+def test_osrm_is_also_paired_against_its_scale_matched_control():
+    results = three_seed_merges()  # the plain LoRA of that case, renamed to the control
+    for r in results["rows"]:
+        r["init"] = "lora-orthonormal" if r["init"] == "lora" else r["init"]
+    results["config"]["inits"] = ["lora-orthonormal", "osrm"]
+    diffs, [reduction] = endpoints.against_control(results)
+    # averages alone 76-80, 77.5-81, 78-82; merged (TA at 0.5 for both) 73-70, 74-71, 76-72
+    assert [(e["merge"], e["differences"]) for e in diffs] == [
+        ("none", [-4.0, -3.5, -4.0]), ("ta", [3.0, 3.0, 4.0])]
+    assert reduction["baseline"] == "lora-orthonormal" and reduction["differences"] == [7.0, 6.5, 8.0]
+    assert endpoints.cost_reduction(results) == []  # no plain LoRA: no primary endpoint
+    text = report.summary(results)
+    assert "scale-matched control" in text and "ctrl cost" in text
+    assert [line.split() for line in text.splitlines() if line.startswith("osrm") and "%" in line
+            ] == [["osrm", "ta", "10.00", "2.83", "+7.17", "[+5.27,", "+9.06]", "72%"]]
+
 def test_claims_read_each_interval_against_its_rule():
     claims = {c["claim"][0]: c for c in endpoints.claims(three_seed_merges())}
     # 1: merged (TA at the best lambda 0.5): osrm - lora = +3, +3, +4: interval above 0
