@@ -106,7 +106,6 @@ def cost_reduction(results, baseline="lora"):
     return out
 
 
-
 CONTROL = "lora-orthonormal"  # this project's scale-matched control for OSRM
 
 
@@ -118,6 +117,7 @@ def against_control(results, control=CONTROL):
     def osrm(entries):
         return [e for e in entries if e["init"].startswith("osrm")]
     return osrm(paired(results, control)), osrm(cost_reduction(results, control))
+
 
 POINT = 1.0  # "within about a point": the paper's own wording for its single-task scores
 

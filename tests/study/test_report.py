@@ -133,7 +133,6 @@ def test_the_primary_endpoint_is_the_paired_reduction_in_merging_cost():
     assert table[1].split() == ["osrm", "ta", "10.00", "2.83", "+7.17", "[+5.27,", "+9.06]", "72%"]
 
 
-
 def test_osrm_is_also_paired_against_its_scale_matched_control():
     results = three_seed_merges()  # the plain LoRA of that case, renamed to the control
     for r in results["rows"]:
@@ -149,6 +148,7 @@ def test_osrm_is_also_paired_against_its_scale_matched_control():
     assert "scale-matched control" in text and "ctrl cost" in text
     assert [line.split() for line in text.splitlines() if line.startswith("osrm") and "%" in line
             ] == [["osrm", "ta", "10.00", "2.83", "+7.17", "[+5.27,", "+9.06]", "72%"]]
+
 
 def test_claims_read_each_interval_against_its_rule():
     claims = {c["claim"][0]: c for c in endpoints.claims(three_seed_merges())}
