@@ -425,6 +425,7 @@ def run_seed(cfg, encoder, model, tokenizer, store, results, workers=None):
     # 3-6. every init in turn; or side by side
     seed_data = (prepared, stats, measured, subspaces)
     if workers is not None:
+        seed_data = workers.share(seed_data)  # written once for the seed's jobs
         for inits in init_groups(cfg):
             workers.submit((cfg.seed, tuple(inits)), inits_job, (cfg, inits, seed_data, store.inputs))
         return
@@ -494,10 +495,11 @@ def init_groups(cfg):
 
 def inits_job(encoder, model, job):
     """run_init for a group of one seed's inits in a worker process (speed/parallel.py): job =
-    (cfg, inits, seed_data, input fingerprints). Adapters are saved as they finish, as in one
-    process; the scores are not (this process writes them): returns ({init: what it adds to
-    the results}, the new score rows)."""
+    (cfg, inits, the name the seed's data was shared under, input fingerprints). Adapters are
+    saved as they finish, as in one process; the scores are not (this process writes them):
+    returns ({init: what it adds to the results}, the new score rows)."""
     cfg, inits, seed_data, inputs = job
+    seed_data = parallel.shared(seed_data)
     store = resume.Store(cfg, inputs, save_scores=False)
     trained, added = {}, {}
     for init in inits:

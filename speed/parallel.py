@@ -3,7 +3,8 @@ part of the seed (its fine-tunes, its merges at every lambda, its interference:
 osrm_min.run_init) depends on nothing else, so these jobs can run in worker processes at once,
 each with its share of the CPU threads. On a CPU, two processes of one thread each can get more
 out of two cores than one process of two threads (small matrices parallelise poorly inside one
-process; PERFORMANCE.md has the measurements).
+process; PERFORMANCE.md has the measurements). While they run, the main process computes the
+next seeds' statistics on one share of the threads too.
 
 Each worker loads the checkpoint once and runs the jobs it is given. It saves each adapter as
 it finishes, as one process does, so an interrupted run resumes and a rerun reuses; the scores
@@ -11,14 +12,29 @@ come back to the main process, which saves them as each job ends and adds what t
 recorded to the results in the order one process would have. A job that fails (a diverged
 fine-tune, a killed process, Ctrl-C) ends the run with the usual one-line error; the adapters
 and the jobs finished before it are kept.
+
+A job and its result travel as files in a temporary folder; the pool's pipes carry only their
+names. Data that several jobs read (a seed's statistics, tens of MB) is written once
+(`Workers.share`) and read back in a worker with `shared`. Sent through the pipes, a worker
+killed at the wrong moment broke the run: killed while it fetched a job's tensors (torch hands
+them over as file descriptors) it left a traceback from the main process's fd-sharing thread;
+killed halfway through writing a large result it left the pool waiting for the rest forever.
+A message of a few hundred bytes reaches a pipe in one piece, so neither can happen. A worker
+whose main process is killed outright stops itself (`_watch`), and the next run removes the
+temporary folder the killed one left.
 """
 
 import multiprocessing
 import os
+import pickle
+import shutil
 import signal
+import tempfile
+import threading
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
 
 import torch
 
@@ -27,6 +43,8 @@ from speed import fastpath
 from study.config import ExperimentError
 
 _ENCODER = _MODEL = None  # in a worker: the encoder it loaded, and the same with the speed tricks on
+_SHARED = {}  # in a worker: the shared data it read last, {file name: data}
+_PREFIX = "osrm-min-jobs-"  # the temporary folders' names: this, the main process's pid, -, random
 
 
 def workers(cfg):
@@ -37,47 +55,126 @@ def workers(cfg):
     return 1 if str(cfg.device).startswith("cuda") else max(1, os.cpu_count() or 1)
 
 
-def _start(model_dir, device, threads):
-    """A worker's start: Ctrl-C is the main process's to handle; its share of the threads; the
-    checkpoint, loaded once."""
+def _start(main_pid, model_dir, device, threads):
+    """A worker's start: Ctrl-C is the main process's to handle; a watch on the main process;
+    its share of the threads; the checkpoint, loaded once."""
     global _ENCODER, _MODEL
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    threading.Thread(target=_watch, args=(main_pid,), daemon=True).start()
     torch.set_num_threads(threads)
     _ENCODER, _ = checkpoint.load_checkpoint(model_dir)
     _MODEL = fastpath.speed_up(_ENCODER.to(device))
 
 
-def _run(job_fn, job):
-    return job_fn(_ENCODER, _MODEL, job)
+def _save(obj, path):
+    """Write obj to path whole or not at all (plain pickle: tensors as bytes, no shared memory)."""
+    with open(f"{path}.part", "wb") as f:
+        pickle.dump(obj, f, protocol=pickle.HIGHEST_PROTOCOL)
+    os.replace(f"{path}.part", path)
+
+
+def _load(path):
+    with open(path, "rb") as f:
+        return pickle.load(f)
+
+
+def shared(name):
+    """In a worker's job: the data `Workers.share` wrote under name (read once per worker)."""
+    if name not in _SHARED:
+        _SHARED.clear()
+        _SHARED[name] = _load(name)
+    return _SHARED[name]
+
+
+def _watch(main_pid):
+    """A main process killed outright (SIGKILL, or SIGTERM, which Python does not turn into an
+    exception) cannot stop its workers; each stops itself within a second of it. (main_pid
+    comes from the main process: one killed while this worker started has already given it
+    to another parent.)"""
+    while os.getppid() == main_pid:
+        time.sleep(1)
+    os._exit(1)
+
+
+def _job_folder():
+    """A new temporary folder for this process's jobs, after removing those left by runs whose
+    process was killed outright (their names hold its pid)."""
+    for old in Path(tempfile.gettempdir()).glob(f"{_PREFIX}*-*"):
+        pid = old.name.removeprefix(_PREFIX).split("-")[0]
+        if pid.isdigit() and not _alive(int(pid)) and old.is_dir():
+            shutil.rmtree(old, ignore_errors=True)
+    return tempfile.mkdtemp(prefix=f"{_PREFIX}{os.getpid()}-")
+
+
+def _alive(pid):
+    """Whether process pid exists (asked with signal 0, which only checks; on Windows, where
+    os.kill would end the process, every pid counts as alive and nothing is removed)."""
+    if os.name != "posix":
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def _run(job_fn, job_path, result_path):
+    """In a worker: the job from its file, its result to another; only the name goes back."""
+    _save(job_fn(_ENCODER, _MODEL, _load(job_path)), result_path)
+    return result_path
 
 
 class Workers:
-    """`with Workers(cfg, n) as pool:` n worker processes, started at the first `pool.submit`
-    and kept for every seed (a worker's start-up, an interpreter and a checkpoint, costs
+    """`with Workers(cfg, n) as pool:` n worker processes, started at the first `pool.share` or
+    `pool.submit` and kept for every seed (a worker's start-up, an interpreter and a checkpoint, costs
     seconds)."""
 
     def __init__(self, cfg, n):
-        self.cfg, self.n, self.pool, self.futures = cfg, n, None, {}
+        self.cfg, self.n, self.pool, self.futures, self.folder = cfg, n, None, {}, None
         self.threads = max(1, torch.get_num_threads() // n)
 
     def __enter__(self):
         return self
 
+    def share(self, data):
+        """Write data that several jobs read once; returns the name to put in those jobs, which
+        `shared(name)` reads back in a worker."""
+        self._start()
+        name = os.path.join(self.folder, f"shared-{self.n_shared}")
+        self.n_shared += 1
+        _save(data, name)
+        return name
+
     def submit(self, key, job_fn, job):
         """Queue `job_fn(encoder, model, job)` for a worker; its result comes back from `wait`
         under `key`. job_fn must be a module-level function (it is sent to the workers by
         name)."""
-        if self.pool is None:
-            # a killed worker leaves the pool's semaphores to multiprocessing's resource tracker,
-            # which would warn about them at exit, after the run's one-line error
-            os.environ.setdefault("PYTHONWARNINGS", "ignore::UserWarning:multiprocessing.resource_tracker")
-            context = multiprocessing.get_context("spawn")  # fresh interpreters: no forked thread pools
-            self.pool = ProcessPoolExecutor(self.n, mp_context=context, initializer=_start,
-                                            initargs=(self.cfg.model, self.cfg.device, self.threads))
-            print(f"the inits of every seed run side by side in {self.n} worker processes, "
-                  f"{self.threads} thread(s) each")
-            self.t0 = time.time()
-        self.futures[self.pool.submit(_run, job_fn, job)] = key
+        self._start()
+        job_path = os.path.join(self.folder, f"job-{len(self.futures)}")
+        _save(job, job_path)
+        self.futures[self.pool.submit(_run, job_fn, job_path, f"{job_path}-result")] = key
+
+    def _start(self):
+        """The pool and its folder, at the first share or submit."""
+        if self.pool is not None:
+            return
+        # a killed worker leaves the pool's semaphores to multiprocessing's resource tracker,
+        # which would warn about them at exit, after the run's one-line error
+        os.environ.setdefault("PYTHONWARNINGS", "ignore::UserWarning:multiprocessing.resource_tracker")
+        context = multiprocessing.get_context("spawn")  # fresh interpreters: no forked thread pools
+        self.pool = ProcessPoolExecutor(self.n, mp_context=context, initializer=_start,
+                                        initargs=(os.getpid(), self.cfg.model, self.cfg.device, self.threads))
+        print(f"the inits of every seed run side by side in {self.n} worker processes, "
+              f"{self.threads} thread(s) each")
+        self.t0 = time.time()
+        self.folder, self.n_shared = _job_folder(), 0
+        # Meanwhile this process computes the next seeds' statistics on a worker's share of the
+        # threads: with more threads than cores, torch's threads wait for each other (on 2
+        # cores the three-seed lab run took 300 s with this process on 2 threads, 192 s on 1).
+        self.main_threads = torch.get_num_threads()
+        torch.set_num_threads(self.threads)
 
     def wait(self, on_done):
         """{key: result} of every job submitted, calling `on_done(result)` in this process as
@@ -86,7 +183,7 @@ class Workers:
         try:
             for n, done in enumerate(as_completed(self.futures), 1):
                 key = self.futures[done]
-                results[key] = done.result()
+                results[key] = _load(done.result())
                 on_done(results[key])
                 print(f"  {n}/{len(self.futures)} jobs done: {key} ({time.time() - self.t0:.0f}s)")
         except BrokenProcessPool:
@@ -102,4 +199,6 @@ class Workers:
             for process in list(self.pool._processes.values()):  # (no public way to do this)
                 process.terminate()
         self.pool.shutdown(wait=True, cancel_futures=True)
+        torch.set_num_threads(self.main_threads)
+        shutil.rmtree(self.folder, ignore_errors=True)
         return False
