@@ -425,9 +425,9 @@ def run_seed(cfg, encoder, model, tokenizer, store, results, workers=None):
     # 3-6. every init in turn; or side by side
     seed_data = (prepared, stats, measured, subspaces)
     if workers is not None:
-        seed_data = workers.share(seed_data)  # written once for the seed's jobs
+        shared = workers.share(seed_data)  # written once for the seed's jobs
         for inits in init_groups(cfg):
-            workers.submit((cfg.seed, tuple(inits)), inits_job, (cfg, inits, seed_data, store.inputs))
+            workers.submit((cfg.seed, tuple(inits)), inits_job, (cfg, inits, shared, store.inputs))
         return
     trained = {}
     for init in cfg.inits:
@@ -498,8 +498,8 @@ def inits_job(encoder, model, job):
     (cfg, inits, the name the seed's data was shared under, input fingerprints). Adapters are
     saved as they finish, as in one process; the scores are not (this process writes them):
     returns ({init: what it adds to the results}, the new score rows)."""
-    cfg, inits, seed_data, inputs = job
-    seed_data = parallel.shared(seed_data)
+    cfg, inits, shared, inputs = job
+    seed_data = parallel.shared(shared)
     store = resume.Store(cfg, inputs, save_scores=False)
     trained, added = {}, {}
     for init in inits:

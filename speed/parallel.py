@@ -40,6 +40,7 @@ import torch
 
 from pretrained import checkpoint
 from speed import fastpath
+from study import resume
 from study.config import ExperimentError
 
 _ENCODER = _MODEL = None  # in a worker: the encoder it loaded, and the same with the speed tricks on
@@ -68,9 +69,7 @@ def _start(main_pid, model_dir, device, threads):
 
 def _save(obj, path):
     """Write obj to path whole or not at all (plain pickle: tensors as bytes, no shared memory)."""
-    with open(f"{path}.part", "wb") as f:
-        pickle.dump(obj, f, protocol=pickle.HIGHEST_PROTOCOL)
-    os.replace(f"{path}.part", path)
+    resume.write_atomic(path, lambda f: pickle.dump(obj, f, protocol=pickle.HIGHEST_PROTOCOL))
 
 
 def _load(path):
@@ -141,7 +140,7 @@ class Workers:
     def share(self, data):
         """Write data that several jobs read once; returns the name to put in those jobs, which
         `shared(name)` reads back in a worker."""
-        self._start()
+        self._start_pool()
         name = os.path.join(self.folder, f"shared-{self.n_shared}")
         self.n_shared += 1
         _save(data, name)
@@ -151,12 +150,12 @@ class Workers:
         """Queue `job_fn(encoder, model, job)` for a worker; its result comes back from `wait`
         under `key`. job_fn must be a module-level function (it is sent to the workers by
         name)."""
-        self._start()
+        self._start_pool()
         job_path = os.path.join(self.folder, f"job-{len(self.futures)}")
         _save(job, job_path)
         self.futures[self.pool.submit(_run, job_fn, job_path, f"{job_path}-result")] = key
 
-    def _start(self):
+    def _start_pool(self):
         """The pool and its folder, at the first share or submit."""
         if self.pool is not None:
             return

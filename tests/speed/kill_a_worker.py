@@ -15,7 +15,6 @@ Prints one line per moment; exit status 0 when every wait ended so.
 import os
 import signal
 import sys
-import threading
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -43,13 +42,6 @@ def kill(marker, delay):
     os.kill(int(marker.read_text()), signal.SIGKILL)
 
 
-def kill_once_written(marker, delay):
-    """In a thread of the main process, which is meanwhile in the wait (the jobs start there)."""
-    while not marker.exists():
-        time.sleep(0.001)
-    kill(marker, delay)
-
-
 def one_round(cfg, folder, moment):
     when, delay = moment.split("+")
     marker = folder / moment
@@ -64,7 +56,9 @@ def one_round(cfg, folder, moment):
             pool.submit(i, big_result, (str(marker) if i == 0 else str(folder / f"{moment}-{i}"),
                                         torch.ones(1000)))
         if when == "sending":
-            threading.Thread(target=kill_once_written, args=(marker, float(delay)), daemon=True).start()
+            while not marker.exists():
+                time.sleep(0.001)
+            killed.append(kill(marker, float(delay)))
         try:
             pool.wait(on_done)
         except ExperimentError as error:
