@@ -11,6 +11,7 @@ tokenizers that turn the text into ids are in pretrained/tokenization.py.
     examples, n_skipped = load_split(TASKS["mrpc"], "dev", find_data_dir(None))
 """
 
+import hashlib
 import os
 import pathlib
 import re
@@ -169,40 +170,49 @@ def carve_split(rows, n):
             [r for i, r in enumerate(rows) if i not in picked])
 
 
-def load_split(task: Task, split: str, data_dir, limit=None) -> tuple:
+def load_split(task: Task, split: str, data_dir, limit=None, digest=None) -> tuple:
     """Read the train or dev split of a task. Returns (examples, n_skipped).
 
     Rows with the wrong number of fields, an unknown label or an unparsable score are skipped
-    and counted, not fatal. `limit` keeps the first `limit` usable rows in file order.
+    and counted, not fatal. `limit` keeps the first `limit` usable rows in file order. With
+    `digest` (the SHA-256 a run fingerprinted the file by), the bytes read must be that file:
+    one replaced since is a DataError, never rows read under another file's fingerprint.
     """
     path = split_path(task, split, data_dir)
+    raw = path.read_bytes()  # read once: what is parsed is what is checked
+    if digest is not None and hashlib.sha256(raw).hexdigest() != digest:
+        raise DataError(f"{path} changed after this run fingerprinted it; rerun the command "
+                        f"(what was computed from the old file is not reused)")
     examples, n_skipped = [], 0
-    # utf-8-sig drops the BOM that MRPC starts with; newline="\n" ends lines at "\n" only, so that a
-    # stray "\r" or other line-break character inside a sentence stays in its field. Fields are split
+    # utf-8-sig drops the BOM that MRPC starts with; lines end at "\n" only, so that a stray
+    # "\r" or other line-break character inside a sentence stays in its field. Fields are split
     # on tabs with no quote handling: quotes are text, as GLUE is read with csv.QUOTE_NONE.
     try:
-        with open(path, encoding="utf-8-sig", newline="\n") as f:
-            rows = (line.removesuffix("\n").removesuffix("\r").split("\t") for line in f)
-            if task.header:
-                header = next(rows, None)
-                if header is None:
-                    raise DataError(f"{path} is empty")
-                n_fields = len(header)
-            else:
-                header, n_fields = None, 4  # CoLA: source, label, original label, sentence
-            text_cols = [_column(header, c, path) for c in task.text_columns]
-            label_col = _column(header, task.label_column, path)
-            for fields in rows:
-                if limit is not None and len(examples) >= limit:
-                    break
-                label = _parse_label(task, fields[label_col]) if len(fields) == n_fields else None
-                if label is None:
-                    n_skipped += 1
-                    continue
-                texts = [fields[c] for c in text_cols]
-                examples.append(Example(texts[0], texts[1] if len(texts) > 1 else None, label))
+        text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:
         raise DataError(f"{path} is not UTF-8 text ({e.reason} at byte {e.start}); is it a GLUE file?")
+    lines = text.split("\n")
+    if lines[-1] == "":  # the file's last line ends with a line break
+        lines.pop()
+    rows = (line.removesuffix("\r").split("\t") for line in lines)
+    if task.header:
+        header = next(rows, None)
+        if header is None:
+            raise DataError(f"{path} is empty")
+        n_fields = len(header)
+    else:
+        header, n_fields = None, 4  # CoLA: source, label, original label, sentence
+    text_cols = [_column(header, c, path) for c in task.text_columns]
+    label_col = _column(header, task.label_column, path)
+    for fields in rows:
+        if limit is not None and len(examples) >= limit:
+            break
+        label = _parse_label(task, fields[label_col]) if len(fields) == n_fields else None
+        if label is None:
+            n_skipped += 1
+            continue
+        texts = [fields[c] for c in text_cols]
+        examples.append(Example(texts[0], texts[1] if len(texts) > 1 else None, label))
     if not examples and limit != 0:
         raise DataError(f"{path}: no usable rows ({n_skipped} malformed)")
     return examples, n_skipped
@@ -235,7 +245,7 @@ def dev_subset(rows, n):
 
 
 def prepare_tasks(names, data_dir, tokenizer, n_train, seed, max_length, k, eval_batch_size,
-                  n_heldout=0, n_dev=0, carve=0, n_measure=0):
+                  n_heldout=0, n_dev=0, carve=0, n_measure=0, digests=None):
     """Load, sample and tokenise every task once: {task: {"task", "train", "stats",
     "dev_batches", "pad_id", "baseline", "carved"}}. "train" is a seeded subset of n_train[task]
     rows (train_subset; n_train as config.train_rows gives it); "stats" its first k rows, the
@@ -245,17 +255,21 @@ def prepare_tasks(names, data_dir, tokenizer, n_train, seed, max_length, k, eval
     only n_dev of the dev rows (dev_subset). With carve > 0, a missing split is carved from
     the other (split_sources, carve_split); "carved" names it (None: none). With n_measure > 0,
     "measure": n_measure of the scored dev rows (a fixed random subset), on which the
-    interference and the subspace energy are measured: rows that neither fitted A nor trained."""
+    interference and the subspace energy are measured: rows that neither fitted A nor trained.
+    digests: {"train:sst2": SHA-256, "dev:sst2": ...}, what a run fingerprinted each file by
+    (load_split checks the bytes it reads against it)."""
+    digests = digests or {}
     prepared = {}
     for name in names:
         task = TASKS[name]
         _, carved = split_sources(task, data_dir, carve)
         if carved is None:
-            train, skipped_train = load_split(task, "train", data_dir)
-            dev, skipped_dev = load_split(task, "dev", data_dir)
+            train, skipped_train = load_split(task, "train", data_dir,
+                                              digest=digests.get(f"train:{name}"))
+            dev, skipped_dev = load_split(task, "dev", data_dir, digest=digests.get(f"dev:{name}"))
         else:
             source = "dev" if carved == "train" else "train"
-            rows, skipped = load_split(task, source, data_dir)
+            rows, skipped = load_split(task, source, data_dir, digest=digests.get(f"{source}:{name}"))
             dev, train = carve_split(rows, carve)
             skipped_train, skipped_dev = (skipped, 0) if source == "train" else (0, skipped)
         n_dev_all, dev = len(dev), dev_subset(dev, n_dev)

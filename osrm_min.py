@@ -407,10 +407,7 @@ def run_seed(cfg, encoder, model, tokenizer, store, results, workers=None):
     training and scoring; `store` (study/resume.py) reuses what an earlier run saved; results
     (study/record.py) collects what results.json holds; with `workers` (speed/parallel.Workers)
     the inits run side by side in worker processes, and their results arrive later."""
-    prepared = data.prepare_tasks(cfg.tasks, cfg.data_dir, tokenizer, config.train_rows(cfg), cfg.seed,
-                                  cfg.max_length, cfg.osrm_samples, cfg.eval_batch_size,
-                                  cfg.heldout_samples if cfg.select_on == "heldout" else 0,
-                                  cfg.dev_samples, cfg.carve_splits, cfg.measure_samples)
+    prepared = prepare(cfg, tokenizer, store.inputs)
     record.data(results, prepared)
     # 1. each task's layer statistics, from the frozen pretrained encoder; and the same on
     # held-out rows, to measure on
@@ -458,8 +455,7 @@ def run_init(cfg, init, encoder, model, store, results, seed_data, trained, prog
                                       f"{init}/{t}", progress))
             adapters[t] = Adapter(state, head, training)
             record.training(results, cfg.seed, init, t, training)
-            results["movement"].append({"seed": cfg.seed, "init": init, "task": t,
-                                        **movement(A_init, adapters[t].A(), measured, t)})
+            record.movement(results, cfg.seed, init, t, movement(A_init, adapters[t].A(), measured, t))
         with lora.carrying(model, adapters[t].lora, cfg.targets, cfg.rank, cfg.alpha):
             rows = store.evaluate(model, {t: adapters[t]}, prepared, cfg, init, "none", None)
         record.scores(results, rows)
@@ -481,8 +477,7 @@ def run_init(cfg, init, encoder, model, store, results, seed_data, trained, prog
     # 6. how much each adapter writes on the other tasks' inputs: on held-out rows, and on
     # the rows OSRM's subspace was fitted to (which flatters OSRM)
     for key, on in (("interference", measured), ("interference_fit", stats)):
-        results[key].append({"seed": cfg.seed, "init": init, "tasks": list(cfg.tasks),
-                             "matrix": interference(task_vectors, on)})
+        record.interference(results, key, cfg.seed, init, cfg.tasks, interference(task_vectors, on))
     return adapters
 
 
@@ -510,6 +505,22 @@ def inits_job(encoder, model, job):
     return added, store.scores.new_rows
 
 
+def prepare(cfg, tokenizer, inputs):
+    """Each task's rows for this seed (data.prepare_tasks), read from the GLUE files whose
+    content `inputs` fingerprinted (resume.fingerprint_inputs; a file changed since is an
+    error)."""
+    return data.prepare_tasks(cfg.tasks, cfg.data_dir, tokenizer, config.train_rows(cfg), cfg.seed,
+                              cfg.max_length, cfg.osrm_samples, cfg.eval_batch_size,
+                              cfg.heldout_samples if cfg.select_on == "heldout" else 0,
+                              cfg.dev_samples, cfg.carve_splits, cfg.measure_samples, inputs)
+
+
+def statistics_batches(task_data, rows, cfg):
+    """The batches `layer_statistics` reads of one task (an entry of `prepare`'s)."""
+    return data.make_batches(task_data[rows], cfg.batch_size, group_by_length=True,
+                             pad_id=task_data["pad_id"])
+
+
 def layer_statistics(encoder, cfg, prepared, rows):
     """{task: {layer name: statistics}} on each task's k examples (rows "stats"), or on its
     held-out measurement rows ("measure"); order does not matter, so batches are cut from
@@ -519,9 +530,8 @@ def layer_statistics(encoder, cfg, prepared, rows):
     t0 = time.time()
     stats = {}
     for n, p in prepared.items():
-        batches = data.make_batches(p[rows], cfg.batch_size, group_by_length=True,
-                                    pad_id=p["pad_id"])
-        stats[n] = collect_statistics(encoder, [train.to_device(b, cfg.device) for b in batches], names)
+        batches = [train.to_device(b, cfg.device) for b in statistics_batches(p, rows, cfg)]
+        stats[n] = collect_statistics(encoder, batches, names)
     what = (f"{cfg.osrm_samples} training examples" if rows == "stats"
             else f"{cfg.measure_samples} held-out dev rows (to measure on)")
     print(f"layer statistics: {what} per task, {len(names)} layers, {time.time() - t0:.1f}s")
@@ -531,12 +541,13 @@ def layer_statistics(encoder, cfg, prepared, rows):
 def run(cfg, encoder, tokenizer, inputs):
     """The whole experiment, seed by seed; returns the results dict written to results.json.
     inputs: the fingerprints of the input files (resume.fingerprint_inputs)."""
+    n = min(parallel.workers(cfg), len(cfg.seeds) * len(init_groups(cfg)))
+    loaded = resume.encoder_digest(encoder) if n > 1 else None  # what each worker must load too
     encoder.to(cfg.device)
     model = fastpath.speed_up(encoder)  # the same modules; the speed tricks switched on
     store = resume.Store(cfg, inputs)
     results = record.new_results(cfg, inputs)
-    n = min(parallel.workers(cfg), len(cfg.seeds) * len(init_groups(cfg)))
-    with parallel.Workers(cfg, n) if n > 1 else contextlib.nullcontext() as workers:
+    with parallel.Workers(cfg, n, loaded) if n > 1 else contextlib.nullcontext() as workers:
         for seed in cfg.seeds:
             print(f"seed {seed}")
             run_seed(replace(cfg, seed=seed), encoder, model, tokenizer, store, results, workers)

@@ -7,14 +7,18 @@
     dW = run.task_vector("lora", "sst2")             # {layer name: s B A} of the saved adapter
 
 It reads the run's results.json for its settings, the pretrained model and the training rows
-the run took for OSRM's statistics (the first --osrm-samples rows of each task's seeded
-subset), and the adapters the run saved. Nothing is trained and nothing is written. A run
+the run took for OSRM's statistics (made by the run's own code, osrm_min.prepare, from files
+whose content must be what the run fingerprinted: model, tokenizer and every GLUE file), and
+the adapters the run saved. Nothing is trained and nothing is written. A run
 that is not there or cannot be read, or a task, layer or adapter it does not have, is a
 LabError, which a script ends with in one line, as every osrm-min command does.
 """
 
+import contextlib
+import io
 import json
 import sys
+from dataclasses import fields, replace
 from pathlib import Path
 
 import torch
@@ -58,15 +62,32 @@ def where(cfg, inputs):
     "inputs"): where the run found them, or, for a run folder handed out from another machine
     (LAB.md's plan for slow machines), the installed default model and $GLUE_DIR."""
     model = cfg["model"] if Path(cfg["model"]).is_dir() else str(config.default_model_dir())
-    if resume.fingerprint_inputs(checkpoint.model_files(model), [], {})["model"] != inputs["model"]:
-        raise LabError(f"{model} is not the model the run used ({cfg['model']}); run it again")
+    found = resume.fingerprint_inputs(model, checkpoint.model_files(model),
+                                      tokenization.tokenizer_files(model), {})
+    for kind in ("model", "tokenizer"):
+        if found[kind] != inputs[kind]:
+            raise LabError(f"the {kind} files in {model} are not the ones the run used "
+                           f"({cfg['model']}); run it again")
     data_dir = cfg["data_dir"] if Path(cfg["data_dir"]).is_dir() else str(data.find_data_dir(None))
     for t in cfg["tasks"]:
-        path = data.split_sources(data.TASKS[t], data_dir, cfg.get("carve_splits", 0))[0]["train"]
-        if resume.file_digest(path) != inputs[f"train:{t}"]:
-            raise LabError(f"{path} is not the file the run trained on; set GLUE_DIR to the "
-                           f"GLUE copy the run was made with, or run it again")
+        paths, carved = data.split_sources(data.TASKS[t], data_dir, cfg.get("carve_splits", 0))
+        if carved != inputs.get(f"carved:{t}"):
+            raise LabError(f"{data_dir}/{data.TASKS[t].folder} does not hold the splits the run "
+                           f"read (carved: {inputs.get(f'carved:{t}')}); set GLUE_DIR to the GLUE "
+                           f"copy the run was made with, or run it again")
+        for split, path in paths.items():
+            if resume.file_digest(path) != inputs[f"{split}:{t}"]:
+                raise LabError(f"{path} is not the file the run read; set GLUE_DIR to the GLUE "
+                               f"copy the run was made with, or run it again")
     return model, data_dir
+
+
+def settings(saved, seed, model, data_dir):
+    """The run's Config, as results.json saved it, for `seed` and the files found here."""
+    known = {f.name for f in fields(config.Config)}
+    cfg = config.Config(**{k: tuple(v) if isinstance(v, list) else v
+                           for k, v in saved.items() if k in known})
+    return replace(cfg, seed=seed, model=model, data_dir=data_dir)
 
 
 class Run:
@@ -79,19 +100,20 @@ class Run:
             self.results = json.loads(path.read_text(encoding="utf-8"))
             self.cfg = cfg = self.results["config"]
             self.seed = cfg["seeds"][0] if seed is None else seed
+            if self.seed not in cfg["seeds"]:
+                raise LabError(f"the run in {self.out} has seeds {cfg['seeds']}, not {self.seed}")
             self.tasks = cfg["tasks"]
             model, data_dir = where(cfg, self.results["inputs"])
             self.encoder, _ = checkpoint.load_checkpoint(model)
             self.encoder.eval()  # no dropout: the inputs the frozen model sees
             self.layers = list(lora.target_layers(self.encoder, cfg["targets"]))
             tokenizer = tokenization.load_tokenizer(model)
-            self.batches = Named(f"the run in {self.out}", {})
-            for name in self.tasks:  # the same k rows the run's statistics read
-                rows, _ = data.load_split(data.TASKS[name], "train", data_dir)
-                rows = data.train_subset(name, rows, cfg["osrm_samples"], self.seed)
-                self.batches[name] = data.make_batches(
-                    data.encode_examples(tokenizer, rows, cfg["max_length"]), cfg["batch_size"],
-                    pad_id=tokenizer.pad_id)
+            run_cfg = settings(cfg, self.seed, model, data_dir)
+            with contextlib.redirect_stdout(io.StringIO()):  # the run printed what it read
+                prepared = osrm_min.prepare(run_cfg, tokenizer, self.results["inputs"])
+            # the very batches the run's statistics read (osrm_min.layer_statistics)
+            self.batches = Named(f"the run in {self.out}", {
+                name: osrm_min.statistics_batches(p, "stats", run_cfg) for name, p in prepared.items()})
         except (checkpoint.CheckpointError, data.DataError, config.ExperimentError,
                 OSError) as e:  # moved or changed
             raise LabError(f"the run in {self.out} cannot be opened: {e}") from None
@@ -125,15 +147,26 @@ class Run:
         return self._stats
 
     def adapter(self, init, task):
-        """The saved LoRA state {"layers.0.query.A": A, ...B: B} of one adapter."""
+        """The saved LoRA state {"layers.0.query.A": A, ...B: B} of one adapter, the very one
+        the run scored (a LabError if the file now holds another)."""
         path = self.out / "adapters" / f"{init}-{task}-seed{self.seed}.pt"
         if not path.exists():
             raise LabError(f"{path} is missing: run with --inits {init} first")
         try:
-            return torch.load(path, map_location="cpu", weights_only=True)["lora"]
+            saved = torch.load(path, map_location="cpu", weights_only=True)
+            lora_state, head = saved["lora"], saved["head"]
+            # the digest the run's score of this adapter alone holds (resume.adapter_digest)
+            found = resume.digest({task: resume.tensors_digest(
+                {**lora_state, **{f"head.{k}": v for k, v in head.items()}})})
         except Exception as e:  # truncated, or not an adapter file
             raise LabError(f"{path} cannot be read ({type(e).__name__}); run with --inits "
                            f"{init} again") from None
+        scored = [r.get("adapters") for r in self.results["rows"] if (r["seed"], r["init"], r["task"],
+                  r["merge"]) == (self.seed, init, task, "none")]
+        if found not in scored:
+            raise LabError(f"{path} is not the adapter the run in {self.out} scored (trained "
+                           f"again since?); run the command that wrote it again")
+        return lora_state
 
     def movement(self):
         """{init: {task: entry}} of this seed, as results.json's "movement" holds them: the

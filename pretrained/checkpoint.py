@@ -121,9 +121,17 @@ def weights_file(folder):
     raise CheckpointError(f"{folder} has neither model.safetensors nor pytorch_model.bin")
 
 
+def require_config(folder):
+    if not (folder / "config.json").exists():
+        raise CheckpointError(f"{folder} has no config.json; --model needs a Hugging Face "
+                              f"format BERT or RoBERTa folder (config.json, model.safetensors, "
+                              f"and vocab.txt or vocab.json + merges.txt)")
+
+
 def model_files(folder):
     """Every file of the folder that shapes the encoder and its heads (for fingerprints)."""
     folder = Path(folder)
+    require_config(folder)
     pooling = folder / "1_Pooling" / "config.json"
     return [folder / "config.json", weights_file(folder)] + ([pooling] if pooling.exists() else [])
 
@@ -215,10 +223,7 @@ def load_checkpoint(folder):
     memory is given to them.
     """
     folder = Path(folder)
-    if not (folder / "config.json").exists():
-        raise CheckpointError(f"{folder} has no config.json; --model needs a Hugging Face "
-                              f"format BERT or RoBERTa folder (config.json, model.safetensors, "
-                              f"and vocab.txt or vocab.json + merges.txt)")
+    require_config(folder)
     config = read_config(folder)
     path = weights_file(folder)
     try:

@@ -453,10 +453,19 @@ CONFIG_KINDS = {"do_lower_case": bool, "strip_accents": (bool, type(None)),
                 "tokenize_chinese_chars": bool, "add_prefix_space": bool}
 
 
+NO_TOKENIZER = ("no tokenizer in {}: expected vocab.txt (WordPiece) or vocab.json and merges.txt "
+                "(byte-level BPE)")
+
+
 def tokenizer_files(model_dir) -> list:
     """The files load_tokenizer reads (for fingerprints)."""
     model_dir = pathlib.Path(model_dir)
-    names = (["vocab.txt"] if (model_dir / "vocab.txt").is_file() else ["vocab.json", "merges.txt"])
+    if (model_dir / "vocab.txt").is_file():
+        names = ["vocab.txt"]
+    elif (model_dir / "vocab.json").is_file() and (model_dir / "merges.txt").is_file():
+        names = ["vocab.json", "merges.txt"]
+    else:
+        raise DataError(NO_TOKENIZER.format(model_dir))
     names += ["tokenizer_config.json"] if (model_dir / "tokenizer_config.json").is_file() else []
     return [model_dir / name for name in names]
 
@@ -485,5 +494,5 @@ def load_tokenizer(model_dir):
         return WordPieceTokenizer.from_dir(model_dir)
     if (model_dir / "vocab.json").is_file() and (model_dir / "merges.txt").is_file():
         return ByteLevelBPETokenizer.from_dir(model_dir)
-    raise DataError(f"no tokenizer in {model_dir}: expected vocab.txt (WordPiece) "
-                    f"or vocab.json and merges.txt (byte-level BPE)")
+    raise DataError(NO_TOKENIZER.format(model_dir))
+

@@ -20,10 +20,15 @@ killed at the wrong moment broke the run: killed while it fetched a job's tensor
 them over as file descriptors) it left a traceback from the main process's fd-sharing thread;
 killed halfway through writing a large result it left the pool waiting for the rest forever.
 A message of a few hundred bytes reaches a pipe in one piece, so neither can happen. A worker
-whose main process is killed outright stops itself (`_watch`), and the next run removes the
-temporary folder the killed one left.
+whose main process is killed outright stops itself (`_watch`), and a later run removes the
+temporary folder the killed one left: only a folder whose lock no process holds any more
+(`_job_folder`), never one judged by a process id, which another pid namespace (a container
+sharing the temporary folder) would read as someone else's. A worker that cannot start (the
+model unreadable, or changed since the run loaded it) says why in its jobs' one-line error.
 """
 
+import contextlib
+import fcntl
 import multiprocessing
 import os
 import pickle
@@ -44,8 +49,10 @@ from study import resume
 from study.config import ExperimentError
 
 _ENCODER = _MODEL = None  # in a worker: the encoder it loaded, and the same with the speed tricks on
+_START_ERROR = None  # in a worker: why it could not start, said by each job it is given
 _SHARED = {}  # in a worker: the shared data it read last, {file name: data}
 _PREFIX = "osrm-min-jobs-"  # the temporary folders' names: this, the main process's pid, -, random
+_LOCK = "lock"  # in each folder: held (flock) by the run that made it, for as long as it runs
 
 
 def workers(cfg):
@@ -56,15 +63,40 @@ def workers(cfg):
     return 1 if str(cfg.device).startswith("cuda") else max(1, os.cpu_count() or 1)
 
 
-def _start(main_pid, model_dir, device, threads):
-    """A worker's start: Ctrl-C is the main process's to handle; a watch on the main process;
-    its share of the threads; the checkpoint, loaded once."""
-    global _ENCODER, _MODEL
+def _start(main_pid, model_dir, device, threads, model_digest):
+    """A worker's start: Ctrl-C is the main process's to handle (it came blocked from there,
+    `_quiet_children`: now ignored, then unblocked); a watch on the main process; its share of
+    the threads; the checkpoint, loaded once and checked to be what the main process loaded
+    (resume.encoder_digest). A failure is kept for its jobs to report (`_run`): an initializer
+    that raises would print a traceback and break the pool as if the worker had been killed."""
+    global _ENCODER, _MODEL, _START_ERROR
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     threading.Thread(target=_watch, args=(main_pid,), daemon=True).start()
-    torch.set_num_threads(threads)
-    _ENCODER, _ = checkpoint.load_checkpoint(model_dir)
-    _MODEL = fastpath.speed_up(_ENCODER.to(device))
+    try:
+        torch.set_num_threads(threads)
+        encoder, _ = checkpoint.load_checkpoint(model_dir)
+        if resume.encoder_digest(encoder) != model_digest:
+            raise ExperimentError(f"the model in {model_dir} changed after this run loaded it; "
+                                  f"rerun once it is complete")
+        _ENCODER, _MODEL = encoder, fastpath.speed_up(encoder.to(device))
+    except Exception as e:  # any failure: said in one line by its jobs
+        _START_ERROR = str(e) if isinstance(e, ExperimentError) else (
+            f"cannot load the model in {model_dir} ({type(e).__name__}: "
+            f"{str(e).splitlines()[0][:150] if str(e) else ''})")
+
+
+@contextlib.contextmanager
+def _quiet_children():
+    """Around starting worker processes: SIGINT blocked, so that a Ctrl-C pressed while a child
+    is still importing torch cannot end it with a traceback (the child inherits the blocked
+    signal, and `_start` ignores it before unblocking). This process gets such a Ctrl-C as
+    soon as the block is lifted. (multiprocessing's resource tracker starts the same way.)"""
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def _save(obj, path):
@@ -96,42 +128,58 @@ def _watch(main_pid):
 
 
 def _job_folder():
-    """A new temporary folder for this process's jobs, after removing those left by runs whose
-    process was killed outright (their names hold its pid)."""
+    """(a new temporary folder for this process's jobs, its lock held), after removing the
+    folders of runs that ended without removing their own (killed outright): those whose lock
+    this process can take, since the lock goes with the process that held it. A folder without
+    a lock, or whose lock is held, is left alone."""
     for old in Path(tempfile.gettempdir()).glob(f"{_PREFIX}*-*"):
-        pid = old.name.removeprefix(_PREFIX).split("-")[0]
-        if pid.isdigit() and not _alive(int(pid)) and old.is_dir():
+        lock = _take_lock(old)
+        if lock is not None:
             shutil.rmtree(old, ignore_errors=True)
-    return tempfile.mkdtemp(prefix=f"{_PREFIX}{os.getpid()}-")
+            os.close(lock)
+    folder = tempfile.mkdtemp(prefix=f"{_PREFIX}{os.getpid()}-")
+    # locked under another name, then renamed: no other run can find it unlocked
+    fd = os.open(os.path.join(folder, f"{_LOCK}.new"), os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    os.rename(os.path.join(folder, f"{_LOCK}.new"), os.path.join(folder, _LOCK))
+    return folder, fd
 
 
-def _alive(pid):
-    """Whether process pid exists (asked with signal 0, which only checks; on Windows, where
-    os.kill would end the process, every pid counts as alive and nothing is removed)."""
-    if os.name != "posix":
-        return True
+def _take_lock(folder):
+    """The lock of one of our folders (an fd), if no process holds it; else None. Never
+    through a link, and only in a folder of this user's."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process
-        return True
-    return True
+        if folder.is_symlink() or not folder.is_dir() or folder.stat().st_uid != os.getuid():
+            return None
+        fd = os.open(folder / _LOCK, os.O_RDWR | os.O_NOFOLLOW)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return fd
+    except OSError:
+        os.close(fd)
+        return None
 
 
 def _run(job_fn, job_path, result_path):
     """In a worker: the job from its file, its result to another; only the name goes back."""
+    if _START_ERROR is not None:
+        raise ExperimentError(f"a worker process could not start: {_START_ERROR}")
     _save(job_fn(_ENCODER, _MODEL, _load(job_path)), result_path)
     return result_path
 
 
 class Workers:
-    """`with Workers(cfg, n) as pool:` n worker processes, started at the first `pool.share` or
+    """`with Workers(cfg, n, model_digest) as pool:` n worker processes, started at the first `pool.share` or
     `pool.submit` and kept for every seed (a worker's start-up, an interpreter and a checkpoint, costs
     seconds)."""
 
-    def __init__(self, cfg, n):
-        self.cfg, self.n, self.pool, self.futures, self.folder = cfg, n, None, {}, None
+    def __init__(self, cfg, n, model_digest):
+        """model_digest: resume.encoder_digest of the encoder this process loaded, which each
+        worker's own must match."""
+        self.cfg, self.n, self.model_digest = cfg, n, model_digest
+        self.pool, self.futures, self.folder, self.lock, self.main_threads = None, {}, None, None, None
         self.threads = max(1, torch.get_num_threads() // n)
 
     def __enter__(self):
@@ -153,7 +201,8 @@ class Workers:
         self._start_pool()
         job_path = os.path.join(self.folder, f"job-{len(self.futures)}")
         _save(job, job_path)
-        self.futures[self.pool.submit(_run, job_fn, job_path, f"{job_path}-result")] = key
+        with _quiet_children():  # the pool starts its processes as jobs arrive
+            self.futures[self.pool.submit(_run, job_fn, job_path, f"{job_path}-result")] = key
 
     def _start_pool(self):
         """The pool and its folder, at the first share or submit."""
@@ -162,17 +211,19 @@ class Workers:
         # a killed worker leaves the pool's semaphores to multiprocessing's resource tracker,
         # which would warn about them at exit, after the run's one-line error
         os.environ.setdefault("PYTHONWARNINGS", "ignore::UserWarning:multiprocessing.resource_tracker")
-        context = multiprocessing.get_context("spawn")  # fresh interpreters: no forked thread pools
-        self.pool = ProcessPoolExecutor(self.n, mp_context=context, initializer=_start,
-                                        initargs=(os.getpid(), self.cfg.model, self.cfg.device, self.threads))
-        print(f"the inits of every seed run side by side in {self.n} worker processes, "
-              f"{self.threads} thread(s) each")
-        self.t0 = time.time()
-        self.folder, self.n_shared = _job_folder(), 0
+        (self.folder, self.lock), self.n_shared = _job_folder(), 0
         # Meanwhile this process computes the next seeds' statistics on a worker's share of the
         # threads: with more threads than cores, torch's threads wait for each other (on 2
         # cores the three-seed lab run took 300 s with this process on 2 threads, 192 s on 1).
         self.main_threads = torch.get_num_threads()
+        context = multiprocessing.get_context("spawn")  # fresh interpreters: no forked thread pools
+        with _quiet_children():
+            self.pool = ProcessPoolExecutor(self.n, mp_context=context, initializer=_start,
+                                            initargs=(os.getpid(), self.cfg.model, self.cfg.device,
+                                                      self.threads, self.model_digest))
+        print(f"the inits of every seed run side by side in {self.n} worker processes, "
+              f"{self.threads} thread(s) each")
+        self.t0 = time.time()
         torch.set_num_threads(self.threads)
 
     def wait(self, on_done):
@@ -192,12 +243,18 @@ class Workers:
         return results
 
     def __exit__(self, kind, error, traceback):
-        if self.pool is None:
-            return False
-        if kind is not None:  # a failed fine-tune or Ctrl-C: stop the others, keep what is saved
-            for process in list(self.pool._processes.values()):  # (no public way to do this)
-                process.terminate()
-        self.pool.shutdown(wait=True, cancel_futures=True)
-        torch.set_num_threads(self.main_threads)
-        shutil.rmtree(self.folder, ignore_errors=True)
+        """Stop the workers (at once after a failure or Ctrl-C, keeping what is saved), put the
+        threads back, remove the folder; whatever part of the pool had started."""
+        try:
+            if self.pool is not None:
+                if kind is not None:
+                    for process in list((self.pool._processes or {}).values()):  # (no public way)
+                        process.terminate()
+                self.pool.shutdown(wait=True, cancel_futures=True)
+        finally:
+            if self.main_threads is not None:
+                torch.set_num_threads(self.main_threads)
+            if self.folder is not None:
+                shutil.rmtree(self.folder, ignore_errors=True)
+                os.close(self.lock)
         return False

@@ -54,6 +54,7 @@ def run_command(argv, inits, run):
         resume.check_writable(cfg.out, ["results.json", "summary.txt", *figures.FIGURES,
                                         *resume.stored_files(cfg)])
         with resume.RunLock(cfg.out):
+            inputs = fingerprint(cfg)  # before anything is read; checked again as it is read
             encoder, pooling = checkpoint.load_checkpoint(cfg.model)
             cfg.pooling = pooling if cfg.pooling == "auto" else cfg.pooling
             config.check_against_model(cfg, min(m.in_features for m in lora.target_layers(
@@ -61,8 +62,9 @@ def run_command(argv, inits, run):
             tokenizer = tokenization.load_tokenizer(cfg.model)
             checkpoint.check_tokenizer(cfg.model, encoder.config, tokenizer, any(
                 len(data.TASKS[t].text_columns) > 1 for t in cfg.tasks))
+            unchanged_while_loading(cfg, inputs)
             print(config.banner(cfg), flush=True)
-            results = run(cfg, encoder, tokenizer, fingerprint(cfg))
+            results = run(cfg, encoder, tokenizer, inputs)
             results["wall_time_s"] = round(time.time() - t0, 1)
             endpoints.finish(results)
             resume.write_json_atomic(results, Path(cfg.out) / "results.json")
@@ -96,9 +98,23 @@ def run_command(argv, inits, run):
 def fingerprint(cfg):
     """The content digests of every input file (resume.py), and what they cost."""
     t0 = time.time()
-    data_files = {f"{split}:{t}": path for t in cfg.tasks for split, path in
-                  data.split_sources(data.TASKS[t], cfg.data_dir, cfg.carve_splits)[0].items()}
-    inputs = resume.fingerprint_inputs(checkpoint.model_files(cfg.model),
-                                       tokenization.tokenizer_files(cfg.model), data_files)
+    data_files, carved = {}, {}
+    for t in cfg.tasks:
+        paths, carved[t] = data.split_sources(data.TASKS[t], cfg.data_dir, cfg.carve_splits)
+        data_files.update({f"{split}:{t}": path for split, path in paths.items()})
+    inputs = resume.fingerprint_inputs(cfg.model, checkpoint.model_files(cfg.model),
+                                       tokenization.tokenizer_files(cfg.model), data_files, carved)
     print(f"fingerprints of the model, tokenizer and data files: {time.time() - t0:.2f}s")
     return inputs
+
+
+def unchanged_while_loading(cfg, inputs):
+    """That the model and tokenizer files read after `fingerprint` are still the ones it
+    digested, so that what was loaded is what the saved results are keyed on (the GLUE files
+    are checked as each is read, data.load_split)."""
+    now = resume.fingerprint_inputs(cfg.model, checkpoint.model_files(cfg.model),
+                                    tokenization.tokenizer_files(cfg.model), {})
+    changed = [k for k in ("model", "tokenizer") if now[k] != inputs[k]]
+    if changed:
+        raise ExperimentError(f"the {' and '.join(changed)} files in {cfg.model} changed while "
+                              f"this run read them; rerun once they are complete")

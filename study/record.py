@@ -4,6 +4,7 @@ of the method; each function appends what a step measured, and says what a reade
 know at once (a fine-tune that did not learn, a loss that did not fall).
 """
 
+import math
 import time
 from dataclasses import asdict
 
@@ -11,6 +12,7 @@ import torch
 
 from extensions.subspaces import direction_share
 from study import resume, tables
+from study.config import ExperimentError
 
 LISTS = tables.LISTS  # the lists results.json holds, one entry per seed, init, task, ...
 
@@ -81,6 +83,7 @@ def subspaces(results, seed, rank, stats, measured, subspaces, u, energy):
             shares = [direction_share(A, u[n]) for n, A in A_init.items() if n in u]
             for rows, on in (("fit", stats), ("heldout", measured)):
                 own, others = energy(A_init, on, t)
+                finite(f"the input energy that {name}'s A_t of {t} reads", own, others)
                 results["subspace_energy"].append({
                     "seed": seed, "stat": name, "task": t, "rows": rows, "own": own,
                     "others": others, "ln_share": sum(shares) / len(shares) if shares else None})
@@ -90,6 +93,32 @@ def subspaces(results, seed, rank, stats, measured, subspaces, u, energy):
         S_others = sum(stats[j][layer]["S"] for j in tasks if j != t)
         results["spectrum"].append({"seed": seed, "task": t, "layer": layer, "rank": rank,
                                     "eigenvalues": torch.linalg.eigvalsh(S_others).tolist()})
+
+
+def finite(what, *values):
+    """An ExperimentError unless every value is a finite number: results.json holds no silent
+    nan, and the report reads whatever the run writes."""
+    if not all(math.isfinite(v) for v in values):
+        raise ExperimentError(f"{what} is not a finite number; the run cannot measure it")
+
+
+def interference(results, key, seed, init, tasks, matrix):
+    """An interference matrix (osrm_min.interference) on the held-out rows ("interference") or
+    on the statistics rows ("interference_fit"). Entry (t, j) divides by ||dW_j H_j||: if task
+    j's own update is zero on its inputs (B never left 0, as with a learning rate or alpha so
+    small that every step underflows), the ratio is undefined, and the run says so."""
+    for j, task in enumerate(tasks):
+        if not all(math.isfinite(row[j]) for row in matrix):
+            raise ExperimentError(f"{init}/{task}: the adapter's update is zero on its own "
+                                  f"task's inputs (its B never left 0), so its interference "
+                                  f"ratios are undefined; a larger --lr or --alpha lets it train")
+    results[key].append({"seed": seed, "init": init, "tasks": list(tasks), "matrix": matrix})
+
+
+def movement(results, seed, init, task, moved):
+    """How far training moved one adapter's A (osrm_min.movement)."""
+    finite(f"{init}/{task}: how far training moved A", *moved.values())
+    results["movement"].append({"seed": seed, "init": init, "task": task, **moved})
 
 
 def merged(init, method, lam, by_task, since):

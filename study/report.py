@@ -8,6 +8,8 @@ recomputed from a model; runs split by --inits are combined into one report.
 """
 
 import json
+import math
+import os
 import statistics
 import sys
 from pathlib import Path
@@ -280,11 +282,52 @@ def summary(results):
     return "\n".join(parts)
 
 
+def read_results(path):
+    """A run's results.json, checked (`check`). Strict JSON: NaN and Infinity, which Python's
+    json module reads but no osrm-min run writes (it writes null), are refused."""
+    def refuse(constant):
+        raise ValueError(f"it holds {constant}, which is not JSON")
+    results = json.loads(Path(path).read_text(encoding="utf-8"), parse_constant=refuse)
+    check(results)
+    return results
+
+
+def check(results):
+    """That `results` is what a finished osrm-min run writes, as far as the report reads it:
+    every score row one a run writes (resume.valid_score), every interference, energy and
+    movement a finite number. A ValueError says what is not."""
+    from study.resume import is_a, valid_score
+    if not isinstance(results, dict) or not isinstance(results.get("config"), dict):
+        raise ValueError("it is not a run's results (no config)")
+    for key in ("rows", "heldout_rows"):
+        bad = next((r for r in results.get(key) or [] if not valid_score(r)), None)
+        if bad is not None:
+            raise ValueError(f"a score in {key} is not one a run writes: {json.dumps(bad)[:80]}")
+    numbers = ([v for e in results.get("interference", []) + results.get("interference_fit", [])
+                for row in e["matrix"] for v in row]
+               + [e[k] for e in results.get("subspace_energy", []) for k in ("own", "others")]
+               + [e[k] for e in results.get("movement", [])
+                  for k in ("own_start", "others_start", "own_end", "others_end", "overlap")])
+    if not all(is_a(v, (int, float)) and math.isfinite(v) for v in numbers):
+        raise ValueError("an interference, subspace energy or movement is not a finite number")
+
+
+def holds_an_input(out, inputs):
+    """The first of `inputs` (results.json paths) in the folder `out`, where a report writes
+    results.json, summary.txt and the figures; None if none is."""
+    for path in inputs:
+        if out.is_dir() and path.parent.is_dir() and os.path.samefile(out, path.parent):
+            return path
+    return None
+
+
 def combine(parts):
     """One results dict from runs that differ only in their --inits and --out, such as a study
     split over two processes: the same seeds, tasks, settings and input files, disjoint inits.
     Entries both runs record (the subspace energy of the random reference, the spectra) are
     kept once. A ValueError names what differs."""
+    for p in parts:
+        check(p)
     first = parts[0]
     inits = []
     for p in parts:
@@ -315,8 +358,9 @@ def combine(parts):
 
 def main(argv=None):
     """python -m study.report RUN/results.json [RUN2/results.json ...] [--out DIR]: print the summary
-    and draw the figures again; several runs that differ only in --inits are combined into one
-    report, written with its results.json into --out."""
+    and write it and the figures again, beside the run's results.json; several runs that differ
+    only in --inits are combined into one report, written with its results.json into --out, a
+    folder that holds none of the runs it reads."""
     import argparse
     from study import resume
     p = argparse.ArgumentParser(description=main.__doc__.split(":", 1)[1].strip())
@@ -326,23 +370,27 @@ def main(argv=None):
     if len(args.results) > 1 and not args.out:
         print("error: combining runs needs --out DIR", file=sys.stderr)
         return 2
+    out = Path(args.out) if args.out else None
+    held = out and holds_an_input(out, list(map(Path, args.results)))
+    if held:
+        print(f"error: --out {out} holds {held}, which this report reads and would write over; "
+              f"choose another folder", file=sys.stderr)
+        return 2
     path = None
     try:
         parts = []
         for path in map(Path, args.results):
-            parts.append(json.loads(path.read_text(encoding="utf-8")))
+            parts.append(read_results(path))
         if len(parts) > 1:
             path = None  # from here on a mistake is in what the runs hold together
-        if len(parts) == 1 and not args.out:
+        if out is None:
             results, out = parts[0], Path(args.results[0]).parent
         else:
             results = combine(parts) if len(parts) > 1 else finish(parts[0])
-            out = Path(args.out)
             out.mkdir(parents=True, exist_ok=True)
             resume.write_json_atomic(results, out / "results.json")
         text = summary(results)
-        if args.out:
-            resume.write_text_atomic(text + "\n", out / "summary.txt")
+        resume.write_text_atomic(text + "\n", out / "summary.txt")
         figures = write_figures(results, out)
     except OSError as e:
         print(f"error: {e.strerror or e}: {e.filename or path}", file=sys.stderr)

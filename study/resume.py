@@ -9,8 +9,12 @@ all; one run per output folder at a time.
                                                  and a digest of the adapters it came from
     <out>/.lock                                  held by the run in progress
 
-The inputs are fingerprinted by content (SHA-256): the model's config and weights, the
-tokenizer's files, each task's training and dev files. None of this is part of the method;
+The inputs are fingerprinted by content (SHA-256) before they are read: every file of the
+model folder the encoder and tokenizer are built from (named by its path in the folder), each
+task's training and dev files, and which split was carved (--carve-splits). What is read later
+is checked against them: the model and tokenizer files once loaded (study/cli.py), each GLUE
+file as each seed reads it (data.load_split), the encoder each worker process loads
+(speed/parallel.py). None of this is part of the method;
 osrm_min.py asks `Store` for an adapter or a score before computing it, and hands it what it
 computed.
 """
@@ -213,14 +217,31 @@ def digest(parts):
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def fingerprint_inputs(model_files, tokenizer_files, data_files):
-    """{"model": ..., "tokenizer": ..., "train:sst2": ..., "dev:sst2": ...}: a digest of each
-    input's content. model_files and tokenizer_files: lists of paths; data_files:
-    {"train:sst2": path, ...}."""
-    out = {"model": digest({Path(p).name: file_digest(p) for p in model_files}),
-           "tokenizer": digest({Path(p).name: file_digest(p) for p in tokenizer_files})}
+def files_digest(folder, paths):
+    """One digest of files, each named by its path inside `folder`: two files of one name in
+    different subfolders (a sentence-transformers model's config.json and
+    1_Pooling/config.json) are two entries, and a copy of the folder elsewhere has the same."""
+    return digest({Path(p).relative_to(folder).as_posix(): file_digest(p) for p in paths})
+
+
+def fingerprint_inputs(model_dir, model_files, tokenizer_files, data_files, carved=None):
+    """{"model": ..., "tokenizer": ..., "train:sst2": ..., "dev:sst2": ..., "carved:qqp":
+    "dev"}: a digest of each input's content, and which split of a task was carved from the
+    other's file (--carve-splits; data.split_sources). model_files and tokenizer_files: lists
+    of paths inside model_dir; data_files: {"train:sst2": path, ...}; carved: {task: split}."""
+    out = {"model": files_digest(model_dir, model_files),
+           "tokenizer": files_digest(model_dir, tokenizer_files)}
     out.update({key: file_digest(path) for key, path in data_files.items()})
+    out.update({f"carved:{t}": split for t, split in (carved or {}).items() if split})
     return out
+
+
+def encoder_digest(encoder):
+    """A digest of a loaded encoder as it is in memory: every weight, the config, and whether
+    the checkpoint had a pooler. Two processes that loaded the same files agree on it."""
+    return digest({"weights": tensors_digest(encoder.state_dict()),
+                   "config": json.dumps(asdict(encoder.config), sort_keys=True),
+                   "pooler": str(getattr(encoder, "has_pretrained_pooler", None))})
 
 
 # The stores
@@ -260,9 +281,12 @@ class Store:
             d["head_bias_mean"] = cfg.head_bias_mean
         if cfg.select_on == "heldout":  # held-out rows are taken out of the training rows
             d["heldout_samples"] = cfg.heldout_samples
-        if cfg.carve_splits:  # a carved split's rows are taken out of the training pool
-            d["carve_splits"] = cfg.carve_splits
         reads = cfg.tasks if uses_osrm else [task]
+        # a carved split's rows are taken out of the training pool: the key holds whether a
+        # split was carved, as the run found the files, and how many rows
+        carved = {t: self.inputs[f"carved:{t}"] for t in reads if f"carved:{t}" in self.inputs}
+        if carved:
+            d.update(carve_splits=cfg.carve_splits, carved=carved)
         if uses_osrm:
             # in --tasks order: osrm-mean stacks the other tasks' means in it (and LAPACK's null
             # basis follows the order), and with three or more a float sum of their moments
@@ -281,7 +305,8 @@ class Store:
         """The digest of what a score of `task` depends on: the model, the tokenizer, every
         task's training file (a merge holds every adapter) and the task's dev file."""
         return digest({k: self.inputs[k] for k in ["model", "tokenizer", f"dev:{task}"]
-                       + [f"train:{t}" for t in tasks]})
+                       + [f"train:{t}" for t in tasks]
+                       + [f"carved:{t}" for t in tasks if f"carved:{t}" in self.inputs]})
 
     def load_adapter(self, cfg, task, init, uses_osrm, shapes, head):
         """The lora state saved earlier with the same settings and inputs (its head state is
@@ -414,15 +439,15 @@ def tensors_digest(tensors):
     return h.hexdigest()[:16]
 
 
-ROW_TYPES = {"seed": int, "init": str, "merge": str, "task": str, "score": (int, float),
-             "metrics": dict, "inputs": str, "adapters": str, "split": str}
+SCORE_TYPES = {"seed": int, "init": str, "merge": str, "task": str, "score": (int, float),
+               "metrics": dict, "split": str}
 
 
-def usable_row(row):
-    """A saved score row that a fresh run could have written: every field of its type, a task
-    and split that exist, a positive finite lambda or none, and the task's metrics, each in
-    [-1, 1], giving exactly its score."""
-    if not (isinstance(row, dict) and all(is_a(row.get(k), t) for k, t in ROW_TYPES.items())):
+def valid_score(row):
+    """A score row as a run writes it, as far as the report reads it: every field of its type,
+    a task and split that exist, a positive finite lambda or none, and the task's metrics,
+    each in [-1, 1], giving exactly its score."""
+    if not (isinstance(row, dict) and all(is_a(row.get(k), t) for k, t in SCORE_TYPES.items())):
         return False
     task, lam, metrics = data.TASKS.get(row["task"]), row.get("lambda"), row["metrics"]
     return (task is not None and row["split"] in ("dev", "heldout")
@@ -430,6 +455,12 @@ def usable_row(row):
             and set(metrics) == set(data.metric_names(task))
             and all(is_a(v, (int, float)) and -1 <= v <= 1 for v in metrics.values())
             and data.main_score(task, metrics) == row["score"])
+
+
+def usable_row(row):
+    """A saved score row that a fresh run could have written (valid_score), with the digests
+    of the inputs and adapters it came from."""
+    return valid_score(row) and all(is_a(row.get(k), str) for k in ("inputs", "adapters"))
 
 
 def result_row(seed, init, merge_method, lam, task, score, metrics, inputs, adapters, split="dev"):

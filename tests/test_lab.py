@@ -70,6 +70,19 @@ def test_the_solutions_pass_these_checks_and_a_wrong_answer_fails(monkeypatch):
         test_osrm_subspace_from()
 
 
+def interference_by_hand_is_the_reported_one(run):
+    """||dW_t H_j|| / ||dW_j H_j|| from the layer inputs and task vectors load_run gives, against
+    the matrices the run reported on its statistics rows (interference_fit)."""
+    for reported in run.results["interference_fit"]:
+        dW = {t: run.task_vector(reported["init"], t) for t in run.tasks}
+        for i, t in enumerate(run.tasks):
+            for j, other in enumerate(run.tasks):
+                H = {n: run.layer_inputs(other, n) for n in run.layers}
+                ratios = [((H[n] @ dW[t][n].double().T).norm() / (H[n] @ dW[other][n].double().T).norm()).item()
+                          for n in run.layers]
+                assert sum(ratios) / len(ratios) == pytest.approx(reported["matrix"][i][j], rel=1e-6)
+
+
 def test_load_run_sees_what_the_run_saw(tmp_path, tiny_model):
     """lab/load_run.py (exercises 2 and 3) rebuilds the layer inputs and task vectors of a saved
     run: the interference it gives by hand, ||dW_t H_j|| / ||dW_j H_j|| from real activations,
@@ -79,14 +92,7 @@ def test_load_run_sees_what_the_run_saw(tmp_path, tiny_model):
     write_tiny_glue(tmp_path / "glue")
     assert osrm_min.main(tiny_args(tmp_path, tiny_model, "--inits", "lora,osrm")) == 0
     run = load(tmp_path / "out")
-    for reported in run.results["interference_fit"]:
-        dW = {t: run.task_vector(reported["init"], t) for t in run.tasks}
-        for i, t in enumerate(run.tasks):
-            for j, other in enumerate(run.tasks):
-                H = {n: run.layer_inputs(other, n) for n in run.layers}
-                ratios = [((H[n] @ dW[t][n].double().T).norm() / (H[n] @ dW[other][n].double().T).norm()).item()
-                          for n in run.layers]
-                assert sum(ratios) / len(ratios) == pytest.approx(reported["matrix"][i][j], rel=1e-6)
+    interference_by_hand_is_the_reported_one(run)
 
 
 def test_tiny_writes_a_checkpoint_and_data_once(tmp_path, capsys):
@@ -118,12 +124,55 @@ def test_load_run_opens_a_run_handed_out_from_another_machine(tmp_path, tiny_mod
     assert torch.equal(load(tmp_path / "out").layer_inputs("sst2", "layers.0.query"), before)
     with open(tmp_path / "moved" / "SST-2" / "train.tsv", "a") as f:
         f.write("a new sentence\t1\n")
-    with pytest.raises(LabError, match="not the file the run trained on"):
+    with pytest.raises(LabError, match="not the file the run read"):
         load(tmp_path / "out")
     monkeypatch.delenv("GLUE_DIR")
     (tmp_path / "moved").rename(tmp_path / "glue")  # back in place, but changed
-    with pytest.raises(LabError, match="not the file the run trained on"):
+    with pytest.raises(LabError, match="not the file the run read"):
         load(tmp_path / "out")
     shutil.rmtree(model)
     with pytest.raises(LabError):  # the installed default model, if any, is not the tiny one
         load(tmp_path / "out")
+
+
+@pytest.mark.parametrize("extra", [("--carve-splits", "4"), ("--train-samples-per-task", "sst2=3"),
+                                   ("--select-on", "heldout", "--heldout-samples", "4")],
+                         ids=["carved split", "fewer training rows than k", "held-out rows"])
+def test_load_run_reads_the_rows_the_runs_statistics_read(tmp_path, tiny_model, extra):
+    """The lab's layer inputs are the run's own statistics rows, however the run chose them:
+    the interference it gives by hand is the matrix the run reported on them."""
+    from load_run import load
+    from conftest import tiny_args, write_tiny_glue
+    write_tiny_glue(tmp_path / "glue")
+    if "--carve-splits" in extra:  # MRPC's dev rows carved from its training file
+        (tmp_path / "glue" / "MRPC" / "dev.tsv").unlink()
+    assert osrm_min.main(tiny_args(tmp_path, tiny_model, "--inits", "lora,osrm", *extra)) == 0
+    run = load(tmp_path / "out")
+    interference_by_hand_is_the_reported_one(run)
+
+
+def test_load_run_refuses_a_tokenizer_that_is_not_the_runs(tmp_path, tiny_model):
+    from load_run import LabError, load
+    from conftest import tiny_args, write_tiny_glue
+    write_tiny_glue(tmp_path / "glue")
+    assert osrm_min.main(tiny_args(tmp_path, tiny_model, "--inits", "lora")) == 0
+    vocab = (tiny_model / "vocab.txt").read_text().splitlines()
+    vocab[-2], vocab[-1] = vocab[-1], vocab[-2]  # two words swap their ids
+    (tiny_model / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    with pytest.raises(LabError, match="tokenizer files .* are not the ones the run used"):
+        load(tmp_path / "out")
+
+
+def test_load_run_refuses_an_adapter_the_run_did_not_score(tmp_path, tiny_model):
+    """An adapter trained again into the same folder by another command (here: another lr,
+    interrupted before it wrote its results.json) is not the run's."""
+    from load_run import LabError, load
+    from conftest import tiny_args, write_tiny_glue
+    write_tiny_glue(tmp_path / "glue")
+    assert osrm_min.main(tiny_args(tmp_path, tiny_model, "--inits", "lora")) == 0
+    results = (tmp_path / "out" / "results.json").read_bytes()
+    assert osrm_min.main(tiny_args(tmp_path, tiny_model, "--inits", "lora", "--lr", "2e-3")) == 0
+    (tmp_path / "out" / "results.json").write_bytes(results)
+    run = load(tmp_path / "out")
+    with pytest.raises(LabError, match="is not the adapter the run .* scored"):
+        run.task_vector("lora", "sst2")

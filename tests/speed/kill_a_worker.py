@@ -23,7 +23,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import torch  # noqa: E402
 
+from pretrained import checkpoint  # noqa: E402
 from speed import parallel  # noqa: E402
+from study import resume  # noqa: E402
 from study.config import ExperimentError  # noqa: E402
 
 
@@ -42,7 +44,7 @@ def kill(marker, delay):
     os.kill(int(marker.read_text()), signal.SIGKILL)
 
 
-def one_round(cfg, folder, moment):
+def one_round(cfg, digest, folder, moment):
     when, delay = moment.split("+")
     marker = folder / moment
     killed = []
@@ -51,7 +53,7 @@ def one_round(cfg, folder, moment):
         if when == "next" and not killed and marker.exists():
             killed.append(kill(marker, float(delay)))
 
-    with parallel.Workers(cfg, 2) as pool:
+    with parallel.Workers(cfg, 2, digest) as pool:
         for i in range(4):
             pool.submit(i, big_result, (str(marker) if i == 0 else str(folder / f"{moment}-{i}"),
                                         torch.ones(1000)))
@@ -69,6 +71,7 @@ def one_round(cfg, folder, moment):
 if __name__ == "__main__":
     model, folder, *moments = sys.argv[1:]
     cfg = SimpleNamespace(model=Path(model), device="cpu", workers=2)
-    lines = [one_round(cfg, Path(folder), m) for m in moments]
+    digest = resume.encoder_digest(checkpoint.load_checkpoint(model)[0])
+    lines = [one_round(cfg, digest, Path(folder), m) for m in moments]
     print("\n".join(lines))
     sys.exit(0 if all("a worker process ended" in line for line in lines) else 1)

@@ -15,6 +15,7 @@ import torch
 
 import osrm_min
 from conftest import ROOT, tiny_args, write_tiny_glue
+from speed import parallel
 
 
 def recorded(out):
@@ -141,3 +142,83 @@ def test_workers_stop_when_the_main_process_is_killed_and_a_rerun_clears_its_fol
     assert again.returncode == 0, again.stderr
     assert not any(p.exists() for p in left)
     assert not list((tmp_path / "tmp").glob("osrm-min-jobs-*"))  # its own, removed at the end
+
+
+def test_ctrl_c_while_the_pool_is_being_built_ends_in_the_usual_message(tmp_path, tiny_model, monkeypatch,
+                                                                        capsys):
+    def pressed(*args):  # Ctrl-C during a step of the pool's start
+        raise KeyboardInterrupt
+
+    write_tiny_glue(tmp_path / "glue")
+    monkeypatch.setattr(parallel, "_job_folder", pressed)
+    args = tiny_args(tmp_path, tiny_model, "--inits", "lora,osrm", "--workers", "2")
+    assert osrm_min.main(args) == 130
+    assert "interrupted" in capsys.readouterr().err
+    assert torch.get_num_threads() >= 1
+
+
+@pytest.mark.parametrize("delay", [0.0, 1.0])
+def test_ctrl_c_while_the_workers_start_leaves_no_traceback(tmp_path, tiny_model, delay):
+    # Ctrl-C at a terminal reaches the whole process group, workers still importing torch too
+    write_tiny_glue(tmp_path / "glue")
+    args = tiny_args(tmp_path, tiny_model, "--inits", "lora,osrm", "--seeds", "1,2", "--workers", "2")
+    run = subprocess.Popen([sys.executable, "-u", str(ROOT / "osrm_min.py"), *args], cwd=tmp_path,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           start_new_session=True, env=dict(os.environ, OMP_NUM_THREADS="2"))
+    for line in run.stdout:
+        if "side by side" in line:
+            break
+    time.sleep(delay)
+    os.killpg(run.pid, signal.SIGINT)
+    out, err = run.communicate(timeout=120)
+    assert run.returncode == 130, err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+
+
+def test_a_worker_that_cannot_load_the_model_says_so_in_one_line(tmp_path):
+    # the model is damaged after the main process loaded it: the workers cannot read it
+    from conftest import write_tiny_checkpoint
+    model = tmp_path / "model"
+    write_tiny_checkpoint(model)
+    write_tiny_glue(tmp_path / "glue")
+    args = tiny_args(tmp_path, model, "--inits", "lora,osrm", "--workers", "2")
+    program = ("import sys; sys.path.insert(0, sys.argv[1]); import osrm_min; from speed import parallel\n"
+               "real = parallel.Workers._start_pool\n"
+               "def damage_then_start(self):\n"
+               "    if self.pool is None:\n"
+               "        open(sys.argv[2], 'r+b').truncate(100)\n"
+               "    real(self)\n"
+               "parallel.Workers._start_pool = damage_then_start\n"
+               "sys.exit(osrm_min.main(sys.argv[3:]))\n")
+    done = subprocess.run([sys.executable, "-c", program, str(ROOT), str(model / "model.safetensors"), *args],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, OMP_NUM_THREADS="2"))
+    assert done.returncode == 2, done.stderr
+    last = done.stderr.strip().replace("\r", "\n").splitlines()[-1]
+    assert "Traceback" not in done.stderr and done.stderr.count("error: ") == 1, done.stderr
+    assert last.startswith("error: a worker process could not start: cannot load the model"), last
+
+
+def test_a_job_folder_is_removed_only_when_no_process_holds_its_lock(tmp_path, monkeypatch):
+    # another pid namespace (a container sharing the temporary folder) has pids this one cannot
+    # see: a live run's folder must not be judged by its pid
+    import fcntl
+    import tempfile
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    live = tmp_path / "osrm-min-jobs-999999999-live"  # a pid that does not exist here
+    live.mkdir()
+    held = open(live / "lock", "w")
+    fcntl.flock(held, fcntl.LOCK_EX)  # held by that run
+    dead = tmp_path / "osrm-min-jobs-999999998-dead"
+    dead.mkdir()
+    (dead / "lock").write_text("")  # its run ended: nobody holds it
+    (dead / "job-0").write_text("")
+    unknown = tmp_path / "osrm-min-jobs-999999997-unknown"  # no lock: not provably ours and dead
+    unknown.mkdir()
+    folder, fd = parallel._job_folder()
+    try:
+        assert live.exists() and unknown.exists() and not dead.exists()
+        assert parallel._take_lock(Path(folder)) is None  # our own is held while we run
+    finally:
+        os.close(fd)
+        held.close()

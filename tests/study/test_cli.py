@@ -280,6 +280,11 @@ def test_select_on_heldout_picks_lambda_on_held_out_rows_and_pairs_every_init_wi
     monkeypatch.setattr(train, "evaluate", lambda *a, **k: calls.append(a[2].name) or evaluate(*a, **k))
     assert osrm_min.main(args) == 0
     assert calls == []
+    # the report reads whatever the run writes, and prints what the run printed
+    written = (tmp_path / "out" / "summary.txt").read_text()
+    capsys.readouterr()
+    assert report.main([str(tmp_path / "out" / "results.json")]) == 0
+    assert capsys.readouterr().out.startswith(written.split("\nwall time")[0])
 
 
 def test_a_task_missing_a_split_is_carved_only_when_asked(tmp_path, tiny_model, capsys):
@@ -337,3 +342,59 @@ def test_runs_split_by_init_combine_into_the_report_of_one_run(tmp_path, tiny_mo
     assert report.main([str(runs["a"]), str(tmp_path / "c" / "results.json"), "--out",
                         str(tmp_path / "bad")]) == 2
     assert "differ in lams, seeds" in capsys.readouterr().err
+
+
+def two_runs_split_by_init(tmp_path, tiny_model):
+    """results.json of two tiny runs that differ only in --inits and --out."""
+    write_tiny_glue(tmp_path / "glue")
+    runs = []
+    for name, inits in (("a", "lora"), ("b", "osrm")):
+        args = tiny_args(tmp_path, tiny_model, "--inits", inits, "--merges", "ta")
+        args[args.index("--out") + 1] = str(tmp_path / name)
+        assert osrm_min.main(args) == 0
+        runs.append(tmp_path / name / "results.json")
+    return runs
+
+
+def files_under(*folders):
+    return {p: p.read_bytes() for f in folders for p in sorted(f.rglob("*")) if p.is_file()}
+
+
+def test_the_report_never_writes_over_a_run_it_reads(tmp_path, tiny_model, capsys):
+    a, b = two_runs_split_by_init(tmp_path, tiny_model)
+    before = files_under(a.parent, b.parent)
+    capsys.readouterr()
+    for args in ([a, b, "--out", a.parent], [a, b, "--out", b.parent], [a, "--out", a.parent],
+                 [a, b, "--out", tmp_path / "a" / "." / ""]):
+        assert report.main(list(map(str, args))) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "which this report reads" in err, err
+    (tmp_path / "link").symlink_to(tmp_path / "b")
+    assert report.main([str(a), str(b), "--out", str(tmp_path / "link")]) == 2
+    assert files_under(a.parent, b.parent) == before
+    assert report.main([str(a), str(b), "--out", str(tmp_path / "both")]) == 0
+    assert files_under(a.parent, b.parent) == before
+
+
+def test_a_score_that_is_not_a_number_is_refused_alone_and_combined(tmp_path, tiny_model, capsys):
+    a, b = two_runs_split_by_init(tmp_path, tiny_model)
+    results = json.loads(b.read_text())
+    results["rows"][0]["score"] = "VALUE"
+    for value in ("NaN", "Infinity", "null"):
+        b.write_text(json.dumps(results).replace('"VALUE"', value))
+        capsys.readouterr()
+        assert report.main([str(a), str(b), "--out", str(tmp_path / "both")]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"{b} does not hold the results" in err, err
+        assert not (tmp_path / "both" / "results.json").exists()
+        assert report.main([str(b)]) == 2
+        assert "nan" not in capsys.readouterr().out
+
+
+def test_updates_that_underflow_to_zero_end_the_run_in_one_line_not_in_nan(tmp_path, tiny_model, capsys):
+    write_tiny_glue(tmp_path / "glue")
+    assert osrm_min.main(tiny_args(tmp_path, tiny_model, "--lr", "1e-50")) == 2
+    err = capsys.readouterr().err
+    last = err.strip().replace("\r", "\n").splitlines()[-1]
+    assert last.startswith("error: lora/sst2: the adapter's update is zero on its own task's inputs"), last
+    assert not (tmp_path / "out" / "results.json").exists()
