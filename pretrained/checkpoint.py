@@ -11,7 +11,9 @@ names to lora.py's. A missing or unexpected tensor is an error that names it.
 
 import json
 import math
+import os
 import struct
+import tempfile
 from pathlib import Path
 
 import torch
@@ -57,6 +59,20 @@ def hf_to_ours(name):
     return name
 
 
+def ours_to_hf(name):
+    """'layers.3.query.weight' -> 'encoder.layer.3.attention.self.query.weight': hf_to_ours
+    inverted (without the model's prefix, 'bert.' or 'roberta.')."""
+    if name.startswith("layers."):
+        _, i, ours, rest = name.split(".", 3)
+        hf = {o: h for h, o in HF_BLOCK_NAMES.items()}[ours]
+        return f"encoder.layer.{i}.{hf}.{rest}"
+    if name.startswith("embeddings.norm."):
+        return name.replace("embeddings.norm.", "embeddings.LayerNorm.")
+    if name.startswith("pooler."):
+        return name.replace("pooler.", "pooler.dense.")
+    return name
+
+
 SAFETENSORS_DTYPES = {
     "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
     "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
@@ -91,6 +107,35 @@ def read_safetensors(path):
         t = torch.frombuffer(data, dtype=dtype, count=(end - begin) // dtype.itemsize, offset=begin)
         tensors[name] = t.reshape(shape)
     return tensors
+
+
+def write_safetensors(tensors, path, metadata=None):
+    """Write {name: tensor} as .safetensors, whole or not at all (a temporary file beside `path`,
+    then renamed): the inverse of read_safetensors, an 8-byte header length, the JSON header
+    (with `metadata`, {str: str}, under "__metadata__", as PEFT writes {"format": "pt"}), then
+    the tensors' bytes in the order given."""
+    names = {v: k for k, v in SAFETENSORS_DTYPES.items()}
+    header, blobs, offset = {}, [], 0
+    if metadata:
+        header["__metadata__"] = dict(metadata)
+    for name, t in tensors.items():
+        b = t.detach().contiguous().cpu().view(-1).view(torch.uint8).numpy().tobytes()
+        header[name] = {"dtype": names[t.dtype], "shape": list(t.shape),
+                        "data_offsets": [offset, offset + len(b)]}
+        blobs.append(b)
+        offset += len(b)
+    h = json.dumps(header).encode()
+    h += b" " * (-len(h) % 8)  # the data starts 8-byte aligned
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(struct.pack("<Q", len(h)) + h + b"".join(blobs))
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def read_json(path):

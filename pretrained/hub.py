@@ -14,9 +14,12 @@ HF_ENDPOINT (default https://huggingface.co), HF_HOME (default $XDG_CACHE_HOME/h
 We fetch what checkpoint.load_checkpoint and the tokenizer read: config.json; model.safetensors, or
 pytorch_model.bin if the repository has no safetensors; vocab.txt (BERT) or vocab.json and
 merges.txt (RoBERTa); and, if the repository has them, tokenizer_config.json,
-special_tokens_map.json and sentence-transformers' 1_Pooling/config.json. They land in a plain
-folder that --model can name (not huggingface_hub's blobs/snapshots cache), fetched once and not
-refreshed (delete the folder to fetch a moved branch again):
+special_tokens_map.json and sentence-transformers' 1_Pooling/config.json. A model that
+transformers (huggingface_hub) has already fetched is used where it lies, with no request:
+huggingface_hub's cache (HF_HUB_CACHE, else $HF_HOME/hub) holds it as
+models--<namespace>--<name>/snapshots/<commit>/, the commit named by refs/<revision>. Otherwise
+the files land in a plain folder that --model can name, fetched once and not refreshed (delete
+the folder to fetch a moved branch again):
 
     $HF_HOME/osrm-min/models/<namespace>--<name>/<revision>/config.json, model.safetensors, ...
                                                            /.complete  (last: later calls ask nothing)
@@ -199,8 +202,40 @@ def model_cache_dir(repo_id, revision="main"):
     return hf_home / "osrm-min" / "models" / repo_id.replace("/", "--") / revision.replace("/", "--")
 
 
+def hub_cache_dir():
+    """huggingface_hub's own cache: HF_HUB_CACHE, else $HF_HOME/hub."""
+    hf_home = Path(os.environ.get("HF_HOME") or cache_home() / "huggingface").expanduser()
+    return Path(os.environ.get("HF_HUB_CACHE") or hf_home / "hub").expanduser()
+
+
+def hub_snapshot(repo_id, revision="main"):
+    """The snapshot folder of `repo_id` at `revision` in huggingface_hub's cache (the commit that
+    refs/<revision> names, or `revision` itself if it is a commit hash), if it holds every file
+    load_checkpoint and the tokenizer read; else None."""
+    repo = hub_cache_dir() / f"models--{repo_id.replace('/', '--')}"
+    ref = repo / "refs" / revision
+    try:
+        commit = ref.read_text().strip() if ref.is_file() else revision
+    except OSError:
+        return None
+    folder = repo / "snapshots" / commit
+    if not re.fullmatch(r"[0-9a-f]{40}", commit) or not (folder / "config.json").is_file():
+        return None
+    has = lambda files: all((folder / f).is_file() for f in files)
+    return folder if any(map(has, WEIGHTS)) and any(map(has, TOKENIZERS)) else None
+
+
 def download_model(repo_id, revision="main"):
-    """The folder of hub model `repo_id` at `revision` in the cache, downloaded if it is not there."""
+    """The folder of hub model `repo_id` at `revision`: in huggingface_hub's cache if it is
+    there (hub_snapshot), else in ours, downloaded if it is not there either."""
+    snapshot = hub_snapshot(repo_id, revision)
+    if snapshot is not None:
+        for path in sorted(p for p in snapshot.rglob("*") if p.is_file()):
+            why = check_content(path)
+            if why:
+                raise DownloadError(f"{path} in huggingface_hub's cache is damaged ({why}); delete "
+                                    f"it and run again, or pass --model PATH to a local folder")
+        return snapshot
     folder = model_cache_dir(repo_id, revision)
     complete = folder / ".complete"
     if complete.exists():

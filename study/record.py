@@ -5,8 +5,10 @@ know at once (a fine-tune that did not learn, a loss that did not fall).
 """
 
 import math
+import subprocess
 import time
 from dataclasses import asdict
+from pathlib import Path
 
 import torch
 
@@ -19,8 +21,23 @@ LISTS = tables.LISTS  # the lists results.json holds, one entry per seed, init, 
 
 def new_results(cfg, inputs):
     """The empty results of a run with settings `cfg` and input fingerprints `inputs`."""
-    return {"config": resume.plain(asdict(cfg)), "inputs": inputs, "baselines": {},
-            "carved": {}, **{key: [] for key in LISTS}}
+    return {"config": resume.plain(asdict(cfg)), "inputs": inputs, "versions": versions(),
+            "baselines": {}, "carved": {}, **{key: [] for key in LISTS}}
+
+
+def versions():
+    """What computed the results: osrm-min's git commit where it runs from a git checkout
+    ("+changes" if tracked files differ from it), else "unknown"; and torch's version."""
+    root = Path(__file__).resolve().parents[1]
+    git = lambda *args: subprocess.run(["git", "-C", str(root), *args], capture_output=True,
+                                       text=True, timeout=10)
+    try:
+        head = git("rev-parse", "HEAD")
+        changed = git("status", "--porcelain", "--untracked-files=no").stdout.strip()
+        commit = head.stdout.strip() + ("+changes" if changed else "") if head.returncode == 0 else "unknown"
+    except (OSError, subprocess.SubprocessError):  # no git here
+        commit = "unknown"
+    return {"osrm_min": commit, "torch": torch.__version__}
 
 
 def data(results, prepared):

@@ -351,7 +351,14 @@ def combine(parts):
                     seen.add(text)
                     out[key].append(entry)
     out["parts"] = [{"out": p["config"]["out"], "inits": p["config"]["inits"],
-                     "wall_time_s": p.get("wall_time_s")} for p in parts]
+                     "wall_time_s": p.get("wall_time_s"), "versions": p.get("versions")} for p in parts]
+    versions = {json.dumps(p.get("versions"), sort_keys=True) for p in parts}
+    if len(versions) > 1:
+        out.pop("versions", None)
+        out["notes"] = out.get("notes", []) + [
+            "the combined runs were made by different versions: " + "; ".join(
+                f"{p['config']['out']}: osrm-min {(p.get('versions') or {}).get('osrm_min', 'unknown')}, "
+                f"torch {(p.get('versions') or {}).get('torch', 'unknown')}" for p in parts)]
     out["wall_time_s"] = max((p.get("wall_time_s") or 0) for p in parts)
     return finish(out)
 

@@ -9,7 +9,6 @@ sentences built from its vocabulary. Scores on them mean nothing; that every ste
 """
 
 import json
-import struct
 import sys
 from pathlib import Path
 
@@ -24,19 +23,13 @@ NEGATIVE = ["the movie was bad", "an awful film", "dull and very bad", "the plot
 
 def hf_names(state):
     """Our encoder's state dict under Hugging Face BertModel names, with a 'bert.' prefix."""
-    from pretrained.checkpoint import HF_BLOCK_NAMES
-    out = {}
-    for k, v in state.items():
-        if k.startswith("layers."):
-            _, i, ours, rest = k.split(".", 3)
-            hf = {o: h for h, o in HF_BLOCK_NAMES.items()}[ours]
-            k = f"encoder.layer.{i}.{hf}.{rest}"
-        elif k.startswith("embeddings.norm."):
-            k = k.replace("embeddings.norm.", "embeddings.LayerNorm.")
-        elif k.startswith("pooler."):
-            k = k.replace("pooler.", "pooler.dense.")
-        out["bert." + k] = v
-    return out
+    from pretrained.checkpoint import ours_to_hf
+    return {"bert." + ours_to_hf(k): v for k, v in state.items()}
+
+
+def write_safetensors(tensors, path):
+    from pretrained.checkpoint import write_safetensors as write
+    write(tensors, path)
 
 
 def write_checkpoint(folder, seed=0, mean_pooling=False):
@@ -72,23 +65,6 @@ def write_glue(folder):
     for split in ("train", "dev"):
         (folder / "MRPC" / f"{split}.tsv").write_text("\n".join(mrpc) + "\n", encoding="utf-8")
     return folder
-
-
-def write_safetensors(tensors, path):
-    """Write {name: tensor} as .safetensors, the inverse of checkpoint.read_safetensors: an
-    8-byte header length, the JSON header, then the tensors' bytes."""
-    from pretrained.checkpoint import SAFETENSORS_DTYPES
-    names = {v: k for k, v in SAFETENSORS_DTYPES.items()}
-    header, blobs, offset = {}, [], 0
-    for name, t in tensors.items():
-        b = t.detach().contiguous().cpu().view(-1).view(torch.uint8).numpy().tobytes()
-        header[name] = {"dtype": names[t.dtype], "shape": list(t.shape),
-                        "data_offsets": [offset, offset + len(b)]}
-        blobs.append(b)
-        offset += len(b)
-    h = json.dumps(header).encode()
-    h += b" " * (-len(h) % 8)  # the data starts 8-byte aligned
-    Path(path).write_bytes(struct.pack("<Q", len(h)) + h + b"".join(blobs))
 
 
 def main(argv):

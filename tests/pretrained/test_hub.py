@@ -405,3 +405,38 @@ def test_leftovers_of_a_dead_download_go_and_a_damaged_cache_names_its_folder(fa
     (folder / "model.safetensors").write_bytes(WEIGHTS[:-10])  # damaged on disk afterwards
     with pytest.raises(DownloadError, match=f"delete the folder {folder} and run again"):
         download_model("org/bert")
+
+
+def in_hub_cache(cache, repo_id, files, commit="0123456789abcdef0123456789abcdef01234567", revision="main"):
+    """Files laid out as huggingface_hub caches them: blobs, snapshot links, a ref."""
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    for name, content in files.items():
+        blob = repo / "blobs" / f"{abs(hash(name))}"
+        blob.parent.mkdir(parents=True, exist_ok=True)
+        blob.write_bytes(content)
+        link = repo / "snapshots" / commit / name
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(blob)
+    (repo / "refs").mkdir(exist_ok=True)
+    (repo / "refs" / revision).write_text(commit)
+    return repo / "snapshots" / commit
+
+
+@pytest.mark.parametrize("where", ["HF_HOME", "HF_HUB_CACHE"])
+def test_a_model_transformers_already_fetched_is_used_without_a_request(hub, tmp_path, monkeypatch, where):
+    cache = tmp_path / "hf-home" / "hub" if where == "HF_HOME" else tmp_path / "elsewhere"
+    if where == "HF_HUB_CACHE":
+        monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    snapshot = in_hub_cache(cache, "sentence-transformers/all-MiniLM-L6-v2", BERT_REPO)
+    assert resolve_model("sentence-transformers/all-MiniLM-L6-v2") == snapshot
+    assert hub.requests == []  # the server was never asked
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert resolve_model("sentence-transformers/all-MiniLM-L6-v2") == snapshot
+
+
+def test_an_incomplete_hub_snapshot_is_not_used(hub, tmp_path):
+    files = {k: v for k, v in BERT_REPO.items() if k != "vocab.txt"}  # transformers fetched no tokenizer
+    in_hub_cache(tmp_path / "hf-home" / "hub", "bert-x", files)
+    hub.put("bert-x", BERT_REPO)
+    assert download_model("bert-x") == model_cache_dir("bert-x")  # fetched into our own
+    assert hub.requests

@@ -398,3 +398,18 @@ def test_updates_that_underflow_to_zero_end_the_run_in_one_line_not_in_nan(tmp_p
     last = err.strip().replace("\r", "\n").splitlines()[-1]
     assert last.startswith("error: lora/sst2: the adapter's update is zero on its own task's inputs"), last
     assert not (tmp_path / "out" / "results.json").exists()
+
+
+def test_results_record_their_versions_and_a_combined_report_says_when_they_differ(tmp_path, tiny_model,
+                                                                                  capsys):
+    a, b = two_runs_split_by_init(tmp_path, tiny_model)
+    results = json.loads(b.read_text())
+    assert results["versions"]["torch"] == torch.__version__
+    assert results["versions"]["osrm_min"] == "unknown" or len(results["versions"]["osrm_min"]) >= 40
+    assert report.main([str(a), str(b), "--out", str(tmp_path / "same")]) == 0
+    assert "different versions" not in capsys.readouterr().out
+    results["versions"]["torch"] = "2.0.0"
+    b.write_text(json.dumps(results))
+    assert report.main([str(a), str(b), "--out", str(tmp_path / "both")]) == 0
+    out = capsys.readouterr().out
+    assert "the combined runs were made by different versions" in out and "torch 2.0.0" in out
