@@ -80,26 +80,29 @@ def test_a_peft_adapter_read_by_osrm_min_gives_peft_logits_and_dense_updates(bas
     assert torch.allclose(got, torch.tensor(PEFT[name]), atol=1e-5, rtol=0)
 
 
-def test_an_exported_osrm_init_keeps_its_A_when_peft_loads_it_to_train(tmp_path, base):
-    written = read_safetensors(FIXTURES / "init_bert" / "adapter_model.safetensors")
-    loaded = read_safetensors(FIXTURES / "init_bert_loaded.safetensors")
+@pytest.mark.parametrize("model_type", ["bert", "roberta"])
+def test_an_exported_osrm_init_keeps_its_A_when_peft_loads_it_to_train(tmp_path, base, model_type):
+    written = read_safetensors(FIXTURES / f"init_{model_type}" / "adapter_model.safetensors")
+    loaded = read_safetensors(FIXTURES / f"init_{model_type}_loaded.safetensors")
     As = {k: v for k, v in written.items() if "lora_A" in k}
     assert {k.replace(".default", "") for k in loaded} == set(As)
     assert all(torch.equal(loaded[k], As[k.replace(".default", "")]) for k in loaded)
     assert all(not v.any() for k, v in written.items() if "lora_B" in k)  # B = 0
-    trainable = PEFT["init_trainable"]
+    trainable = PEFT[f"init_{model_type}_trainable"]
     assert sum("lora_A" in n for n in trainable) == 4 and any("classifier" in n for n in trainable)
     # and osrm-min exports the same initialisation today (each row up to its sign: eigh's choice)
     write_tiny_glue(tmp_path / "glue")
-    args = ["init", "--tasks", "sst2,mrpc", "--model", str(base["bert"]), "--data-dir", str(tmp_path / "glue"),
-            "--rank", "2", "--osrm-samples", "4", "--max-length", "32", "--out", str(tmp_path / "init")]
+    args = ["init", "--tasks", "sst2,mrpc", "--model", str(base[model_type]), "--data-dir",
+            str(tmp_path / "glue"), "--rank", "2", "--osrm-samples", "4", "--max-length", "32",
+            "--out", str(tmp_path / "init")]
     assert peft_format.main(args) == 0
     again = read_safetensors(tmp_path / "init" / "sst2" / "adapter_model.safetensors")
     for k, A in As.items():
         cos = (again[k] * A).sum(1) / (again[k].norm(dim=1) * A.norm(dim=1))
         assert torch.allclose(cos.abs(), torch.ones_like(cos), atol=1e-4), k
     config = json.loads((tmp_path / "init" / "sst2" / "adapter_config.json").read_text())
-    assert config["inference_mode"] is False and config["modules_to_save"] == ["classifier", "pooler"]
+    assert config["inference_mode"] is False
+    assert config["modules_to_save"] == (["classifier", "pooler"] if model_type == "bert" else ["classifier"])
 
 
 def test_export_then_analyse_gives_the_runs_own_scores_and_interference(tmp_path, capsys):
