@@ -1,7 +1,7 @@
 """Turning results.json into what a reader looks at: the headline table with the merging cost,
 the primary endpoint and the claims (study/endpoints.py), lambda curves, interference matrices,
 how far A moved, and (with matplotlib installed) the figures (study/figures.py). Nothing is
-recomputed from a model; runs split by --inits are combined into one report.
+recomputed from a model; runs split by --inits or --seeds are combined into one report.
 
     python -m study.report runs/sst2-mrpc/results.json              # print it again, redraw
     python -m study.report A/results.json B/results.json --out DIR  # one report over both
@@ -275,8 +275,9 @@ def summary(results):
         parts += ["", f"warning: the training loss did not fall for {', '.join(stalled)}: "
                       f"these adapters learned nothing"]
     if results.get("parts"):
-        parts += ["", "combined from runs side by side: " + "; ".join(
-            f"{p['out']} ({','.join(p['inits'])}, {p['wall_time_s'] or 0:.0f}s)" for p in results["parts"])]
+        parts += ["", "combined from runs: " + "; ".join(
+            f"{p['out']} ({','.join(p['inits'])}; seeds {','.join(map(str, p.get('seeds') or []))}; "
+            f"{p['wall_time_s'] or 0:.0f}s)" for p in results["parts"])]
     if "wall_time_s" in results:
         parts += ["", f"wall time {results['wall_time_s']:.0f}s"]
     return "\n".join(parts)
@@ -322,26 +323,36 @@ def holds_an_input(out, inputs):
 
 
 def combine(parts):
-    """One results dict from runs that differ only in their --inits and --out, such as a study
-    split over two processes: the same seeds, tasks, settings and input files, disjoint inits.
-    Entries both runs record (the subspace energy of the random reference, the spectra) are
-    kept once. A ValueError names what differs."""
+    """One results dict from runs that differ only in their --inits, --seeds and --out, such as
+    a study split over two processes, over GPUs or over a cluster's job array: the same tasks,
+    settings and input files, and together every init for every seed, each (seed, init) from
+    one run only. Entries several runs record (the subspace energy of the random reference, the
+    spectra of a seed) are kept once. A ValueError names what differs or is missing."""
     for p in parts:
         check(p)
     first = parts[0]
-    inits = []
+    inits, seeds, done = [], [], set()
     for p in parts:
         c = p["config"]
         differ = sorted(k for k in set(c) | set(first["config"])
-                        if k not in ("inits", "out", "seed") and c.get(k) != first["config"].get(k))
+                        if k not in ("inits", "seeds", "out", "seed") and c.get(k) != first["config"].get(k))
         if differ or p.get("inputs") != first.get("inputs"):
             raise ValueError(f"{c['out']} and {first['config']['out']} differ in "
-                             f"{', '.join(differ) or 'their input files'}; only --inits and --out may")
-        if set(c["inits"]) & set(inits):
-            raise ValueError(f"{c['out']} repeats inits of another run: {sorted(set(c['inits']) & set(inits))}")
-        inits += c["inits"]
+                             f"{', '.join(differ) or 'their input files'}; only --inits, --seeds "
+                             f"and --out may")
+        pairs = {(s, i) for s in c["seeds"] for i in c["inits"]}
+        if pairs & done:
+            raise ValueError(f"{c['out']} repeats seed and init {sorted(pairs & done)[0]} of another run")
+        done |= pairs
+        inits += [i for i in c["inits"] if i not in inits]
+        seeds += [s for s in c["seeds"] if s not in seeds]
+    missing = sorted({(s, i) for s in seeds for i in inits} - done)
+    if missing:
+        raise ValueError(f"together the runs lack seed {missing[0][0]} of init {missing[0][1]}"
+                         f"{f' and {len(missing) - 1} more' if len(missing) > 1 else ''}; every "
+                         f"init needs every seed")
     out = {k: v for k, v in first.items() if k not in LISTS}
-    out["config"] = dict(first["config"], inits=inits, out=None)
+    out["config"] = dict(first["config"], inits=inits, seeds=seeds, seed=seeds[0], out=None)
     for key in LISTS:
         seen, out[key] = set(), []
         for p in parts:
@@ -351,7 +362,7 @@ def combine(parts):
                     seen.add(text)
                     out[key].append(entry)
     out["parts"] = [{"out": p["config"]["out"], "inits": p["config"]["inits"],
-                     "wall_time_s": p.get("wall_time_s"), "versions": p.get("versions")} for p in parts]
+                     "seeds": p["config"]["seeds"], "wall_time_s": p.get("wall_time_s"), "versions": p.get("versions")} for p in parts]
     versions = {json.dumps(p.get("versions"), sort_keys=True) for p in parts}
     if len(versions) > 1:
         out.pop("versions", None)
@@ -366,7 +377,7 @@ def combine(parts):
 def main(argv=None):
     """python -m study.report RUN/results.json [RUN2/results.json ...] [--out DIR]: print the summary
     and write it and the figures again, beside the run's results.json; several runs that differ
-    only in --inits are combined into one report, written with its results.json into --out, a
+    only in --inits and --seeds are combined into one report, written with its results.json into --out, a
     folder that holds none of the runs it reads."""
     import argparse
     from study import resume

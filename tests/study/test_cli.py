@@ -333,7 +333,7 @@ def test_runs_split_by_init_combine_into_the_report_of_one_run(tmp_path, tiny_mo
     for field in ("rows", "interference", "movement", "subspace_energy", "spectrum"):
         assert sorted(map(key, both[field])) == sorted(map(key, one[field])), field
     assert both["cost_reduction"] == one["cost_reduction"] and both["claims"] == one["claims"]
-    assert "combined from runs side by side" in (tmp_path / "both" / "summary.txt").read_text()
+    assert "combined from runs: " in (tmp_path / "both" / "summary.txt").read_text()
     # runs that differ in more than their inits are refused, in one line
     args = tiny_args(tmp_path, tiny_model, "--inits", "osrm", "--merges", "ta", "--seeds", "4")
     args[args.index("--out") + 1] = str(tmp_path / "c")
@@ -341,7 +341,7 @@ def test_runs_split_by_init_combine_into_the_report_of_one_run(tmp_path, tiny_mo
     capsys.readouterr()
     assert report.main([str(runs["a"]), str(tmp_path / "c" / "results.json"), "--out",
                         str(tmp_path / "bad")]) == 2
-    assert "differ in lams, seeds" in capsys.readouterr().err
+    assert "differ in lams;" in capsys.readouterr().err
 
 
 def two_runs_split_by_init(tmp_path, tiny_model):
@@ -413,3 +413,33 @@ def test_results_record_their_versions_and_a_combined_report_says_when_they_diff
     assert report.main([str(a), str(b), "--out", str(tmp_path / "both")]) == 0
     out = capsys.readouterr().out
     assert "the combined runs were made by different versions" in out and "torch 2.0.0" in out
+
+
+def test_runs_split_by_seeds_and_inits_combine_into_the_report_of_one_run(tmp_path, tiny_model, capsys):
+    """Seeds spread over GPUs or a job array, (seed, init) runs alike: combined, the report of
+    one run with every seed; a seed missing for an init, or one given twice, is refused."""
+    write_tiny_glue(tmp_path / "glue")
+    common = ["--merges", "ta", "--lams", "0.5,1.0"]
+    runs = {}
+    for name, inits, seeds in (("one", "lora,osrm", "1,2,3"), ("s12", "lora,osrm", "1,2"),
+                               ("s3-lora", "lora", "3"), ("s3-osrm", "osrm", "3")):
+        args = tiny_args(tmp_path, tiny_model, "--inits", inits, "--seeds", seeds, *common)
+        args[args.index("--out") + 1] = str(tmp_path / name)
+        assert osrm_min.main(args) == 0
+        runs[name] = str(tmp_path / name / "results.json")
+    assert report.main([runs["s12"], runs["s3-lora"], runs["s3-osrm"], "--out", str(tmp_path / "all")]) == 0
+    one = json.loads((tmp_path / "one" / "results.json").read_text())
+    combined = json.loads((tmp_path / "all" / "results.json").read_text())
+    key = lambda r: json.dumps(r, sort_keys=True)
+    for field in ("rows", "interference", "movement", "subspace_energy", "spectrum", "training"):
+        assert sorted(map(key, combined[field])) == sorted(map(key, one[field])), field
+    for field in ("paired", "cost_reduction", "claims", "paired_lambda_spread"):
+        assert combined[field] == one[field], field
+    assert combined["config"]["seeds"] == [1, 2, 3]
+    table = lambda text: text.split("\n\nmerged average score")[0]
+    assert table((tmp_path / "all" / "summary.txt").read_text()) == table((tmp_path / "one" / "summary.txt").read_text())
+    capsys.readouterr()
+    assert report.main([runs["s12"], runs["s3-lora"], "--out", str(tmp_path / "bad")]) == 2
+    assert "lack seed 3 of init osrm" in capsys.readouterr().err
+    assert report.main([runs["s12"], runs["one"], "--out", str(tmp_path / "bad")]) == 2
+    assert "repeats seed and init" in capsys.readouterr().err
