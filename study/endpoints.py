@@ -137,10 +137,15 @@ def interior_best(results, init, merge):
 
 
 def claim_merged(low, high):
-    """Claim 1, merged scores above plain LoRA's: held if the 95% interval of the difference is
-    above 0; not held if it lies below +MARGIN (inside the margin around 0, or below it);
-    inconclusive otherwise."""
-    return "held" if low > 0 else "not held" if high < MARGIN else "inconclusive"
+    """Claim 1, merged scores above plain LoRA's, from the 95% interval [low, high] of the
+    difference; four cases that never overlap:
+    low > 0 and high >= MARGIN: "held" (a gain, and one of a point or more not excluded);
+    low > 0 and high < MARGIN: "a gain under a point" (above plain LoRA, not by a point);
+    low <= 0 and high < MARGIN: "not held" (no gain shown, a gain of a point excluded);
+    low <= 0 and high >= MARGIN: "inconclusive"."""
+    if low > 0:
+        return "held" if high >= MARGIN else "a gain under a point"
+    return "not held" if high < MARGIN else "inconclusive"
 
 
 def claim_alone(low90, high90):

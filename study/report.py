@@ -17,8 +17,9 @@ from pathlib import Path
 from study.endpoints import (CONTROL, MARGIN, MIN_SEEDS, POINT, against_control, claims,
                              cost_reduction, finish, heldout_error, paired, paired_spread)
 from study.figures import write_figures
-from study.tables import (LISTS, failed_finetunes, headline, init_width, interference_matrices,
-                           lambda_curves, mean_std, selected_on, task_mean)
+from study.tables import (LISTS, TIE_FRACTION, best_lambdas, failed_finetunes, headline, init_width,
+                           interference_matrices, lambda_curves, lambda_ties, mean_std, selected_on,
+                           task_mean)
 
 
 def format_table(results, on=None):
@@ -79,6 +80,35 @@ def format_claims(results):
         lines.append(f"{c['claim']:<26}{c['init']:<{w0}}"
                      f"{'indiv' if c['merge'] == 'none' else c['merge']:<10}"
                      f"{c['mean']:>+8.2f}  {interval:<22}{c['verdict']}")
+    return "\n".join(lines)
+
+
+def format_ties(results):
+    """Each near-tie of lambda selection (tables.tied_best), the lambda picked, and every claim
+    verdict and primary-endpoint interval that the other side of the tie would change; '' if
+    selection met no tie."""
+    ties = lambda_ties(results)
+    if not ties:
+        return ""
+    picked, where = best_lambdas(results), selected_on(results)
+    verdicts = lambda r: {(c["claim"], c["init"], c["merge"]): c for c in claims(r)}
+    reductions = lambda r: {(e["init"], e["merge"]): e for e in cost_reduction(r)}
+    before, reduced = verdicts(results), reductions(results)
+    lines = []
+    for (init, merge), lams in ties.items():
+        lines.append(f"{init}/{merge}: lambdas {', '.join(f'{lam:g}' for lam in lams)} tied on the "
+                     f"{where} rows; picked {picked[init, merge]:g}")
+        for other in (lam for lam in lams if lam != picked[init, merge]):
+            alt = dict(results, lambda_choice={**(results.get("lambda_choice") or {}),
+                                               f"{init}/{merge}": other})
+            changed = [f"claim {k[0][0]} {k[1]}/{k[2]}: {before[k]['verdict']} -> {c['verdict']}"
+                       for k, c in verdicts(alt).items()
+                       if k in before and c["verdict"].split(" (")[0] != before[k]["verdict"].split(" (")[0]]
+            changed += [f"primary endpoint {k[0]}/{k[1]}: {reduced[k]['mean']:+.2f} "
+                        f"{interval_text(reduced[k])} -> {e['mean']:+.2f} {interval_text(e)}"
+                        for k, e in reductions(alt).items() if k in reduced and e["mean"] != reduced[k]["mean"]]
+            lines += [f"  with {other:g} instead: {c}" for c in changed] or [
+                f"  with {other:g} instead: no verdict or endpoint changes"]
     return "\n".join(lines)
 
 
@@ -218,15 +248,22 @@ def summary(results):
     claims_table = format_claims(results)
     if claims_table:
         parts += ["", f"the paper's three claims against plain LoRA (1: held if the 95% interval "
-                  f"of the merged difference is above 0, not held if it lies below +{MARGIN:g}; "
+                  f"of the merged difference is above 0 and reaches +{MARGIN:g}, a gain under a "
+                  f"point if above 0 and below +{MARGIN:g}, not held if it holds 0 or less and lies "
+                  f"below +{MARGIN:g}; "
                   f"2: held if the 90% interval of the difference alone lies inside "
                   f"[-{POINT:g}, +{POINT:g}] (equivalence), no worse than a point if only above "
                   f"-{POINT:g}; 3: only where the selected lambda is interior for both, held if "
                   f"the spread's 95% interval is below 0):", claims_table]
-    n_intervals = len(claims(results)) + len(cost_reduction(results))
+    ties = format_ties(results)
+    if ties:
+        parts += ["", f"ties in lambda selection (within {TIE_FRACTION:g} of the standard error "
+                  f"of their paired difference from the best; the smallest tied lambda is "
+                  f"picked), and what the other side of each tie would change:", ties]
+    n_intervals = len(claims(results))
     if n_intervals and len(cfg["seeds"]) >= MIN_SEEDS:
-        parts += [f"exploratory: every interval but the primary endpoint's ({n_intervals} in "
-                  f"these two tables), none corrected for multiple comparisons"]
+        parts += [f"exploratory: every interval but the primary endpoint's (the {n_intervals} of "
+                  f"the claims above, and those below), none corrected for multiple comparisons"]
     diffs, reductions = against_control(results)
     if diffs:
         parts += ["", f"exploratory, this project's own: OSRM against the scale-matched control "
@@ -276,8 +313,9 @@ def summary(results):
                       f"these adapters learned nothing"]
     if results.get("parts"):
         parts += ["", "combined from runs: " + "; ".join(
-            f"{p['out']} ({','.join(p['inits'])}; seeds {','.join(map(str, p.get('seeds') or []))}; "
-            f"{p['wall_time_s'] or 0:.0f}s)" for p in results["parts"])]
+            f"{p['out']} ({','.join(p['inits'])}"
+            + (f"; seeds {','.join(map(str, p['seeds']))}" if p.get("seeds") else "")
+            + f", {p['wall_time_s'] or 0:.0f}s)" for p in results["parts"])]
     if "wall_time_s" in results:
         parts += ["", f"wall time {results['wall_time_s']:.0f}s"]
     return "\n".join(parts)

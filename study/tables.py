@@ -53,15 +53,57 @@ def selected_on(results):
     return results["config"].get("select_on", "dev")
 
 
+# Selection's rule for near-ties, fixed before the four-task study's successor ran: lambdas whose
+# merged averages (mean over seeds, on the rows that pick) differ from the best one's by no more
+# than TIE_FRACTION of the standard error of that difference (paired by seed) are tied; the
+# smallest tied lambda is picked, and the report gives every verdict the other side would change.
+TIE_FRACTION = 0.1
+
+
+def averages_by_seed(results, split):
+    """{(init, merge): {lambda: {seed: merged average}}} of every merge run at a lambda."""
+    out = {}
+    for (seed, init, merge, lam), by_task in scores(results, split).items():
+        if merge != "none":
+            out.setdefault((init, merge), {}).setdefault(lam, {})[seed] = task_mean(by_task)
+    return out
+
+
+def tied_best(curve):
+    """The lambdas tied for the best in `curve` ({lambda: {seed: average}}), sorted: the best by
+    the mean over seeds, and every lambda whose mean is within TIE_FRACTION of the standard
+    error of its per-seed difference from the best (with one seed, or differences that do not
+    vary, only an equal mean ties)."""
+    mean = lambda lam: statistics.mean(curve[lam].values())
+    best = max(curve, key=mean)
+    tied = []
+    for lam in curve:
+        diffs = [curve[best][s] - curve[lam][s] for s in curve[best]]
+        se = statistics.stdev(diffs) / math.sqrt(len(diffs)) if len(diffs) > 1 else 0.0
+        if mean(best) - mean(lam) <= TIE_FRACTION * se:
+            tied.append(lam)
+    return sorted(tied)
+
+
 def best_lambdas(results, on=None):
     """{(init, merge): lambda} with the best merged average over the seeds' mean, on dev or on
-    held-out training rows (`on`, default: the run's --select-on). The paper picks lambda on
+    held-out training rows (`on`, default: the run's --select-on), near-ties resolved by
+    `tied_best`'s rule (its smallest lambda). results["lambda_choice"] ({"init/merge": lambda})
+    overrides a pick: how the report reads the other side of a tie. The paper picks lambda on
     the GLUE dev sets that it also reports, which flatters every merge a little."""
-    curves = lambda_curves(results, on or selected_on(results))
-    best = {key: max(curve, key=lambda lam: statistics.mean(curve[lam]))
-            for key, curve in curves.items()}
+    chosen = results.get("lambda_choice") or {}
+    best = {key: chosen.get("/".join(key), tied_best(curve)[0])
+            for key, curve in averages_by_seed(results, on or selected_on(results)).items()}
     best.update({key: None for key, curve in lambda_curves(results).items() if None in curve})
     return best
+
+
+def lambda_ties(results, on=None):
+    """{(init, merge): [tied lambdas]} wherever selection met a tie (tied_best), on the rows
+    that pick lambda."""
+    ties = {key: tied_best(curve) for key, curve in
+            averages_by_seed(results, on or selected_on(results)).items() if None not in curve}
+    return {key: lams for key, lams in ties.items() if len(lams) > 1}
 
 
 def headline(results, on=None):

@@ -173,10 +173,14 @@ def test_claim_three_is_not_testable_where_the_best_lambda_is_at_the_grids_edge(
 
 
 @pytest.mark.parametrize("low, high, verdict", [
-    (0.1, 2.0, "held"),            # a gain the interval sees
-    (-0.5, 0.8, "not held"),       # inside the margin of +-1 around 0: no gain of note
-    (-3.0, -1.0, "not held"),      # below 0
-    (-0.5, 1.5, "inconclusive"),   # holds 0 and gains above the margin
+    (0.1, 2.0, "held"),                    # a gain the interval sees, a point or more possible
+    (0.02, 0.70, "a gain under a point"),  # inside (0, +1): above plain LoRA, not by a point
+    (0.36, 1.0, "held"),                   # reaching +1 exactly: a point is not excluded
+    (0.0, 0.8, "not held"),                # touching 0: no gain shown
+    (-0.5, 0.8, "not held"),               # holds 0, below the margin: no gain of note
+    (-3.0, -1.0, "not held"),              # below 0
+    (-0.5, 1.5, "inconclusive"),           # holds 0 and gains above the margin
+    (0.0, 1.0, "inconclusive"),            # both boundaries: no gain shown, a point possible
 ])
 def test_claim_one_rule(low, high, verdict):
     assert endpoints.claim_merged(low, high) == verdict
@@ -218,3 +222,48 @@ def test_standard_errors_of_a_score_on_held_out_rows():
     assert abs(endpoints.score_error({"accuracy": 0.8}, 400) - 2.0) < 1e-12
     assert abs(endpoints.score_error({"accuracy": 0.8, "f1": 0.9}, 400) - 2.0) < 1e-12
     assert abs(endpoints.score_error({"pearson": 0.79, "spearman": 0.81}, 401) - 1.8) < 1e-12
+
+
+def tied_merges(lora_07, lora_10):
+    """Three seeds, one task; plain LoRA's TA averages at lambda 0.7 and 1.0 per seed as given,
+    OSRM's clearly best at 0.7."""
+    scores = {("lora", "none", None): (80.0, 81.0, 82.0), ("osrm", "none", None): (80.0, 81.0, 82.0),
+              ("lora", "ta", 0.7): lora_07, ("lora", "ta", 1.0): lora_10,
+              ("osrm", "ta", 0.7): (75.0, 76.5, 77.0), ("osrm", "ta", 1.0): (70.0, 71.0, 72.0)}
+    rows = [dict(seed=seed, init=init, merge=merge, task="a", score=score, **{"lambda": lam})
+            for (init, merge, lam), per_seed in scores.items() for seed, score in zip((1, 2, 3), per_seed)]
+    return {"config": dict(tasks=["a"], seeds=[1, 2, 3], inits=["lora", "osrm"], merges=["ta"]),
+            "rows": rows, "interference": []}
+
+
+def test_a_near_tie_in_lambda_is_picked_by_the_fixed_rule_and_reported_both_ways():
+    # per-seed differences 1.0 - 0.7: +1.0, -1.0, +0.06 -> mean +0.02, sd 1.0, SE 0.577: a tie
+    results = tied_merges((74.0, 76.0, 74.94), (75.0, 75.0, 75.0))
+    assert tables.lambda_ties(results) == {("lora", "ta"): [0.7, 1.0]}
+    assert tables.best_lambdas(results)[("lora", "ta")] == 0.7  # the smaller, though 1.0's mean is higher
+    text = report.summary(results)
+    assert "lora/ta: lambdas 0.7, 1 tied on the dev rows; picked 0.7" in text
+    # the other side: lora's merged average 75 instead of 74.98, every difference shrinks
+    # reductions 1, 0.5, 2.06 with 0.7; 0, 1.5, 2 with 1.0
+    assert "with 1 instead: primary endpoint osrm/ta: +1.19 [-0.79, +3.17] -> +1.17 [-1.42, +3.75]" in text
+    assert "claim 3" not in report.format_ties(results)  # not testable either way
+    other = dict(results, lambda_choice={"lora/ta": 1.0})
+    assert tables.best_lambdas(other)[("lora", "ta")] == 1.0
+
+
+@pytest.mark.parametrize("gap, tied", [(0.0577, True), (0.0578, False), (0.0, True)])
+def test_the_tie_boundary_is_a_tenth_of_the_paired_standard_error(gap, tied):
+    # differences gap+1, gap-1, gap: sd 1, SE 1/sqrt(3) = 0.57735; a tenth of it: 0.057735
+    results = tied_merges((75.0, 75.0, 75.0), (75.0 + gap + 1, 75.0 + gap - 1, 75.0 + gap))
+    assert (("lora", "ta") in tables.lambda_ties(results)) is tied
+    assert tables.best_lambdas(results)[("lora", "ta")] == (0.7 if tied else 1.0)
+
+
+def test_one_seed_ties_only_on_equal_averages():
+    results = tied_merges((75.0, 75.0, 75.0), (75.0, 75.0, 75.0))
+    results["config"]["seeds"] = [1]
+    results["rows"] = [r for r in results["rows"] if r["seed"] == 1]
+    assert tables.best_lambdas(results)[("lora", "ta")] == 0.7  # equal: the smaller
+    results["rows"] = [dict(r, score=75.001) if (r["merge"], r["lambda"], r["init"]) == ("ta", 1.0, "lora")
+                       else r for r in results["rows"]]
+    assert tables.best_lambdas(results)[("lora", "ta")] == 1.0
