@@ -155,17 +155,45 @@ def split_sources(task: Task, data_dir, carve=0) -> tuple:
 
 
 CARVE_SEED = 0  # carved rows are the same for every --seeds, as a real split would be
+FIRST_TEXT = lambda example: example.text_a  # noqa: E731 (a carved task's rows group by it)
 
 
-def carve_split(rows, n):
+def groups_in_seeded_order(rows, key, seed):
+    """[[row index, ...] per group], groups of rows with the same key(row), in an order drawn
+    with `seed` (key None: each row its own group)."""
+    groups = {}
+    for i, r in enumerate(rows):
+        groups.setdefault(i if key is None else key(r), []).append(i)
+    groups = list(groups.values())
+    order = torch.randperm(len(groups), generator=torch.Generator().manual_seed(seed)).tolist()
+    return [groups[g] for g in order]
+
+
+def first_rows(groups, n):
+    """The row indices of the first groups, whole, until n rows are reached (the last group
+    may take it past n)."""
+    out = []
+    for g in groups:
+        if len(out) >= n:
+            break
+        out += g
+    return out
+
+
+def carve_split(rows, n, key=None):
     """(carved, rest): n of `rows` drawn with a fixed seed, and every other row, both in file
     order, with no row in both. The carved rows are what gets scored: a dev set carved from
     training rows (QQP's partial copy), or the scored part of a dev set whose rest becomes the
-    training pool (QNLI's); training and held-out rows are then drawn from `rest` only."""
+    training pool (QNLI's); training and held-out rows are then drawn from `rest` only. With
+    `key` (the run passes a row's first text: QNLI's question), rows of one key are carved
+    together, so that no question is both scored and trained on: whole groups until n rows."""
     if not 0 < n < len(rows):
         raise DataError(f"--carve-splits {n}: the split to carve from has {len(rows)} rows; "
                         f"carve between 1 and {len(rows) - 1}")
-    picked = set(torch.randperm(len(rows), generator=torch.Generator().manual_seed(CARVE_SEED))[:n].tolist())
+    picked = set(first_rows(groups_in_seeded_order(rows, key, CARVE_SEED), n))
+    if len(picked) == len(rows):
+        raise DataError(f"--carve-splits {n}: carving whole questions leaves no row to train on; "
+                        f"carve fewer")
     return ([r for i, r in enumerate(rows) if i in picked],
             [r for i, r in enumerate(rows) if i not in picked])
 
@@ -222,12 +250,22 @@ def load_split(task: Task, split: str, data_dir, limit=None, digest=None) -> tup
 FULL_CAPS = {"qqp": 105_000, "mnli": 105_000}
 
 
-def train_subset(name, rows, n, seed, n_heldout=0):
+def train_subset(name, rows, n, seed, n_heldout=0, key=None):
     """A seeded random subset of n training rows; n = 0 means all of them, QQP and MNLI capped
     at 105k as in the paper. With n_heldout > 0, (training rows, held-out rows): the held-out
-    ones are the last n_heldout of the same seeded order, and no training row is among them."""
-    g = torch.Generator().manual_seed(seed)
-    order = torch.randperm(len(rows), generator=g).tolist()
+    ones are the last n_heldout of the same seeded order, and no training row is among them.
+    With `key` (a carved task's first text), the order is of whole groups of one key, so that
+    no question is both held out and trained on (the held-out rows: whole groups, at least
+    n_heldout rows)."""
+    if key is not None:
+        groups = groups_in_seeded_order(rows, key, seed)
+        heldout = first_rows(groups[::-1], n_heldout) if n_heldout else []  # the last groups
+        kept = set(heldout)
+        order = [i for g in groups for i in g if i not in kept] + heldout[::-1]
+        n_heldout = len(heldout)
+    else:
+        g = torch.Generator().manual_seed(seed)
+        order = torch.randperm(len(rows), generator=g).tolist()
     usable = order[:len(order) - n_heldout]
     sample = [rows[i] for i in usable[:n or FULL_CAPS.get(name, len(rows))]]
     if not n_heldout:
@@ -270,7 +308,7 @@ def prepare_tasks(names, data_dir, tokenizer, n_train, seed, max_length, k, eval
         else:
             source = "dev" if carved == "train" else "train"
             rows, skipped = load_split(task, source, data_dir, digest=digests.get(f"{source}:{name}"))
-            dev, train = carve_split(rows, carve)
+            dev, train = carve_split(rows, carve, FIRST_TEXT)
             skipped_train, skipped_dev = (skipped, 0) if source == "train" else (0, skipped)
         n_dev_all, dev = len(dev), dev_subset(dev, n_dev)
         for split, n in (("train", skipped_train), ("dev", skipped_dev)):
@@ -279,7 +317,8 @@ def prepare_tasks(names, data_dir, tokenizer, n_train, seed, max_length, k, eval
         if n_heldout and n_heldout >= len(train):
             raise DataError(f"{name} has {len(train)} training rows; --heldout-samples "
                             f"{n_heldout} leaves none to train on: use fewer")
-        sample = train_subset(name, train, n_train[name], seed, n_heldout)
+        sample = train_subset(name, train, n_train[name], seed, n_heldout,
+                              FIRST_TEXT if carved else None)
         if n_heldout:
             sample, heldout = sample
         encoded = encode_examples(tokenizer, sample, max_length)

@@ -310,6 +310,9 @@ def merge_statistics(encoder, adapters, prepared, cfg):
     return out
 
 
+OWN_AT_LAMBDA = ("ta", "ties")  # --own-at-lambda: the merges whose own-update part is scored
+
+
 def merged_scores(encoder, method, lam, task_vectors, heads, statistics, score, cfg):
     """{task: score} with the tasks' updates merged by `method` at `lam` into the pretrained
     weights, each task scored with its own head by `score(heads)`. EMR gives each task its own
@@ -409,6 +412,7 @@ def run_seed(cfg, encoder, model, tokenizer, store, results, workers=None):
     the inits run side by side in worker processes, and their results arrive later."""
     prepared = prepare(cfg, tokenizer, store.inputs)
     record.data(results, prepared)
+    record.labels(results, prepared, cfg.seed)
     # 1. each task's layer statistics, from the frozen pretrained encoder; and the same on
     # held-out rows, to measure on
     stats = layer_statistics(encoder, cfg, prepared, "stats")
@@ -474,6 +478,12 @@ def run_init(cfg, init, encoder, model, store, results, seed_data, trained, prog
                 merged_from=adapters, select=lam is not None))
             record.merged(init, method, lam, merged_scores(
                 model, method, lam, task_vectors, heads, statistics, score, cfg), t0)
+            if cfg.own_at_lambda and method in OWN_AT_LAMBDA:  # each task's own update alone
+                for t in cfg.tasks:
+                    own = lambda h, t=t: record.dev_scores(results, store.evaluate(
+                        model, {t: adapters[t]}, prepared, cfg, init, f"{method}:own", lam,
+                        merged_from={t: adapters[t]}))
+                    merged_scores(model, method, lam, {t: task_vectors[t]}, {t: heads[t]}, {}, own, cfg)
     # 6. how much each adapter writes on the other tasks' inputs: on held-out rows, and on
     # the rows OSRM's subspace was fitted to (which flatters OSRM)
     for key, on in (("interference", measured), ("interference_fit", stats)):

@@ -127,8 +127,9 @@ def predict(encoder, head, batches, device="cpu", desc="predict"):
     return preds, labels
 
 
-def evaluate(encoder, head, task, batches, device="cpu", desc="evaluate"):
-    """(score x100 as the paper reports it, {metric: value})."""
+def evaluate(encoder, head, task, batches, device="cpu", desc="evaluate", keep_predictions=False):
+    """(score x100 as the paper reports it, {metric: value}); with keep_predictions, also the
+    predictions, in the order of `batches`."""
     preds, labels = predict(encoder, head, batches, device, desc)
     metrics = data.glue_metrics(task, preds, labels)
-    return data.main_score(task, metrics), metrics
+    return (data.main_score(task, metrics), metrics) + ((preds,) if keep_predictions else ())

@@ -114,6 +114,11 @@ class Config:
     fisher_eps: float = setting(1e-6, "added to every task's Fisher before merging (MergeLM's "
                                       "minimal_fisher_weight); where the Fishers are smaller, "
                                       "the merge leans towards averaging")
+    own_at_lambda: bool = setting(False, "osrm-min's own: also score each task with its own "
+                                         "update alone, merged by ta or ties at each lambda "
+                                         "(lam dW_t; its trimmed dW_t), which splits the merging "
+                                         "cost into the own update's part (alone - that) and the "
+                                         "other tasks' (that - merged)")
     select_on: str = setting("dev", "what picks each merge's lambda: dev (the paper: the dev "
                                     "set that is also reported) or heldout (training rows that "
                                     "no adapter trains on; the table reports dev at that lambda)")

@@ -64,7 +64,7 @@ def lambda_spread(results):
     paper's third claim is that it matters far less for OSRM's adapters)."""
     by_seed = {}
     for (seed, init, merge, lam), by_task in scores(results).items():
-        if merge != "none" and lam is not None:
+        if merge != "none" and lam is not None and not merge.endswith(":own"):
             by_seed.setdefault((init, merge), {}).setdefault(seed, []).append(task_mean(by_task))
     seeds = results["config"]["seeds"]
     return {key: [max(v[s]) - min(v[s]) for s in seeds]

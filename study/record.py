@@ -46,6 +46,16 @@ def data(results, prepared):
     results["carved"] = {t: p["carved"] for t, p in prepared.items() if p["carved"]}
 
 
+def labels(results, prepared, seed):
+    """The gold labels of the rows each split is scored on, in the order the score rows'
+    predictions are saved (the batches'; held-out rows differ by seed)."""
+    for t, p in prepared.items():
+        for split in ("dev", "heldout"):
+            if f"{split}_batches" in p:
+                results["labels"].append({"seed": seed, "task": t, "split": split, "labels": [
+                    y for b in p[f"{split}_batches"] for y in b["labels"].tolist()]})
+
+
 def alone(results, init, task, row):
     """A task's score with its own adapter alone; a warning if it is not clearly above what a
     constant prediction scores (tables.clearly_above)."""

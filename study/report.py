@@ -15,9 +15,11 @@ import sys
 from pathlib import Path
 
 from study.endpoints import (CONTROL, MARGIN, MIN_SEEDS, POINT, against_control, claims,
-                             cost_reduction, finish, heldout_error, paired, paired_spread)
+                             cost_reduction, finish, heldout_error, paired, paired_spread,
+                             t_interval)
 from study.figures import write_figures
-from study.tables import (LISTS, TIE_FRACTION, best_lambdas, failed_finetunes, headline, init_width,
+from study.tables import (LISTS, TIE_FRACTION, best_lambdas, cost_split, failed_finetunes, headline,
+                           init_width,
                            interference_matrices, lambda_curves, lambda_ties, mean_std, selected_on,
                            task_mean)
 
@@ -80,6 +82,27 @@ def format_claims(results):
         lines.append(f"{c['claim']:<26}{c['init']:<{w0}}"
                      f"{'indiv' if c['merge'] == 'none' else c['merge']:<10}"
                      f"{c['mean']:>+8.2f}  {interval:<22}{c['verdict']}")
+    return "\n".join(lines)
+
+
+def format_cost_split(results):
+    """The merging cost of each init and merge split in two (tables.cost_split), mean ± sd over
+    seeds, and, against plain LoRA, the paired reduction of the other tasks' part with its 95%
+    interval; '' where the run did not score own updates alone (--own-at-lambda)."""
+    split = cost_split(results)
+    if not split:
+        return ""
+    w0 = init_width(results)
+    lines = [f"{'init':<{w0}}{'merge':<10}{'own update':>14}{'other tasks':>14}"
+             f"{'reduction of the other tasks part':>36}"]
+    for (init, merge), parts in split.items():
+        base = split.get(("lora", merge))
+        reduction = "-"
+        if init != "lora" and base is not None:
+            e = t_interval([b - o for b, o in zip(base["others"], parts["others"])])
+            reduction = f"{e['mean']:+.2f} {interval_text(e)}"
+        lines.append(f"{init:<{w0}}{merge:<10}{mean_std(parts['own']):>14}"
+                     f"{mean_std(parts['others']):>14}{reduction:>36}")
     return "\n".join(lines)
 
 
@@ -245,6 +268,12 @@ def summary(results):
                   "seed (lora's cost - the init's; cost = average alone - merged, lambda as "
                   "above), mean and 95% t-interval; share: of plain LoRA's cost recovered:",
                   reduction]
+    split_table = format_cost_split(results)
+    if split_table:
+        parts += ["", "exploratory: the merging cost in two parts, at the selected lambda: the own "
+                  "update's (average alone - each task's own update merged alone) and the other "
+                  "tasks' (that - merged); against plain LoRA, the per-seed reduction of the "
+                  "second, mean and 95% t-interval:", split_table]
     claims_table = format_claims(results)
     if claims_table:
         parts += ["", f"the paper's three claims against plain LoRA (1: held if the 95% interval "

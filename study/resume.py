@@ -53,7 +53,7 @@ OSRM_KEYS = ("osrm_samples", "osrm_skip_ln_direction", "own_eps")  # A_t also de
 # and --eval-batch-size are not among them: they change a score's rounding (STS-B's in the
 # fifth digit), and a reused score must be the one a fresh run computes.
 WORK_KEYS = ("seeds", "seed", "inits", "merges", "lams", "lam_ta", "lam_ties", "out",
-             "lab", "workers")  # --lab only sets other settings
+             "lab", "workers", "own_at_lambda")  # --lab only sets other settings
 
 
 # Writing files whole
@@ -373,7 +373,7 @@ class Store:
         from_adapters = digest({t: adapter_digest(a.lora, a.head) for t, a in (merged_from or adapters).items()})
         evaluate = lambda split: lambda t: train.evaluate(
             model, adapters[t].head, prepared[t]["task"], prepared[t][f"{split}_batches"],
-            cfg.device, evaluation(init, method, lam, t))
+            cfg.device, evaluation(init, method, lam, t), keep_predictions=True)
         rows = []
         for split in ["dev"] + (["heldout"] if select and cfg.select_on == "heldout" else []):
             rows += self.scored(cfg, init, method, lam, list(adapters), from_adapters,
@@ -384,11 +384,12 @@ class Store:
         """The score rows of `tasks` under (init, method, lam) on `split` ("dev" or "heldout"):
         those saved earlier from the same settings, inputs and `adapters` (a digest of the
         adapters in the model) if every task has one, else `evaluate(task)` -> (score,
-        metrics) for each task, saved at once."""
+        metrics, predictions) for each task, saved at once."""
         rows = [self.scores.get(cfg.seed, init, method, lam, t, adapters, split) for t in tasks]
         if None in rows:
             rows = [result_row(cfg.seed, init, method, lam, t, *evaluate(t),
-                               self.row_inputs(cfg.tasks, t), adapters, split) for t in tasks]
+                               inputs=self.row_inputs(cfg.tasks, t), adapters=adapters, split=split)
+                    for t in tasks]
             self.scores.add(rows)
         return rows
 
@@ -459,18 +460,23 @@ def valid_score(row):
 
 def usable_row(row):
     """A saved score row that a fresh run could have written (valid_score), with the digests
-    of the inputs and adapters it came from."""
-    return valid_score(row) and all(is_a(row.get(k), str) for k in ("inputs", "adapters"))
+    of the inputs and adapters it came from and its predictions."""
+    return (valid_score(row) and all(is_a(row.get(k), str) for k in ("inputs", "adapters"))
+            and isinstance(row.get("predictions"), list)
+            and all(is_a(p, (int, float)) and math.isfinite(p) for p in row["predictions"]))
 
 
-def result_row(seed, init, merge_method, lam, task, score, metrics, inputs, adapters, split="dev"):
+def result_row(seed, init, merge_method, lam, task, score, metrics, predictions, inputs, adapters,
+               split="dev"):
     """One row of results.json: a task's score under one init and one merge ("none": alone),
-    on its dev set or its held-out training rows (`split`); `inputs` is the digest of the
-    files it was computed from (Store.row_inputs), `adapters` that of the adapters (their
+    on its dev set or its held-out training rows (`split`), and its prediction on each row
+    (class or score, in the order the run scores them: results.json's "labels" gives the gold
+    labels in that order, for a bootstrap over rows); `inputs` is the digest of the files it
+    was computed from (Store.row_inputs), `adapters` that of the adapters (their
     tensors_digest), so that a score is never reused beside an adapter trained again."""
     return {"seed": seed, "init": init, "merge": merge_method, "lambda": lam, "task": task,
-            "split": split, "score": score, "metrics": metrics, "inputs": inputs,
-            "adapters": adapters}
+            "split": split, "score": score, "metrics": metrics, "predictions": predictions,
+            "inputs": inputs, "adapters": adapters}
 
 
 class Evaluations:

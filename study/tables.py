@@ -43,7 +43,7 @@ def lambda_curves(results, split="dev"):
     """{(init, merge): {lambda: [merged average score per seed]}}, every merge and lambda run."""
     curves = {}
     for (seed, init, merge, lam), by_task in scores(results, split).items():
-        if merge != "none":
+        if merge != "none" and not merge.endswith(":own"):
             curves.setdefault((init, merge), {}).setdefault(lam, []).append(task_mean(by_task))
     return curves
 
@@ -64,7 +64,7 @@ def averages_by_seed(results, split):
     """{(init, merge): {lambda: {seed: merged average}}} of every merge run at a lambda."""
     out = {}
     for (seed, init, merge, lam), by_task in scores(results, split).items():
-        if merge != "none":
+        if merge != "none" and not merge.endswith(":own"):
             out.setdefault((init, merge), {}).setdefault(lam, {})[seed] = task_mean(by_task)
     return out
 
@@ -170,6 +170,27 @@ def merging_cost(results, on=None):
             for (init, merge), avg in rows.items() if merge != "none"}
 
 
+def cost_split(results, on=None):
+    """{(init, merge): {"own": [per seed], "others": [per seed]}} where the run scored each
+    task's own update alone at the merge's selected lambda (--own-at-lambda): the merging cost
+    (merging_cost) split into what shrinking or trimming a task's own update costs (average
+    alone - own update merged alone) and what the other tasks' updates cost (that - merged).
+    The two parts sum to the cost, seed by seed."""
+    s, cfg = scores(results), results["config"]
+    best = best_lambdas(results, on)
+    out = {}
+    for (init, merge), lam in best.items():
+        keys = [(seed, init, f"{merge}:own", lam) for seed in cfg["seeds"]]
+        if lam is None or not all(k in s for k in keys):
+            continue
+        alone = [task_mean(s[seed, init, "none", None]) for seed in cfg["seeds"]]
+        own = [task_mean(s[k]) for k in keys]
+        merged = [task_mean(s[seed, init, merge, lam]) for seed in cfg["seeds"]]
+        out[init, merge] = {"own": [a - o for a, o in zip(alone, own)],
+                            "others": [o - m for o, m in zip(own, merged)]}
+    return out
+
+
 def interference_matrices(results, key="interference"):
     """{init: (tasks, T x T matrix averaged over seeds)}; entry [t][j] is adapter t's output on
     task j's inputs relative to task j's own adapter's (results[key])."""
@@ -186,4 +207,4 @@ def interference_matrices(results, key="interference"):
 
 
 LISTS = ("rows", "heldout_rows", "interference", "interference_fit", "subspace_energy",
-         "spectrum", "training", "movement", "merge_statistics_s")
+         "spectrum", "training", "movement", "merge_statistics_s", "labels")

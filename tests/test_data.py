@@ -256,3 +256,25 @@ def test_carved_rows_are_scored_and_never_trained_on_or_held_out(tmp_path, have)
     assert scored == set(data.carve_split(list(range(60)), 15)[0])  # the same rows for any seed
     measured = {ids[0] - 1 for ids, _, _ in prepared["measure"]}
     assert len(measured) == 6 and measured <= scored  # measured on rows nothing fit or trained on
+
+
+def test_a_carve_keeps_each_question_in_one_of_scored_held_out_and_training_rows(tmp_path):
+    """QNLI's dev file has several sentences per question: carved by row, a scored row's
+    question would also be trained on. Carved by question, none is in two of the three."""
+    import data
+    rows = ["index\tquestion\tsentence\tlabel"]
+    rows += [f"{i}\trow {i // 3}\tsentence {i}\t{'entailment' if i % 2 else 'not_entailment'}"
+             for i in range(90)]  # 30 questions, 3 sentences each
+    write(tmp_path / "QNLI" / "dev.tsv", "\n".join(rows) + "\n")
+    for seed in (7, 8):
+        prepared = data.prepare_tasks(["qnli"], tmp_path, RowTokenizer(), {"qnli": 0}, seed, 32, 5, 8,
+                                      n_heldout=10, carve=15)["qnli"]
+        scored = row_ids(prepared["dev_batches"])  # question ids
+        heldout = row_ids(prepared["heldout_batches"])
+        trained = {ids[0] - 1 for ids, _, _ in prepared["train"]}
+        assert not scored & trained and not scored & heldout and not trained & heldout
+        assert len(scored) == 5 and len(heldout) == 4  # whole questions: 15 rows, then 12 >= 10
+        assert scored | heldout | trained == set(range(30))
+    # a task that is not carved draws its rows as before, one by one
+    assert data.train_subset("sst2", list(range(50)), 10, 3) == [
+        i for i in torch.randperm(50, generator=torch.Generator().manual_seed(3)).tolist()][:10]

@@ -525,6 +525,8 @@ SCORE_DAMAGE = {
     "a score of true": lambda row: row.update(score=True),
     "a score that is not its metrics'": lambda row: row.update(score=99.0),
     "metrics out of their range": lambda row: row.update(score=200.0, metrics={"accuracy": 2.0}),
+    "no predictions": lambda row: row.pop("predictions"),
+    "a prediction that is not a number": lambda row: row["predictions"].__setitem__(0, "1"),
 }
 
 

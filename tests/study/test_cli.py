@@ -8,6 +8,7 @@ import sys
 import pytest
 import torch
 
+import data
 import osrm_min
 import train
 from conftest import ROOT, tiny_args, write_tiny_glue
@@ -38,6 +39,12 @@ def test_end_to_end_writes_results_and_resumes(tmp_path, tiny_model, capsys):
     # what one constant prediction scores on the tiny dev sets: SST-2 half positive, MRPC's
     # always-paraphrase accuracy 1/2 and F1 2/3
     assert first["baselines"] == {"sst2": 50.0, "mrpc": pytest.approx(100 * (0.5 + 2 / 3) / 2)}
+    # each score row keeps its predictions, in the order of the task's saved gold labels: a
+    # bootstrap over rows recomputes every score from them
+    gold = {(e["seed"], e["task"], e["split"]): e["labels"] for e in first["labels"]}
+    assert {k[1]: len(v) for k, v in gold.items()} == {"sst2": 24, "mrpc": 8}
+    for r in rows:
+        assert data.glue_metrics(data.TASKS[r["task"]], r["predictions"], gold[r["seed"], r["task"], "dev"]) == r["metrics"]
     assert "constant    -               -     50.00     58.33" in out
 
     # The same command again trains nothing and reproduces every score.
@@ -443,3 +450,20 @@ def test_runs_split_by_seeds_and_inits_combine_into_the_report_of_one_run(tmp_pa
     assert "lack seed 3 of init osrm" in capsys.readouterr().err
     assert report.main([runs["s12"], runs["one"], "--out", str(tmp_path / "bad")]) == 2
     assert "repeats seed and init" in capsys.readouterr().err
+
+
+def test_own_updates_alone_are_scored_at_every_lambda_and_split_the_cost(tmp_path, tiny_model, capsys):
+    write_tiny_glue(tmp_path / "glue")
+    args = tiny_args(tmp_path, tiny_model, "--merges", "ta,ties", "--lams", "0.5,1", "--own-at-lambda")
+    assert osrm_min.main(args) == 0
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    own = {(r["init"], r["merge"], r["lambda"], r["task"]): r["score"] for r in results["rows"]
+           if r["merge"].endswith(":own")}
+    assert set(own) == {(i, f"{m}:own", lam, t) for i in ("lora", "osrm") for m in ("ta", "ties")
+                        for lam in (0.5, 1.0) for t in ("sst2", "mrpc")}
+    alone = {(r["init"], r["task"]): r["score"] for r in results["rows"] if r["merge"] == "none"}
+    for (init, task), score in alone.items():  # TA of one update at lambda 1 is the update itself
+        assert own[init, "ta:own", 1.0, task] == pytest.approx(score, abs=1e-9)
+    assert "the merging cost in two parts" in capsys.readouterr().out
+    assert osrm_min.main(args) == 0  # a rerun evaluates nothing again
+    assert "reusing" in capsys.readouterr().out

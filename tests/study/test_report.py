@@ -267,3 +267,23 @@ def test_one_seed_ties_only_on_equal_averages():
     results["rows"] = [dict(r, score=75.001) if (r["merge"], r["lambda"], r["init"]) == ("ta", 1.0, "lora")
                        else r for r in results["rows"]]
     assert tables.best_lambdas(results)[("lora", "ta")] == 1.0
+
+
+def test_the_merging_cost_splits_into_the_own_update_part_and_the_other_tasks_part():
+    results = three_seed_merges(lams=(0.5,))
+    # each task's own update alone, merged at 0.5: lora 77, 78, 79 (own part 3 each seed, so
+    # the other tasks' part is 7); osrm 75, 76, 77 (own part 1, 1.5, 1; others 2, 2, 1)
+    for init, own in (("lora", (77.0, 78.0, 79.0)), ("osrm", (75.0, 76.0, 77.0))):
+        results["rows"] += [dict(seed=s, init=init, merge="ta:own", task="a", score=o, **{"lambda": 0.5})
+                            for s, o in zip((1, 2, 3), own)]
+    split = tables.cost_split(results)
+    assert split[("lora", "ta")] == {"own": [3.0, 3.0, 3.0], "others": [7.0, 7.0, 7.0]}
+    assert split[("osrm", "ta")] == {"own": [1.0, 1.5, 1.0], "others": [2.0, 2.0, 1.0]}
+    costs = tables.merging_cost(results)
+    for key, parts in split.items():  # the parts add up to the cost, seed by seed
+        assert [o + t for o, t in zip(parts["own"], parts["others"])] == costs[key]
+    text = report.summary(results)
+    # the other tasks' part shrinks by 5, 5, 6: mean 5.33, sd 0.577, half-width 1.434
+    assert "+5.33 [+3.90, +6.77]" in text
+    assert ("osrm", "ta:own") not in tables.lambda_curves(results)  # never a merge of its own
+    assert [c for c in endpoints.claims(results) if "own" in c["merge"]] == []

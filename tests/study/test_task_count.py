@@ -1,0 +1,67 @@
+"""The two-against-four endpoint (study/task_count.py) on worked numbers, and its rule, with
+its boundaries, as stated before the run."""
+
+import json
+
+import pytest
+
+from study import task_count
+
+
+def run(costs, tasks=("a",)):
+    """A results dict whose inits (lora, lora-orthonormal, osrm) score 80 alone and 80 - cost
+    merged by TA at 0.5, per seed 1, 2, 3: costs {init: (cost per seed)}."""
+    rows = []
+    for init, per_seed in costs.items():
+        for seed, cost in zip((1, 2, 3), per_seed):
+            for t in tasks:
+                rows += [dict(seed=seed, init=init, merge="none", task=t, score=80.0, **{"lambda": None}),
+                         dict(seed=seed, init=init, merge="ta", task=t, score=80.0 - cost, **{"lambda": 0.5})]
+    return {"config": dict(tasks=list(tasks), seeds=[1, 2, 3], inits=list(costs), merges=["ta"]),
+            "rows": rows, "interference": []}
+
+
+T4 = run({"lora": (4, 4, 4), "lora-orthonormal": (4, 4, 4), "osrm": (3, 3.5, 2)})
+T2A = run({"lora": (2, 2, 2), "lora-orthonormal": (2, 2, 2), "osrm": (1.5, 1.5, 1.5)})
+T2B = run({"lora": (2, 2, 2), "lora-orthonormal": (2, 2, 2), "osrm": (2.5, 1.5, 2)})
+
+
+def test_delta_is_the_reduction_at_four_tasks_minus_the_mean_of_the_pairs():
+    d = task_count.delta(T4, T2A, T2B, "lora")
+    # reductions: T = 4 1, 0.5, 2; pairs 0.5, 0.5, 0.5 and -0.5, 0.5, 0: their mean 0, 0.5, 0.25
+    assert d["t4"] == [1.0, 0.5, 2.0] and d["t2"] == [0.0, 0.5, 0.25]
+    assert d["differences"] == [1.0, 0.0, 1.75]
+    # mean 0.9167, sd 0.87797, half-width 4.302653 * 0.87797 / sqrt(3) = 2.18099
+    assert d["mean"] == pytest.approx(11 / 12) and d["low"] == pytest.approx(11 / 12 - 2.18099, abs=1e-4)
+    assert task_count.verdict(d["low"], d["high"], d["t4_interval"]["low"], d["t4_interval"]["high"]) \
+        == "more seeds needed"
+    lines = task_count.report(T4, T2A, T2B)
+    assert lines[0].startswith("PRIMARY: Delta against lora") and "CO-PRIMARY: Delta against lora-orthonormal" in lines[4]
+    assert lines[3] == "  Delta +0.92 [-1.26, +3.10]: more seeds needed"
+
+
+@pytest.mark.parametrize("low, high, t4_low, t4_high, verdict", [
+    (0.01, 3.0, -5, 5, "grows with the number of tasks"),
+    (0.0, 3.0, -5, 5, "more seeds needed"),                # touching 0 is not growth
+    (-2.0, -0.01, -5, 5, "shrinks with the number of tasks"),
+    (-2.0, 0.0, -0.5, 0.5, "too few tasks rejected"),     # holds 0, below a point, T = 4 inside +-1
+    (-0.5, 0.99, -0.9, 0.9, "too few tasks rejected"),
+    (-0.5, 1.0, -0.9, 0.9, "inconclusive"),                # a point of growth not excluded
+    (-0.5, 0.99, -1.0, 0.9, "inconclusive"),               # T = 4's interval touches -1
+    (-0.5, 1.99, -5, 5, "inconclusive"),
+    (-0.5, 2.0, -5, 5, "more seeds needed"),
+])
+def test_the_rule_stated_before_the_run(low, high, t4_low, t4_high, verdict):
+    assert task_count.verdict(low, high, t4_low, t4_high) == verdict
+
+
+def test_the_command_refuses_runs_that_do_not_split_four_tasks_in_pairs(tmp_path, capsys):
+    paths = []
+    for name, r in (("t4", run({"lora": (4, 4, 4), "lora-orthonormal": (4, 4, 4), "osrm": (3, 3, 3)},
+                               ("sst2", "stsb", "qqp", "qnli"))),
+                    ("a", run({"lora": (2,) * 3, "lora-orthonormal": (2,) * 3, "osrm": (1,) * 3}, ("sst2", "stsb"))),
+                    ("b", run({"lora": (2,) * 3, "lora-orthonormal": (2,) * 3, "osrm": (1,) * 3}, ("sst2", "qqp")))):
+        paths.append(tmp_path / f"{name}.json")
+        paths[-1].write_text(json.dumps(r))
+    assert task_count.main(list(map(str, paths))) == 2
+    assert "split T4's four tasks in two pairs" in capsys.readouterr().err
