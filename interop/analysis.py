@@ -22,11 +22,6 @@ from pretrained import checkpoint, tokenization
 from study import config, resume
 
 
-def task_vector(state):
-    """{layer: dW = B' A}: the scale is already in B' (read_adapter)."""
-    return {k.removesuffix(".A"): state[k.replace(".A", ".B")] @ v for k, v in state.items() if k.endswith(".A")}
-
-
 def analyse(args):
     """The command's work; returns the lines it prints (also written to --out/summary.txt)."""
     pairs = [a.partition("=") for a in args.adapters]
@@ -66,7 +61,8 @@ def analyse(args):
     tokenizer = tokenization.load_tokenizer(cfg.model)
     prepared = osrm_min.prepare(cfg, tokenizer, {})
     measured = osrm_min.layer_statistics(encoder, cfg, prepared, "measure")
-    vectors = {t: task_vector(r[0]) for t, r in read.items()}
+    # {layer: dW = B' A}, scale 1: read_adapter folded the adapter's scale into B'
+    vectors = {t: osrm_min.Adapter(r[0], None).task_vector(1.0) for t, r in read.items()}
 
     def score(hs):
         return {t: train.evaluate(encoder, hs[t], prepared[t]["task"], prepared[t]["dev_batches"],

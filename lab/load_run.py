@@ -62,8 +62,7 @@ def where(cfg, inputs):
     "inputs"): where the run found them, or, for a run folder handed out from another machine
     (LAB.md's plan for slow machines), the installed default model and $GLUE_DIR."""
     model = cfg["model"] if Path(cfg["model"]).is_dir() else str(config.default_model_dir())
-    found = resume.fingerprint_inputs(model, checkpoint.model_files(model),
-                                      tokenization.tokenizer_files(model), {})
+    found = resume.fingerprint_inputs(model)
     for kind in ("model", "tokenizer"):
         if found[kind] != inputs[kind]:
             raise LabError(f"the {kind} files in {model} are not the ones the run used "

@@ -171,7 +171,8 @@ def _run(job_fn, job_path, result_path):
 
 
 class Workers:
-    """`with Workers(cfg, n, model_digest) as pool:` n worker processes, started at the first `pool.share` or
+    """`with Workers(cfg, n, model_digest) as pool:` n worker processes, started at the first
+    `pool.share` or
     `pool.submit` and kept for every seed (a worker's start-up, an interpreter and a checkpoint, costs
     seconds)."""
 

@@ -102,8 +102,7 @@ def fingerprint(cfg):
     for t in cfg.tasks:
         paths, carved[t] = data.split_sources(data.TASKS[t], cfg.data_dir, cfg.carve_splits)
         data_files.update({f"{split}:{t}": path for split, path in paths.items()})
-    inputs = resume.fingerprint_inputs(cfg.model, checkpoint.model_files(cfg.model),
-                                       tokenization.tokenizer_files(cfg.model), data_files, carved)
+    inputs = resume.fingerprint_inputs(cfg.model, data_files, carved)
     print(f"fingerprints of the model, tokenizer and data files: {time.time() - t0:.2f}s")
     return inputs
 
@@ -112,8 +111,7 @@ def unchanged_while_loading(cfg, inputs):
     """That the model and tokenizer files read after `fingerprint` are still the ones it
     digested, so that what was loaded is what the saved results are keyed on (the GLUE files
     are checked as each is read, data.load_split)."""
-    now = resume.fingerprint_inputs(cfg.model, checkpoint.model_files(cfg.model),
-                                    tokenization.tokenizer_files(cfg.model), {})
+    now = resume.fingerprint_inputs(cfg.model)
     changed = [k for k in ("model", "tokenizer") if now[k] != inputs[k]]
     if changed:
         raise ExperimentError(f"the {' and '.join(changed)} files in {cfg.model} changed while "

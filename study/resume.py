@@ -36,6 +36,7 @@ import torch
 
 import data
 import train
+from pretrained import checkpoint, tokenization
 from study import config
 from study.config import ExperimentError
 
@@ -224,14 +225,15 @@ def files_digest(folder, paths):
     return digest({Path(p).relative_to(folder).as_posix(): file_digest(p) for p in paths})
 
 
-def fingerprint_inputs(model_dir, model_files, tokenizer_files, data_files, carved=None):
+def fingerprint_inputs(model_dir, data_files=None, carved=None):
     """{"model": ..., "tokenizer": ..., "train:sst2": ..., "dev:sst2": ..., "carved:qqp":
-    "dev"}: a digest of each input's content, and which split of a task was carved from the
-    other's file (--carve-splits; data.split_sources). model_files and tokenizer_files: lists
-    of paths inside model_dir; data_files: {"train:sst2": path, ...}; carved: {task: split}."""
-    out = {"model": files_digest(model_dir, model_files),
-           "tokenizer": files_digest(model_dir, tokenizer_files)}
-    out.update({key: file_digest(path) for key, path in data_files.items()})
+    "dev"}: a digest of each input's content (the files of model_dir that the encoder and the
+    tokenizer are built from, checkpoint.model_files and tokenization.tokenizer_files), and
+    which split of a task was carved from the other's file (--carve-splits;
+    data.split_sources). data_files: {"train:sst2": path, ...}; carved: {task: split}."""
+    out = {"model": files_digest(model_dir, checkpoint.model_files(model_dir)),
+           "tokenizer": files_digest(model_dir, tokenization.tokenizer_files(model_dir))}
+    out.update({key: file_digest(path) for key, path in (data_files or {}).items()})
     out.update({f"carved:{t}": split for t, split in (carved or {}).items() if split})
     return out
 

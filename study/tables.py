@@ -40,12 +40,10 @@ def normalised(merged, alone):
 
 
 def lambda_curves(results, split="dev"):
-    """{(init, merge): {lambda: [merged average score per seed]}}, every merge and lambda run."""
-    curves = {}
-    for (seed, init, merge, lam), by_task in scores(results, split).items():
-        if merge != "none" and not merge.endswith(":own"):
-            curves.setdefault((init, merge), {}).setdefault(lam, []).append(task_mean(by_task))
-    return curves
+    """{(init, merge): {lambda: [merged average score per seed]}}, every merge and lambda run
+    (averages_by_seed without the seeds' names)."""
+    return {key: {lam: list(by_seed.values()) for lam, by_seed in curve.items()}
+            for key, curve in averages_by_seed(results, split).items()}
 
 
 def selected_on(results):
@@ -60,8 +58,9 @@ def selected_on(results):
 TIE_FRACTION = 0.1
 
 
-def averages_by_seed(results, split):
-    """{(init, merge): {lambda: {seed: merged average}}} of every merge run at a lambda."""
+def averages_by_seed(results, split="dev"):
+    """{(init, merge): {lambda: {seed: merged average}}} of every merge and lambda run (not the
+    own updates scored alone, --own-at-lambda)."""
     out = {}
     for (seed, init, merge, lam), by_task in scores(results, split).items():
         if merge != "none" and not merge.endswith(":own"):
