@@ -32,7 +32,8 @@ import torch
 
 def fisher_diagonal(encoder, head, examples, layers, device="cpu"):
     """{layer name: F (d_out x d_in)} for the model now in the encoder (its adapter in place)
-    and its head, over `examples` (batches of one example each); `layers`: {name: module}."""
+    and its head, over `examples` (batches of one example each); `layers`: {name: module}.
+    Returned on the CPU, where the adapters and their merges live (lora.lora_state)."""
     weights = {name: m.weight for name, m in layers.items()}
     for w in weights.values():
         w.requires_grad_(True)
@@ -56,4 +57,4 @@ def fisher_diagonal(encoder, head, examples, layers, device="cpu"):
     finally:
         for w in weights.values():
             w.requires_grad_(False)
-    return {name: f / len(examples) for name, f in fisher.items()}
+    return {name: (f / len(examples)).cpu() for name, f in fisher.items()}  # beside the adapters

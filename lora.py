@@ -132,8 +132,10 @@ def lora_layers(encoder):
 
 
 def lora_state(encoder):
-    """The adapter as plain tensors: {"layers.0.query.A": ..., "layers.0.query.B": ...}."""
-    return {f"{name}.{k}": getattr(m, k).detach().clone()
+    """The adapter as plain tensors on the CPU, wherever the encoder runs: {"layers.0.query.A":
+    ..., "layers.0.query.B": ...}. A saved adapter loads there too, so a run's adapters, task
+    vectors and merges live in one place whether an adapter was trained now or loaded."""
+    return {f"{name}.{k}": getattr(m, k).detach().to("cpu", copy=True)
             for name, m in lora_layers(encoder).items() for k in ("A", "B")}
 
 

@@ -176,8 +176,8 @@ def fisher_merge(deltas, fishers, weights=None, eps=1e-6):
     (`fisher_norm_weights`). Equal Fishers give the average; where every task's Fisher is 0
     the c-weighted mean; where only one task's is large, that task's value."""
     F = torch.stack([f.double() for f in fishers]) + eps  # (T, d_out, d_in)
-    c = torch.full((len(deltas),), 1.0 / len(deltas), dtype=torch.float64) if weights is None \
-        else weights.double()
+    c = torch.full((len(deltas),), 1.0 / len(deltas), dtype=torch.float64,
+                   device=F.device) if weights is None else weights.to(F)
     c = c.view(-1, *[1] * (F.dim() - 1))
     merged = (c * F * torch.stack([d.double() for d in deltas])).sum(0) / (c * F).sum(0)
     return merged.to(deltas[0].dtype)

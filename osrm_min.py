@@ -56,7 +56,9 @@ def collect_statistics(encoder, batches, layer_names):
 
     H (n x d_in) stacks the inputs that this very layer sees on the given batches, one row per
     real token, computed by the frozen pretrained model (the paper's section 3). Forward hooks
-    read the inputs; nothing is kept but running sums, in float64.
+    read the inputs; nothing is kept but running sums, in float64. The statistics are small
+    (d_in x d_in per layer), so they are returned on the CPU whatever device the model runs on,
+    and what is computed from them (subspaces, interference, energy, movement) stays there.
     """
     layers = dict(encoder.named_modules())
     sums = {name: {"HtH": 0.0, "h": 0.0, "n": 0} for name in layer_names}
@@ -81,7 +83,7 @@ def collect_statistics(encoder, batches, layer_names):
     finally:
         for h in handles:
             h.remove()
-    return {name: {"S": s["HtH"] / s["n"], "mu": s["h"] / s["n"], "n": s["n"]}
+    return {name: {"S": (s["HtH"] / s["n"]).cpu(), "mu": (s["h"] / s["n"]).cpu(), "n": s["n"]}
             for name, s in sums.items()}
 
 
@@ -338,8 +340,10 @@ def merged_scores(encoder, method, lam, task_vectors, heads, statistics, score, 
 # 6. Interference, and the energy OSRM's subspace reads
 
 def quadratic_trace(M, S):
-    """tr(M S M^T) in float64: with S = H^T H / n, the mean squared norm of M h over H's rows."""
-    return torch.einsum("ij,jk,ik->", M.double(), S, M.double())
+    """tr(M S M^T) in float64: with S = H^T H / n, the mean squared norm of M h over H's rows.
+    Computed where S lives (the CPU, `collect_statistics`)."""
+    M = M.to(S.device, torch.float64)
+    return torch.einsum("ij,jk,ik->", M, S, M)
 
 
 def interference(task_vectors, stats):
@@ -396,7 +400,8 @@ def movement(A_start, A_end, stats, task):
     Q_end = {n: row_space(A) for n, A in A_end.items()}
     own_start, others_start = subspace_energy(Q_start, stats, task)
     own_end, others_end = subspace_energy(Q_end, stats, task)
-    overlap = [(Q_start[n] @ Q_end[n].T).pow(2).sum().item() / Q_start[n].shape[0] for n in Q_start]
+    overlap = [(Q_start[n] @ Q_end[n].to(Q_start[n]).T).pow(2).sum().item() / Q_start[n].shape[0]
+               for n in Q_start]
     return {"own_start": own_start, "others_start": others_start, "own_end": own_end,
             "others_end": others_end, "overlap": sum(overlap) / len(overlap)}
 

@@ -35,7 +35,8 @@ def own_task_subspace(S_own, S_others, rank, eps=0.1):
     matters (B A = (B R^-1)(R A)), so they are re-orthonormalised by a QR decomposition.
     """
     d = S_own.shape[0]
-    M = S_others + eps * torch.trace(S_others) / d * torch.eye(d, dtype=S_others.dtype)
+    M = S_others + eps * torch.trace(S_others) / d * torch.eye(d, dtype=S_others.dtype,
+                                                               device=S_others.device)
     # S_own v = mu M v  <=>  (L^-1 S_own L^-T) w = mu w  with M = L L^T and v = L^-T w
     L = torch.linalg.cholesky(M)
     C = torch.linalg.solve_triangular(L, torch.linalg.solve_triangular(L, S_own, upper=False).T,
@@ -55,7 +56,7 @@ def random_null_basis(mus, rank, seed):
     _, s, Vh = torch.linalg.svd(X, full_matrices=True)
     null = Vh[int((s > s.max() * d * torch.finfo(torch.float64).eps).sum()):]  # (d - rank(X), d)
     G = torch.randn(null.shape[0], rank, generator=torch.Generator().manual_seed(seed),
-                    dtype=torch.float64)
+                    dtype=torch.float64).to(null.device)  # the same draw on any device
     Q, _ = torch.linalg.qr(G)  # a random orthonormal frame in the null space's coordinates
     return (Q.T @ null).float()
 
@@ -74,7 +75,8 @@ def layernorm_inputs(encoder):
 
 
 def layernorm_directions(encoder, names):
-    """{layer name: u} for those of `names` whose input is a LayerNorm output."""
+    """{layer name: u} for those of `names` whose input is a LayerNorm output, on the CPU
+    (beside the statistics, `collect_statistics`)."""
     norms = layernorm_inputs(encoder)
     return {n: layernorm_direction(norms[n].weight.detach().cpu()) for n in names if n in norms}
 
@@ -92,10 +94,11 @@ def without_direction(S, u):
     """S with u moved to the top of its spectrum (eigenvalue tr(S)), the rest of S restricted to
     u's orthogonal complement: the smallest eigenvectors of the result are OSRM's subspace
     chosen among the directions orthogonal to u."""
-    P = torch.eye(len(u), dtype=S.dtype) - torch.outer(u, u).to(S.dtype)
-    return P @ S @ P + torch.trace(S) * torch.outer(u, u).to(S.dtype)
+    uu = torch.outer(u, u).to(S)  # on S's device, in its dtype
+    P = torch.eye(len(u), dtype=S.dtype, device=S.device) - uu
+    return P @ S @ P + torch.trace(S) * uu
 
 
 def direction_share(A, u):
     """||A u||^2: how much of the unit direction u lies in A's row space (A has orthonormal rows)."""
-    return float((A.double() @ u.double()).pow(2).sum())
+    return float((A.double() @ u.to(A.device, torch.float64)).pow(2).sum())

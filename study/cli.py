@@ -12,6 +12,8 @@ import sys
 import time
 from pathlib import Path
 
+import torch
+
 import data
 import lora
 import merge
@@ -88,11 +90,22 @@ def run_command(argv, inits, run):
     except MemoryError:
         print("error: out of memory; try a smaller --batch-size or --eval-batch-size",
               file=sys.stderr)
+    except RuntimeError as e:  # torch.cuda.OutOfMemoryError, or one a worker process reports
+        if not out_of_device_memory(e):
+            raise
+        print("error: the GPU ran out of memory; try a smaller --batch-size (training) or "
+              "--eval-batch-size (scoring), or fewer --workers on one GPU", file=sys.stderr)
     except KeyboardInterrupt:
         print("\ninterrupted: trained adapters and computed scores are saved; rerun the same "
               "command to resume", file=sys.stderr)
         return 130
     return 2
+
+
+def out_of_device_memory(error):
+    """Whether `error` is a GPU's out-of-memory error (torch.cuda.OutOfMemoryError, also when a
+    worker process reports it as text)."""
+    return isinstance(error, torch.cuda.OutOfMemoryError) or "CUDA out of memory" in str(error)
 
 
 def fingerprint(cfg):

@@ -103,7 +103,7 @@ def subspaces(results, seed, rank, stats, measured, subspaces, u, energy):
     tasks = list(stats)
     g = torch.Generator().manual_seed(seed)
     random = {t: {n: torch.linalg.qr(torch.randn(s["S"].shape[0], rank, generator=g,
-                                                 dtype=torch.float64))[0].T
+                                                 dtype=torch.float64).to(s["S"].device))[0].T
                   for n, s in stats[t].items()} for t in tasks}
     for name, by_task in {**subspaces, "random": random}.items():
         for t, A_init in by_task.items():

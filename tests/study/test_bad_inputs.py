@@ -16,10 +16,12 @@ import time
 import pytest
 import torch
 
+import merge
 import osrm_min
 import train
 from conftest import ROOT, write_tiny_checkpoint
 from conftest import tiny_args, write_tiny_glue
+from study import config
 from study import figures
 from study import report
 from study import resume
@@ -53,6 +55,14 @@ def write(relative, content, under="model"):
         path.write_bytes(content if isinstance(content, bytes) else content.encode())
         return []
     return setup
+
+
+def gpu_out_of_memory(tmp, model, monkeypatch):
+    """Training that runs out of GPU memory, as torch reports it."""
+    def finetune(*args, **kwargs):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+    monkeypatch.setattr(train, "finetune", finetune)
+    return []
 
 
 def out_under_a_file(tmp, model, monkeypatch):
@@ -190,6 +200,9 @@ CASES = [
     ("rows for a task twice", setting("--train-samples-per-task", "mrpc=1,MRPC=2"), "lists mrpc twice"),
     ("--dev-samples -1", setting("--dev-samples", "-1"), "--dev-samples must be 0"),
     ("two presets", setting("--lab", "--full"), "--full and --lab are two presets"),
+    ("--full without a device", setting("--full"), ("--full is the paper's protocol for a GPU",
+                                                    "--device cpu to run it on the CPU anyway")),
+    ("out of GPU memory", gpu_out_of_memory, ("the GPU ran out of memory", "--batch-size")),
     ("--merges dare", setting("--merges", "dare"), "--merges: unknown value"),
     ("unknown task", setting("--tasks", "sst2,foo"), "unknown task 'foo'"),
     # model folders whose JSON parses but says something impossible
@@ -755,3 +768,18 @@ def test_blocks_are_cut_where_the_tokens_do_not_change(tiny_model, monkeypatch, 
         tokenizer._cache = {}
         assert [tokenizer.tokenize(t) for t in texts] == whole
         monkeypatch.undo()
+
+
+def test_full_sets_the_papers_lambda_grid_unless_lams_are_given():
+    parse = lambda *a: config.parse_command_line(["--tasks", "sst2,mrpc", *a], osrm_min.INITS,
+                                                 merge.METHODS)
+    assert parse("--full", "--device", "cpu").lams == (0.1, 0.3, 0.5, 0.7, 0.9, 1.0)
+    assert parse("--full", "--device", "cpu", "--lams", "0.4").lams == (0.4,)
+    assert parse().lams == ()  # the CPU budget: each merge's own default lambda
+
+
+def test_another_runtime_error_is_not_called_out_of_memory(tmp_path, tiny_model, monkeypatch):
+    write_tiny_glue(tmp_path / "glue")
+    monkeypatch.setattr(train, "finetune", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("boom")))
+    with pytest.raises(RuntimeError, match="boom"):
+        osrm_min.main(tiny_args(tmp_path, tiny_model))
