@@ -562,7 +562,8 @@ def run(cfg, encoder, tokenizer, inputs):
     model = fastpath.speed_up(encoder)  # the same modules; the speed tricks switched on
     store = resume.Store(cfg, inputs)
     results = record.new_results(cfg, inputs)
-    with parallel.Workers(cfg, n, loaded) if n > 1 else contextlib.nullcontext() as workers:
+    pool = parallel.Workers(cfg, n, loaded, encoder.config) if n > 1 else contextlib.nullcontext()
+    with pool as workers:
         for seed in cfg.seeds:
             print(f"seed {seed}")
             run_seed(replace(cfg, seed=seed), encoder, model, tokenizer, store, results, workers)

@@ -56,18 +56,65 @@ _LOCK = "lock"  # in each folder: held (flock) by the run that made it, for as l
 
 
 def workers(cfg):
-    """At most how many jobs run side by side: --workers, or with 0 one per CPU core on a CPU
-    (one on a GPU, which one process already keeps busy)."""
+    """At most how many jobs run side by side: --workers, or with 0 one per CPU core on a CPU,
+    one per visible card with --device cuda (one with cuda:N). With --workers N on one GPU,
+    N fine-tunes share the card, checked against its free memory (`check_device_memory`)."""
     if cfg.workers:
         return cfg.workers
-    return 1 if str(cfg.device).startswith("cuda") else max(1, os.cpu_count() or 1)
+    if str(cfg.device).startswith("cuda"):
+        return max(1, torch.cuda.device_count()) if cfg.device == "cuda" else 1
+    return max(1, os.cpu_count() or 1)
 
 
-def _start(main_pid, model_dir, device, threads, model_digest):
+def worker_devices(device, n):
+    """The device of each of n workers: with --device cuda and several GPUs visible, the
+    workers take the cards in turn (one fine-tune per card with --workers 0); otherwise they
+    all share `device`, each running its own fine-tunes on it."""
+    cards = torch.cuda.device_count() if device == "cuda" else 0
+    return [f"cuda:{i % cards}" for i in range(n)] if cards > 1 else [device] * n
+
+
+def fine_tune_bytes(config, batch_size, max_length):
+    """A rough upper estimate of one fine-tune's GPU memory in bytes: the model's float32
+    weights twice (AdamW's state and the adapters are small beside them), and the activations
+    the backward pass keeps, T B H (34 + 5 a T / H) bytes per layer at 16-bit (Korthikanti et
+    al. 2022, "Reducing Activation Recomputation in Large Transformer Models", section 4.1),
+    at the longest batch (T = --max-length)."""
+    H, L, a = config.hidden_size, config.num_hidden_layers, config.num_attention_heads
+    weights = 4 * (config.vocab_size * H + L * (4 * H * H + 2 * H * config.intermediate_size))
+    activations = L * max_length * batch_size * H * (34 + 5 * a * max_length / H)
+    return 2 * weights + activations
+
+
+def check_device_memory(devices, need, batch_size):
+    """An ExperimentError, before any worker starts, where a card has less free memory than
+    its share of the workers' fine-tunes needs (`fine_tune_bytes` each)."""
+    for device in dict.fromkeys(d for d in devices if d.startswith("cuda")):
+        k = devices.count(device)
+        free, _ = torch.cuda.mem_get_info(torch.device(device))
+        if free < k * need:
+            fit = int(free // need)
+            raise ExperimentError(
+                f"--workers {len(devices)}: {k} fine-tune{'s' if k > 1 else ''} on {device} "
+                f"need{'' if k > 1 else 's'} about "
+                f"{k * need / 2**30:.1f} GB ({need / 2**30:.1f} GB each at --batch-size "
+                f"{batch_size}), and it has {free / 2**30:.1f} GB free; use "
+                + (f"--workers {fit} or fewer" if fit else "a smaller --batch-size or --max-length"))
+
+
+def _take_device(devices, taken):
+    """In a worker at its start: the next of `devices` (`taken`: a shared counter)."""
+    with taken.get_lock():
+        i, taken.value = taken.value, taken.value + 1
+    return devices[i % len(devices)]
+
+
+def _start(main_pid, model_dir, devices, taken, threads, model_digest):
     """A worker's start: Ctrl-C is the main process's to handle (it came blocked from there,
     `_quiet_children`: now ignored, then unblocked); a watch on the main process; its share of
     the threads; the checkpoint, loaded once and checked to be what the main process loaded
-    (resume.encoder_digest). A failure is kept for its jobs to report (`_run`): an initializer
+    (resume.encoder_digest), on its device (`worker_devices`). A failure is kept for its jobs
+    to report (`_run`): an initializer
     that raises would print a traceback and break the pool as if the worker had been killed."""
     global _ENCODER, _MODEL, _START_ERROR
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -79,7 +126,7 @@ def _start(main_pid, model_dir, device, threads, model_digest):
         if resume.encoder_digest(encoder) != model_digest:
             raise ExperimentError(f"the model in {model_dir} changed after this run loaded it; "
                                   f"rerun once it is complete")
-        _ENCODER, _MODEL = encoder, fastpath.speed_up(encoder.to(device))
+        _ENCODER, _MODEL = encoder, fastpath.speed_up(encoder.to(_take_device(devices, taken)))
     except Exception as e:  # any failure: said in one line by its jobs
         _START_ERROR = str(e) if isinstance(e, ExperimentError) else (
             f"cannot load the model in {model_dir} ({type(e).__name__}: "
@@ -176,10 +223,15 @@ class Workers:
     `pool.submit` and kept for every seed (a worker's start-up, an interpreter and a checkpoint, costs
     seconds)."""
 
-    def __init__(self, cfg, n, model_digest):
+    def __init__(self, cfg, n, model_digest, model_config=None):
         """model_digest: resume.encoder_digest of the encoder this process loaded, which each
-        worker's own must match."""
+        worker's own must match; model_config (its BertConfig): on a GPU, each card's free
+        memory is checked against its workers' fine-tunes (`check_device_memory`)."""
         self.cfg, self.n, self.model_digest = cfg, n, model_digest
+        self.devices = worker_devices(str(cfg.device), n)
+        if model_config is not None and str(cfg.device).startswith("cuda"):
+            check_device_memory(self.devices, fine_tune_bytes(model_config, cfg.batch_size,
+                                                              cfg.max_length), cfg.batch_size)
         self.pool, self.futures, self.folder, self.lock, self.main_threads = None, {}, None, None, None
         self.threads = max(1, torch.get_num_threads() // n)
 
@@ -220,8 +272,9 @@ class Workers:
         context = multiprocessing.get_context("spawn")  # fresh interpreters: no forked thread pools
         with _quiet_children():
             self.pool = ProcessPoolExecutor(self.n, mp_context=context, initializer=_start,
-                                            initargs=(os.getpid(), self.cfg.model, self.cfg.device,
-                                                      self.threads, self.model_digest))
+                                            initargs=(os.getpid(), self.cfg.model, self.devices,
+                                                      context.Value("i", 0), self.threads,
+                                                      self.model_digest))
         print(f"the inits of every seed run side by side in {self.n} worker processes, "
               f"{self.threads} thread(s) each")
         self.t0 = time.time()

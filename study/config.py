@@ -130,8 +130,9 @@ class Config:
     device: str = setting("cpu", "cpu, cuda or auto; on cuda training runs in bf16 autocast")
     eval_batch_size: int = setting(128, "batch size of evaluation")
     workers: int = setting(1, "each seed's inits (fine-tunes, merges, scores) run side by side in "
-                              "this many processes, each with its share of the CPU threads (0: "
-                              "one per CPU core on a CPU, 1 on a GPU)")
+                              "this many processes, each with its share of the CPU threads; on "
+                              "a GPU they share the card, or take several cards in turn (0: "
+                              "one per CPU core on a CPU, one per card on a GPU)")
     full: bool = setting(False, "the paper's protocol for a GPU (PAPER_PROTOCOL): all training "
                                 "rows, 10 epochs, batch 64, lr 4e-4, lambdas 0.1,0.3,0.5,0.7,"
                                 "0.9,1.0; needs an explicit --device; other flags still apply")

@@ -3,6 +3,7 @@ worker that dies, at any moment, ends the run in one line with every finished ad
 workers whose main process is killed stop, and the rerun clears what it left."""
 
 import json
+import multiprocessing
 import os
 import signal
 import subprocess
@@ -13,9 +14,11 @@ from pathlib import Path
 import pytest
 import torch
 
+import lora
 import osrm_min
 from conftest import ROOT, tiny_args, write_tiny_glue
 from speed import parallel
+from study.config import ExperimentError
 
 
 def recorded(out):
@@ -222,3 +225,49 @@ def test_a_job_folder_is_removed_only_when_no_process_holds_its_lock(tmp_path, m
     finally:
         os.close(fd)
         held.close()
+
+
+# Several fine-tunes on GPUs (--workers N --device cuda), checked without one
+
+def test_workers_take_the_visible_cards_in_turn_or_share_one(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert parallel.worker_devices("cuda", 3) == ["cuda:0", "cuda:1", "cuda:0"]
+    assert parallel.worker_devices("cuda:1", 3) == ["cuda:1"] * 3  # a named card is shared
+    assert parallel.worker_devices("cpu", 2) == ["cpu", "cpu"]
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert parallel.worker_devices("cuda", 2) == ["cuda", "cuda"]
+    cfg = lambda device, workers=0: type("Cfg", (), {"device": device, "workers": workers})
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    assert parallel.workers(cfg("cuda")) == 4 and parallel.workers(cfg("cuda:2")) == 1
+    assert parallel.workers(cfg("cuda", 3)) == 3
+
+
+def test_each_worker_takes_the_next_device():
+    taken = multiprocessing.get_context("spawn").Value("i", 0)
+    assert [parallel._take_device(["cuda:0", "cuda:1"], taken) for _ in range(3)] == \
+        ["cuda:0", "cuda:1", "cuda:0"]
+
+
+def test_a_fine_tunes_memory_estimate_on_a_worked_case():
+    """RoBERTa-large at the paper's batch 64, length 128: 2 x 4 bytes x 353.5M parameters
+    (embeddings 51.5M, 24 layers of 4H^2 + 2 H I = 12.6M; biases and norms left out) and
+    24 x 128 x 64 x 1024 x (34 + 5 x 16 x 128 / 1024) bytes of activations."""
+    c = lora.BertConfig(vocab_size=50265, hidden_size=1024, num_hidden_layers=24,
+                        num_attention_heads=16, intermediate_size=4096)
+    weights = 50265 * 1024 + 24 * (4 * 1024**2 + 2 * 1024 * 4096)
+    activations = 24 * 128 * 64 * 1024 * 44
+    assert parallel.fine_tune_bytes(c, 64, 128) == 8 * weights + activations
+    assert round(parallel.fine_tune_bytes(c, 64, 128) / 2**30, 2) == 10.88  # GiB
+
+
+def test_too_many_fine_tunes_for_a_cards_free_memory_is_one_line_before_any_start(monkeypatch):
+    free = {"cuda:0": 30 * 2**30, "cuda:1": 9 * 2**30}
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda d: (free[str(d)], 80 * 2**30))
+    parallel.check_device_memory(["cuda:0", "cuda:0", "cuda:0"], 10 * 2**30, 64)  # 30 GB: fits
+    with pytest.raises(ExperimentError, match=r"--workers 4: 4 fine-tunes on cuda:0 need about "
+                       r"40.0 GB \(10.0 GB each at --batch-size 64\), and it has 30.0 GB free; "
+                       r"use --workers 3 or fewer"):
+        parallel.check_device_memory(["cuda:0"] * 4, 10 * 2**30, 64)
+    with pytest.raises(ExperimentError, match="1 fine-tune on cuda:1 needs .* use a smaller --batch-size"):
+        parallel.check_device_memory(["cuda:0", "cuda:1"], 10 * 2**30, 64)
+    parallel.check_device_memory(["cpu", "cpu"], 10 * 2**30, 64)  # no card, nothing to check
