@@ -14,12 +14,25 @@ HF_ENDPOINT (default https://huggingface.co), HF_HOME (default $XDG_CACHE_HOME/h
 We fetch what checkpoint.load_checkpoint and the tokenizer read: config.json; model.safetensors, or
 pytorch_model.bin if the repository has no safetensors; vocab.txt (BERT) or vocab.json and
 merges.txt (RoBERTa); and, if the repository has them, tokenizer_config.json,
-special_tokens_map.json and sentence-transformers' 1_Pooling/config.json. A model that
-transformers (huggingface_hub) has already fetched is used where it lies, with no request:
-huggingface_hub's cache (HF_HUB_CACHE, else $HF_HOME/hub) holds it as
-models--<namespace>--<name>/snapshots/<commit>/, the commit named by refs/<revision>. Otherwise
-the files land in a plain folder that --model can name, fetched once and not refreshed (delete
-the folder to fetch a moved branch again):
+special_tokens_map.json and sentence-transformers' 1_Pooling/config.json.
+
+Where a model lies. transformers and we share huggingface_hub's cache (HF_HUB_CACHE, else
+$HF_HOME/hub; https://huggingface.co/docs/hub/local-cache): a model either of us fetched is used
+where it lies, with no request. Its layout, as huggingface_hub's file_download.py writes it:
+
+    models--<namespace>--<name>/blobs/<hash>        the files' bytes, each named by its hash
+                               /snapshots/<commit>/config.json -> ../../blobs/<hash>, ...
+                               /refs/<revision>     the commit hash that <revision> stands for
+
+The hub's answer to a resolve URL names the commit it serves (X-Repo-Commit) and the file's hash:
+X-Linked-Etag, the SHA-256 of a file kept in LFS (the weights), else ETag, the git blob SHA-1
+(huggingface_hub's constants.py and get_hf_file_metadata). When every file comes with the same
+commit, the download goes there: each blob under a temporary name, renamed when checked; the
+snapshot's links once every blob is whole; refs/<revision> last. A run that stops leaves no
+snapshot that looks complete, and the next one keeps the whole blobs. A server that names no
+commit (a plain mirror), or files of two commits (a branch that moved meanwhile), gets a plain
+folder instead, as one printed line says; --model can name it, and it is fetched once and not
+refreshed (delete the folder to fetch a moved branch again):
 
     $HF_HOME/osrm-min/models/<namespace>--<name>/<revision>/config.json, model.safetensors, ...
                                                            /.complete  (last: later calls ask nothing)
@@ -38,8 +51,10 @@ exist is not fetched again. Files are written under a temporary name and tasks u
 temporary folder, each renamed when whole: an interrupted download leaves nothing that looks done.
 """
 
+import contextlib
 import hashlib
 import http.client
+import io
 import json
 import os
 import re
@@ -64,17 +79,30 @@ class DownloadError(Exception):
     """A download that failed; str(e) is one line: what failed, and what to use instead."""
 
 
+class NotFound(DownloadError):
+    """The server answered HTTP 404: it has no such file."""
+
+
+class Stop(Exception):
+    """Raised by HeaderLog at a redirect that need not be followed."""
+
+
 class HeaderLog(urllib.request.HTTPRedirectHandler):
     """Follows redirects as urllib does, keeping the headers of every response on the way: the
     hub answers a large file with a redirect whose headers give its size and SHA-256
     (X-Linked-Size, X-Linked-Etag; huggingface_hub's constants.py), which the storage it
-    redirects to does not repeat."""
+    redirects to does not repeat. `stop(headers so far)`, if given, may end the walk at a
+    redirect: there is no need to ask the storage for a file we hold already."""
 
-    def __init__(self):
+    def __init__(self, stop=None):
         self.headers = []
+        self.stop = stop
 
     def redirect_request(self, req, fp, code, msg, headers, newurl):
         self.headers.append(headers)
+        if self.stop and self.stop(self.headers):
+            fp.close()
+            raise Stop
         return super().redirect_request(req, fp, code, msg, headers, newurl)
 
 
@@ -114,31 +142,48 @@ def check_content(path, name=None):
     return ""
 
 
-def fetch(url, path, hint, token=None, optional=False):
-    """Download `url` to `path`; False when `optional` and the server answers 404 (no such file).
-
-    The body is checked before it takes its name: its size against Content-Length or the hub's
-    X-Linked-Size, its SHA-256 against the hub's X-Linked-Etag when it sends one, and its content
-    (check_content). A file already at `path` is whole, so it is kept and not fetched again.
-    Any failure is a DownloadError that ends with `hint`.
-    """
-    if path.exists():
-        return True
+def open_url(url, token=None, stop=None):
+    """GET `url`: the open response, and the headers of every answer on the way (redirects
+    first); an empty body where `stop` ended the walk at a redirect (see HeaderLog)."""
     request = urllib.request.Request(url)
     if token:  # unredirected: the hub may redirect to storage that must not see the token
         request.add_unredirected_header("Authorization", f"Bearer {token}")
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # per process, so two runs don't collide
-    log = HeaderLog()
+    log = HeaderLog(stop)
     try:
-        with urllib.request.build_opener(log).open(request, timeout=TIMEOUT) as response:
-            size, sha256 = expected_size_and_sha256(log.headers + [response.headers])
-            path.parent.mkdir(parents=True, exist_ok=True)
-            digest = hashlib.sha256()
-            with open(tmp, "wb") as f, tqdm(total=size, desc=path.name, unit="B", unit_scale=True,
-                                            unit_divisor=1024) as bar:
-                while chunk := response.read(1 << 20):
-                    digest.update(chunk)
-                    bar.update(f.write(chunk))
+        response = urllib.request.build_opener(log).open(request, timeout=TIMEOUT)
+    except Stop:
+        return io.BytesIO(), log.headers
+    return response, log.headers + [response.headers]
+
+
+@contextlib.contextmanager
+def reported(url, hint):
+    """Turns whatever goes wrong while downloading `url` into a one-line DownloadError that ends
+    with `hint` (NotFound for an HTTP 404)."""
+    try:
+        yield
+    except urllib.error.HTTPError as e:
+        error = NotFound if e.code == 404 else DownloadError
+        raise error(f"cannot download {url}: HTTP {e.code} {e.reason}; {hint}") from None
+    except (OSError, http.client.HTTPException) as e:  # refused, unreachable, timed out, cut short
+        reason = " ".join((str(getattr(e, "reason", e)) or type(e).__name__).split())  # one line
+        raise DownloadError(f"cannot download {url}: {reason}; {hint}") from None
+
+
+def save(url, response, headers, path, name, hint):
+    """Write the body of `response` to `path`, checked before it takes that name: its size
+    against Content-Length or the hub's X-Linked-Size, its SHA-256 against the hub's
+    X-Linked-Etag when it sends one, and its content as the file `name` (check_content)."""
+    size, sha256 = expected_size_and_sha256(headers)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # per process, so two runs don't collide
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        digest = hashlib.sha256()
+        with open(tmp, "wb") as f, tqdm(total=size, desc=Path(name).name, unit="B", unit_scale=True,
+                                        unit_divisor=1024) as bar:
+            while chunk := response.read(1 << 20):
+                digest.update(chunk)
+                bar.update(f.write(chunk))
         got = tmp.stat().st_size
         if size is not None and got != size:
             raise DownloadError(f"cannot download {url}: the connection closed after {got} of "
@@ -146,21 +191,31 @@ def fetch(url, path, hint, token=None, optional=False):
         if sha256 and digest.hexdigest() != sha256:
             raise DownloadError(f"cannot download {url}: its SHA-256 is not the one the server "
                                 f"announced (a damaged transfer); run again, or {hint}")
-        why = check_content(tmp, path.name)
+        why = check_content(tmp, name)
         if why:
             raise DownloadError(f"cannot download {url}: it arrived incomplete or damaged ({why}); "
                                 f"run again, or {hint}")
         os.replace(tmp, path)
-        return True
-    except urllib.error.HTTPError as e:
-        if optional and e.code == 404:
-            return False
-        raise DownloadError(f"cannot download {url}: HTTP {e.code} {e.reason}; {hint}") from None
-    except (OSError, http.client.HTTPException) as e:  # refused, unreachable, timed out, cut short
-        reason = " ".join((str(getattr(e, "reason", e)) or type(e).__name__).split())  # one line
-        raise DownloadError(f"cannot download {url}: {reason}; {hint}") from None
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def fetch(url, path, hint, token=None, optional=False):
+    """Download `url` to `path` (see save); False when `optional` and the server answers 404 (no
+    such file). A file already at `path` is whole, so it is kept and not fetched again. Any
+    failure is a DownloadError that ends with `hint`."""
+    if path.exists():
+        return True
+    try:
+        with reported(url, hint):
+            response, headers = open_url(url, token)
+            with response:
+                save(url, response, headers, path, path.name, hint)
+    except NotFound:
+        if optional:
+            return False
+        raise
+    return True
 
 
 def remove_stale(folder, pattern):
@@ -208,11 +263,16 @@ def hub_cache_dir():
     return Path(os.environ.get("HF_HUB_CACHE") or hf_home / "hub").expanduser()
 
 
+def hub_repo_dir(repo_id):
+    """The folder of `repo_id` in huggingface_hub's cache (its repo_folder_name)."""
+    return hub_cache_dir() / f"models--{repo_id.replace('/', '--')}"
+
+
 def hub_snapshot(repo_id, revision="main"):
     """The snapshot folder of `repo_id` at `revision` in huggingface_hub's cache (the commit that
     refs/<revision> names, or `revision` itself if it is a commit hash), if it holds every file
     load_checkpoint and the tokenizer read; else None."""
-    repo = hub_cache_dir() / f"models--{repo_id.replace('/', '--')}"
+    repo = hub_repo_dir(repo_id)
     ref = repo / "refs" / revision
     try:
         commit = ref.read_text().strip() if ref.is_file() else revision
@@ -225,9 +285,90 @@ def hub_snapshot(repo_id, revision="main"):
     return folder if any(map(has, WEIGHTS)) and any(map(has, TOKENIZERS)) else None
 
 
+def commit_and_blob(headers):
+    """(commit, blob name) under which huggingface_hub files this answer, or (None, None) when the
+    server does not say. Both come from the hub's own answer, the one with X-Repo-Commit (not
+    the storage a large file is redirected to): the blob is named by X-Linked-Etag, the SHA-256
+    of a file kept in LFS, else by ETag, the git blob SHA-1 of a small file."""
+    for h in headers:
+        commit = h.get("X-Repo-Commit")
+        if commit:
+            blob = (h.get("X-Linked-Etag") or h.get("ETag") or "").strip('"')
+            # only a hash becomes a name (a git SHA-1 or a SHA-256): no header leads outside blobs/
+            is_hash = re.fullmatch(r"[0-9a-f]{40}|[0-9a-f]{64}", blob)
+            if is_hash and re.fullmatch(r"[0-9a-f]{40}", commit):
+                return commit, blob
+    return None, None
+
+
+def is_whole(path, headers, name):
+    """Whether `path` already holds the whole file that `headers` announce: a blob that an earlier
+    run, ours or huggingface_hub's, completed, kept then and not fetched again. A blob takes its
+    name only once checked, so its size and content (as the file `name`) are checked here, not
+    its hash, which would mean reading gigabytes again."""
+    size, _ = expected_size_and_sha256(headers)
+    return (path.is_file() and (size is None or path.stat().st_size == size)
+            and not check_content(path, name))
+
+
+def fetch_model_file(url, filename, folder, repo, token=None):
+    """Download the model's `filename` from `url`: (where its bytes now lie, the commit the server
+    served it from or None). The bytes go to huggingface_hub's blobs/ in `repo` when the server
+    names the commit and the file's hash, a blob held already being kept and not fetched again;
+    else to our `folder`, where a file already there is kept too. An HTTP 404 is NotFound."""
+    path = folder / filename
+    if path.exists():  # our folder has it already, from a run that stopped
+        return path, None
+
+    def held(headers):  # whether the blob these headers name is whole in huggingface_hub's cache
+        served, blob = commit_and_blob(headers)
+        return served is not None and is_whole(repo / "blobs" / blob, headers, filename)
+
+    with reported(url, MODEL_HINT):
+        response, headers = open_url(url, token, stop=held)
+        with response:  # left unread when its blob is held already
+            commit, blob = commit_and_blob(headers)
+            if commit is not None:  # huggingface_hub's blobs, shared by every commit with this file
+                path = repo / "blobs" / blob
+            if commit is None or not held(headers):
+                save(url, response, headers, path, filename, MODEL_HINT)
+    return path, commit
+
+
+def write_snapshot(repo, commit, revision, blobs):
+    """snapshots/<commit>/ of huggingface_hub's cache made from `blobs` ({filename: blob path},
+    every blob whole and checked), then refs/<revision> naming the commit. Ordered so that an
+    interruption leaves nothing hub_snapshot takes as complete: config.json, which it looks for,
+    is linked last, and the ref, which it reads first, is written after every link.
+
+    Each link is a relative symlink (../../blobs/<hash>) as huggingface_hub makes them, or a copy
+    of the blob where the filesystem has no symlinks (as huggingface_hub does on Windows). Links
+    and ref are made under a temporary name in the repository's folder (where huggingface_hub
+    keeps its own temporary files) and renamed: none is ever seen half made."""
+    snapshot = repo / "snapshots" / commit
+    tmp = repo / f"osrm-min.{os.getpid()}.tmp"
+    for filename in sorted(blobs, key=lambda f: f == "config.json"):  # False < True: config.json last
+        link = snapshot / filename
+        link.parent.mkdir(parents=True, exist_ok=True)
+        tmp.unlink(missing_ok=True)
+        try:  # the link's text is relative to where it will lie, not to where tmp lies
+            os.symlink(os.path.relpath(blobs[filename], link.parent), tmp)
+        except OSError:
+            shutil.copyfile(blobs[filename], tmp)
+        os.replace(tmp, link)
+    if revision != commit:  # a commit hash needs no ref (huggingface_hub writes none either)
+        ref = repo / "refs" / revision  # a revision such as refs/pr/1 nests
+        ref.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(commit)
+        os.replace(tmp, ref)
+    return snapshot
+
+
 def download_model(repo_id, revision="main"):
     """The folder of hub model `repo_id` at `revision`: in huggingface_hub's cache if it is
-    there (hub_snapshot), else in ours, downloaded if it is not there either."""
+    there (hub_snapshot), else in our own folder if an earlier run put it there, else
+    downloaded: into huggingface_hub's cache when the server says which commit it serves
+    (X-Repo-Commit), the same one for every file; else (a plain mirror) into our folder."""
     snapshot = hub_snapshot(repo_id, revision)
     if snapshot is not None:
         for path in sorted(p for p in snapshot.rglob("*") if p.is_file()):
@@ -245,17 +386,28 @@ def download_model(repo_id, revision="main"):
                 raise DownloadError(f"the cached {path} is damaged ({why}); delete the folder "
                                     f"{folder} and run again to download it anew")
         return folder
-    if folder.is_dir():
-        remove_stale(folder, "**/*.tmp")
+    repo = hub_repo_dir(repo_id)
+    # what a run that died left: in our folder, in blobs/, and links or a ref in the repo's folder
+    for place, pattern in ((folder, "**/*.tmp"), (repo / "blobs", "*.tmp"), (repo, "*.tmp")):
+        if place.is_dir():
+            remove_stale(place, pattern)
     if os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE"):
-        raise DownloadError(f"HF_HUB_OFFLINE is set and {repo_id} ({revision}) is not in the cache "
-                            f"{folder}; unset HF_HUB_OFFLINE, or pass --model PATH to a local folder")
+        raise DownloadError(f"HF_HUB_OFFLINE is set and {repo_id} ({revision}) is neither in "
+                            f"huggingface_hub's cache {repo} nor in ours {folder}; unset "
+                            f"HF_HUB_OFFLINE, or pass --model PATH to a local folder")
     endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
     token = os.environ.get("HF_TOKEN")
+    fetched = {}  # filename -> (where its bytes lie, the commit it was served from or None)
 
     def get(filename, optional=False):
         url = f"{endpoint}/{repo_id}/resolve/{revision}/{filename}"
-        return fetch(url, folder / filename, MODEL_HINT, token, optional)
+        try:
+            fetched[filename] = fetch_model_file(url, filename, folder, repo, token)
+        except NotFound:
+            if optional:
+                return False
+            raise
+        return True
 
     get("config.json")
     for choices in (WEIGHTS, TOKENIZERS):
@@ -269,6 +421,20 @@ def download_model(repo_id, revision="main"):
             raise DownloadError(f"{repo_id} ({revision}) has no {wanted} on {endpoint}; {MODEL_HINT}")
     for filename in OPTIONAL:
         get(filename, optional=True)
+
+    commits = {commit for _, commit in fetched.values()}
+    if len(commits) == 1 and None not in commits:
+        return write_snapshot(repo, commits.pop(), revision, {f: p for f, (p, _) in fetched.items()})
+    why = ("does not say which commit it serves (X-Repo-Commit and a hash as ETag)" if None in commits
+           else f"served files from {len(commits)} different commits")
+    print(f"{endpoint} {why}: {repo_id} goes to {folder}, not to huggingface_hub's cache")
+    for filename, (path, commit) in fetched.items():
+        if commit:  # a blob already in huggingface_hub's cache: copied, not fetched again
+            target = folder / filename
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp = target.with_name(f"{target.name}.{os.getpid()}.tmp")
+            shutil.copyfile(path, tmp)
+            os.replace(tmp, target)
     complete.write_text("")
     return folder
 

@@ -3,6 +3,7 @@
 import http.server
 import io
 import json
+import os
 import shutil
 import socket
 import threading
@@ -14,7 +15,8 @@ import pytest
 import data
 import osrm_min
 from conftest import REAL_GLUE
-from pretrained.hub import DownloadError, download_glue, download_model, model_cache_dir, resolve_model
+from pretrained.hub import (DownloadError, download_glue, download_model, hub_cache_dir, hub_snapshot,
+                            model_cache_dir, resolve_model)
 
 
 @pytest.fixture
@@ -310,11 +312,13 @@ def test_the_experiment_runs_from_a_hub_id_and_downloaded_glue(hub, glue, tiny_m
 @pytest.fixture
 def faulty(tmp_path, monkeypatch):
     """A hub whose answers are set per path: routes[path] = (status, headers, body, bytes_sent);
-    bytes_sent cuts the body short (the connection then closes, as after a network failure)."""
-    routes = {}
+    bytes_sent cuts the body short (the connection then closes, as after a network failure).
+    `requests` lists the paths asked for."""
+    routes, requests = {}, []
 
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self):
+            requests.append(self.path)
             status, headers, body, sent = routes.get(self.path, (404, {}, b"", None))
             self.send_response(status)
             for k, v in headers.items():
@@ -333,13 +337,26 @@ def faulty(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_ENDPOINT", url)
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
 
-    def publish(repo, files, **overrides):
-        """Serve `files` whole, with Content-Length, except those given in overrides."""
+    def publish(repo, files, commit=None, revision="main", **overrides):
+        """Serve `files` whole, with Content-Length, except those given in overrides. With a
+        `commit`, as the hub does: each answer names the commit (X-Repo-Commit) and the file's
+        git blob SHA-1 (ETag), except weights, kept in LFS: those are a redirect that names their
+        SHA-256 and size (X-Linked-Etag, X-Linked-Size) to storage that sends the bytes."""
         for name, body in files.items():
-            routes[f"/{repo}/resolve/main/{name}"] = overrides.get(
-                name, (200, {"Content-Length": str(len(body))}, body, None))
+            whole = (200, {"Content-Length": str(len(body))}, body, None)
+            if commit is None:
+                answer = whole
+            elif name.endswith((".safetensors", ".bin")):
+                routes[f"/storage/{sha256(body)}"] = whole
+                answer = (302, {"Location": f"/storage/{sha256(body)}", "X-Repo-Commit": commit,
+                                "X-Linked-Etag": f'"{sha256(body)}"', "X-Linked-Size": str(len(body)),
+                                "Content-Length": "0"}, b"", None)
+            else:
+                answer = (200, {**whole[1], "X-Repo-Commit": commit, "ETag": f'"{git_sha1(body)}"'},
+                          body, None)
+            routes[f"/{repo}/resolve/{revision}/{name}"] = overrides.get(name, answer)
 
-    yield SimpleNamespace(url=url, routes=routes, publish=publish)
+    yield SimpleNamespace(url=url, routes=routes, requests=requests, publish=publish)
     httpd.shutdown()
     httpd.server_close()
 
@@ -347,6 +364,12 @@ def faulty(tmp_path, monkeypatch):
 def sha256(body):
     import hashlib
     return hashlib.sha256(body).hexdigest()
+
+
+def git_sha1(body):
+    """The name git gives a file's content (`git hash-object`), which the hub sends as its ETag."""
+    import hashlib
+    return hashlib.sha1(b"blob %d\0" % len(body) + body).hexdigest()
 
 
 @pytest.mark.parametrize("case, answer, message", [
@@ -440,3 +463,150 @@ def test_an_incomplete_hub_snapshot_is_not_used(hub, tmp_path):
     hub.put("bert-x", BERT_REPO)
     assert download_model("bert-x") == model_cache_dir("bert-x")  # fetched into our own
     assert hub.requests
+
+
+# Downloads into huggingface_hub's cache, shared with transformers
+
+COMMIT = "a1b2c3d4e5f60718293a4b5c6d7e8f9012345678"
+OTHER_COMMIT = "ffffffffffffffffffffffffffffffffffffffff"
+
+
+def blob_names(files):
+    """The blob each file of `files` lies in, in huggingface_hub's cache: the SHA-256 of weights
+    (LFS files), the git blob SHA-1 of the others."""
+    return {name: sha256(body) if name.endswith(".safetensors") else git_sha1(body)
+            for name, body in files.items()}
+
+
+def test_a_download_that_names_its_commit_lands_in_huggingface_hubs_layout(faulty, monkeypatch,
+                                                                             closed_url):
+    faulty.publish("org/bert", BERT_REPO, commit=COMMIT)
+    repo = hub_cache_dir() / "models--org--bert"
+    snapshot = download_model("org/bert")
+    assert snapshot == repo / "snapshots" / COMMIT
+    assert (repo / "refs" / "main").read_text() == COMMIT
+    assert sorted(p.name for p in (repo / "blobs").iterdir()) == sorted(blob_names(BERT_REPO).values())
+    for name, blob in blob_names(BERT_REPO).items():
+        link = snapshot / name
+        assert link.read_bytes() == BERT_REPO[name]
+        # a relative link, as huggingface_hub makes: ../../blobs/<hash>, one more ../ per subfolder
+        assert os.readlink(link) == "../" * (name.count("/") + 2) + f"blobs/{blob}"
+    assert not list(repo.rglob("*.tmp")) and not model_cache_dir("org/bert").exists()
+    # later runs find it in the cache and ask the server nothing, online or not
+    n_requests = len(faulty.requests)
+    assert hub_snapshot("org/bert") == snapshot
+    assert resolve_model("org/bert") == snapshot
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_ENDPOINT", closed_url)
+    assert resolve_model("org/bert") == snapshot
+    assert len(faulty.requests) == n_requests
+
+
+def test_a_server_that_names_no_commit_gets_our_own_folder_and_says_so(hub, capsys):
+    hub.put("org/bert", BERT_REPO)  # a plain file server: no X-Repo-Commit, no ETag
+    assert download_model("org/bert") == model_cache_dir("org/bert")
+    printed = capsys.readouterr().out.splitlines()
+    assert [line for line in printed if "X-Repo-Commit" in line] == [
+        f"{hub.url} does not say which commit it serves (X-Repo-Commit and a hash as ETag): "
+        f"org/bert goes to {model_cache_dir('org/bert')}, not to huggingface_hub's cache"]
+    assert not hub_cache_dir().exists()  # nothing half made there
+
+
+def test_files_from_two_commits_go_to_our_own_folder(faulty, capsys):
+    # the branch moved between config.json and the rest: no one snapshot holds them all
+    faulty.publish("org/bert", {"config.json": BERT_REPO["config.json"]}, commit=OTHER_COMMIT)
+    faulty.publish("org/bert", {k: v for k, v in BERT_REPO.items() if k != "config.json"}, commit=COMMIT)
+    folder = download_model("org/bert")
+    assert folder == model_cache_dir("org/bert")
+    for name, content in BERT_REPO.items():
+        assert (folder / name).read_bytes() == content
+    assert "served files from 2 different commits" in capsys.readouterr().out
+    repo = hub_cache_dir() / "models--org--bert"
+    assert not (repo / "refs").exists() and not (repo / "snapshots").exists()
+
+
+def test_a_download_cut_short_leaves_no_snapshot_and_the_rerun_keeps_the_whole_blobs(faulty):
+    faulty.publish("org/bert", BERT_REPO, commit=COMMIT)
+    storage = f"/storage/{sha256(WEIGHTS)}"
+    faulty.routes[storage] = (200, {"Content-Length": str(len(WEIGHTS))}, WEIGHTS, 100)  # drops
+    with pytest.raises(DownloadError, match="cannot download .*/org/bert/resolve/main/model.safetensors"):
+        download_model("org/bert")
+    repo = hub_cache_dir() / "models--org--bert"
+    assert hub_snapshot("org/bert") is None
+    assert not (repo / "refs").exists() and not (repo / "snapshots").exists()
+    config_blob = repo / "blobs" / git_sha1(BERT_REPO["config.json"])
+    assert [p.name for p in (repo / "blobs").iterdir()] == [config_blob.name]  # no partial blob
+    inode = config_blob.stat().st_ino
+    faulty.routes[storage] = (200, {"Content-Length": str(len(WEIGHTS))}, WEIGHTS, None)
+    assert download_model("org/bert") == hub_snapshot("org/bert") == repo / "snapshots" / COMMIT
+    assert config_blob.stat().st_ino == inode  # kept, not written again
+
+
+class Killed(BaseException):
+    """The process stopping at that point (a kill, a power cut), as far as the cache can tell."""
+
+
+# 5 blobs, 5 links and 1 ref are renamed into place, each in turn the last thing done; a commit
+# hash as revision needs no ref, and then config.json, linked last, is what keeps it from looking done
+@pytest.mark.parametrize("revision, stop_at", [("main", i) for i in range(11)] +
+                                              [(COMMIT, i) for i in range(10)])
+def test_a_download_stopped_at_any_rename_leaves_nothing_that_looks_complete(faulty, monkeypatch,
+                                                                              revision, stop_at):
+    faulty.publish("org/bert", BERT_REPO, commit=COMMIT, revision=revision)
+    renames = []
+
+    def replace(src, dst):
+        if len(renames) == stop_at:
+            raise Killed
+        renames.append(dst)
+        real_replace(src, dst)
+
+    real_replace = os.replace
+    with monkeypatch.context() as m:
+        m.setattr(os, "replace", replace)
+        with pytest.raises(Killed):
+            download_model("org/bert", revision)
+    repo = hub_cache_dir() / "models--org--bert"
+    assert hub_snapshot("org/bert", revision) is None and not (repo / "refs" / revision).exists()
+    assert download_model("org/bert", revision) == repo / "snapshots" / COMMIT  # the rerun completes it
+    for name, content in BERT_REPO.items():
+        assert (repo / "snapshots" / COMMIT / name).read_bytes() == content
+
+
+def test_a_blob_whose_sha256_is_not_the_announced_one_is_refused(faulty):
+    other = bytearray(WEIGHTS)
+    other[-1] ^= 1  # same size, one bit off
+    faulty.publish("org/bert", BERT_REPO, commit=COMMIT)
+    faulty.routes[f"/storage/{sha256(WEIGHTS)}"] = (200, {"Content-Length": str(len(other))},
+                                                   bytes(other), None)
+    with pytest.raises(DownloadError, match="SHA-256 is not the one the server announced"):
+        download_model("org/bert")
+    repo = hub_cache_dir() / "models--org--bert"
+    assert not (repo / "blobs" / sha256(WEIGHTS)).exists() and hub_snapshot("org/bert") is None
+
+
+def test_without_symlinks_the_snapshot_holds_copies(faulty, monkeypatch):
+    def no_symlinks(*args, **kwargs):
+        raise OSError("symbolic links are not supported here")
+
+    monkeypatch.setattr(os, "symlink", no_symlinks)
+    faulty.publish("org/bert", BERT_REPO, commit=COMMIT)
+    snapshot = download_model("org/bert")
+    assert hub_snapshot("org/bert") == snapshot
+    for name, content in BERT_REPO.items():
+        assert not (snapshot / name).is_symlink() and (snapshot / name).read_bytes() == content
+
+
+def test_a_second_revision_shares_the_blobs_it_has_in_common(faulty):
+    faulty.publish("org/bert", BERT_REPO, commit=COMMIT)
+    download_model("org/bert")
+    changed = {**BERT_REPO, "config.json": b'{"model_type": "bert", "hidden_act": "gelu"}'}
+    faulty.publish("org/bert", changed, commit=OTHER_COMMIT, revision="v2")
+    n_requests = len(faulty.requests)
+    snapshot = download_model("org/bert", revision="v2")
+    assert snapshot == hub_cache_dir() / "models--org--bert" / "snapshots" / OTHER_COMMIT
+    assert (snapshot / "config.json").read_bytes() == changed["config.json"]
+    # the weights were not fetched again: the hub's redirect told their hash, and the blob was there
+    assert f"/storage/{sha256(WEIGHTS)}" not in faulty.requests[n_requests:]
+    assert os.path.samefile(snapshot / "model.safetensors",
+                            snapshot.parent / COMMIT / "model.safetensors")
