@@ -285,6 +285,7 @@ class Block(nn.Module):
         self.act = ACTIVATIONS[c.hidden_act]
         self.attn_dropout = nn.Dropout(c.attention_probs_dropout_prob)  # on attention weights
         self.dropout = nn.Dropout(c.hidden_dropout_prob)  # on each sub-block's output
+        self.attention = attention  # written out; speed/fastpath.py may swap in a fused kernel
 
     def forward(self, x, bias):
         """x (B, T, H) -> (B, T, H); bias (B, 1, 1, T): 0 at real tokens, -inf at padding."""
@@ -296,7 +297,7 @@ class Block(nn.Module):
         return self.per_token(x, y)
 
     def attend(self, q, k, v, bias):
-        return attention(q, k, v, bias, self.attn_dropout)
+        return self.attention(q, k, v, bias, self.attn_dropout)
 
     def per_token(self, x, y):
         """The rest of the block, which treats each token alone: the projection of the

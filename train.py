@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 import data
+from speed import fastpath
 
 
 class TrainingError(Exception):
@@ -20,7 +21,11 @@ class TrainingError(Exception):
     finite); the command line prints it as one line."""
 
 
-def to_device(batch, device):
+def to_device(batch, device, pinned=False):
+    """The batch's tensors on `device`; `pinned` (where CUDA is available): copied from
+    page-locked memory without waiting, so that the copy runs beside the GPU's work."""
+    if pinned and torch.cuda.is_available():
+        return {k: v.pin_memory().to(device, non_blocking=True) for k, v in batch.items()}
     return {k: v.to(device) for k, v in batch.items()}
 
 
@@ -43,57 +48,81 @@ def linear_schedule(step, n_warmup, total):
     return max(0.0, (total - step) / max(1, total - n_warmup))
 
 
-def autocast(device):
+def autocast(device, enabled=True):
     """On a GPU, the forward pass in bfloat16 autocast: matrix products in bf16, while the
     weights, their gradients and AdamW's state stay float32 (as mixed-precision training
     does). Off on a CPU, where everything is float32."""
-    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=str(device).startswith("cuda"))
+    return torch.autocast("cuda", dtype=torch.bfloat16,
+                          enabled=enabled and str(device).startswith("cuda"))
 
 
 def finetune(encoder, head, batches_for_epoch, epochs, lr, weight_decay=0.0, warmup=0.06,
-             max_grad_norm=1.0, device="cpu", desc="train", progress=True):
+             max_grad_norm=1.0, device="cpu", desc="train", progress=True, choices=None):
     """Train the adapters and the head: AdamW, linear decay after a linear warm-up.
 
     The encoder's own weights are frozen (`lora.add_lora`); only A, B and the head learn.
     `batches_for_epoch(e)` returns the batches of epoch e (reshuffled with a seed per epoch).
     On a GPU the forward pass runs in bf16 autocast (`autocast`). A loss, gradient or parameter
-    that stops being finite ends training with a TrainingError naming the likely cause.
+    that stops being finite ends training with a TrainingError naming the likely cause and the
+    first step it happened at. The losses and gradient norms are read from the device every
+    `choices.check_every` steps (speed/fastpath.py's StepChoices, by default the device's): on
+    a CPU every step, before its update; on a GPU every 50 and at the end, so that the host
+    never waits for the device within a step.
     Returns how the loss moved: the mean over the first and the last quarter of the steps.
     """
+    choices = choices or fastpath.step_choices(device)
     params = [p for p in list(encoder.parameters()) + list(head.parameters()) if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay,
+                                  fused=choices.fused_adamw or None)
     first_epoch = batches_for_epoch(0)
     total = epochs * len(first_epoch)
     n_warmup = int(warmup * total)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: linear_schedule(step, n_warmup, total))
     encoder.train(); head.train()
-    losses = []
-    with tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True, disable=not progress) as bar:
+    losses = []   # every step's loss, as read
+    pending = []  # the steps not read yet: (loss, gradient norm) on the device, the batch
+    with (tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True, disable=not progress) as bar,
+          fastpath.precision(encoder, device, choices)):
         for epoch in range(epochs):
             for batch in first_epoch if epoch == 0 else batches_for_epoch(epoch):
-                batch = to_device(batch, device)
+                on_device = to_device(batch, device, choices.pin_memory)
                 with autocast(device):
-                    loss = loss_fn(head_outputs(encoder, head, batch), batch["labels"])
+                    loss = loss_fn(head_outputs(encoder, head, on_device), on_device["labels"])
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
-                losses.append(loss.item())
+                pending.append((loss.detach(), norm, batch))
                 # a weight that stopped being finite shows in the next loss; the last step's,
                 # in the check after the loop
-                if not (math.isfinite(losses[-1]) and torch.isfinite(norm)):
-                    raise diverged(desc, "loss" if not math.isfinite(losses[-1]) else "gradient norm",
-                                   len(losses), total, lr, batch)
+                if len(pending) == choices.check_every:
+                    read_steps(pending, losses, desc, total, lr)  # raises at a bad step
+                    bar.set_postfix(loss=f"{sum(losses[-20:]) / len(losses[-20:]):.4f}", epoch=epoch + 1)
                 optimizer.step()
                 scheduler.step()
-                bar.set_postfix(loss=f"{sum(losses[-20:]) / len(losses[-20:]):.4f}", epoch=epoch + 1)
                 bar.update()
-    if not all(torch.isfinite(p).all() for p in params):
+        read_steps(pending, losses, desc, total, lr)  # the steps since the last check
+    if not torch.stack([torch.isfinite(p).all() for p in params]).all():  # one read of the device
         raise diverged(desc, "adapter", len(losses), total, lr, batch)
     encoder.eval(); head.eval()
     quarter = max(1, len(losses) // 4)
     return {"loss_start": sum(losses[:quarter]) / quarter, "loss_end": sum(losses[-quarter:]) / quarter,
             "steps": len(losses)}
+
+
+def read_steps(pending, losses, desc, total, lr):
+    """Read the pending steps' losses and gradient norms from the device, in one go, onto
+    `losses`, and empty `pending`; a TrainingError at the first step whose loss or gradient
+    norm is not finite (`diverged`)."""
+    if not pending:
+        return
+    values = torch.stack([torch.stack([loss, norm]) for loss, norm, _ in pending]).tolist()  # (n, 2)
+    for (loss, norm), (_, _, batch) in zip(values, pending):
+        losses.append(loss)
+        if not (math.isfinite(loss) and math.isfinite(norm)):
+            raise diverged(desc, "loss" if not math.isfinite(loss) else "gradient norm",
+                           len(losses), total, lr, batch)
+    pending.clear()
 
 
 def diverged(desc, what, step, total, lr, batch):
@@ -109,27 +138,44 @@ def diverged(desc, what, step, total, lr, batch):
     return TrainingError(f"{desc}: the {what} became not finite at step {step} of {total}: {cause}")
 
 
-def predict(encoder, head, batches, device="cpu", desc="predict"):
+def predict(encoder, head, batches, device="cpu", desc="predict", choices=None):
     """Class indices (or scores for STS-B) and gold labels over the batches, as lists. Outputs
     that are not finite are a TrainingError naming `desc`: a NaN has no class (argmax
-    would call it class 0) and no score."""
+    would call it class 0) and no score. `choices` (by default the device's,
+    speed/fastpath.py): on a GPU in bf16 autocast, as training, and the outputs read from the
+    device every `check_every` batches."""
+    choices = choices or fastpath.step_choices(device)
     encoder.eval(); head.eval()
-    preds, labels = [], []
-    with torch.inference_mode():
+    preds, labels, pending = [], [], []
+    with (torch.inference_mode(), autocast(device, choices.eval_autocast),
+          fastpath.precision(encoder, device, choices)):
         for batch in batches:
-            batch = to_device(batch, device)
-            logits = head_outputs(encoder, head, batch)
-            if not torch.isfinite(logits).all():
-                raise TrainingError(f"{desc}: the model's outputs are not finite (NaN or inf), "
-                                      f"so nothing can be scored")
-            preds += (logits.squeeze(-1) if logits.shape[-1] == 1 else logits.argmax(-1)).tolist()
-            labels += batch["labels"].tolist()
+            logits = head_outputs(encoder, head, to_device(batch, device, choices.pin_memory))
+            pending.append(logits.float())  # (B, num_labels)
+            labels += batch["labels"].tolist()  # from the host's copy: no wait for the device
+            if len(pending) == choices.check_every:
+                preds += read_outputs(pending, desc)
+        preds += read_outputs(pending, desc)
     return preds, labels
 
 
-def evaluate(encoder, head, task, batches, device="cpu", desc="evaluate", keep_predictions=False):
+def read_outputs(pending, desc):
+    """The pending batches' predictions, read from the device in one go, and `pending`
+    emptied; a TrainingError if any output is not finite."""
+    if not pending:
+        return []
+    logits = torch.cat(pending)  # (sum of B, num_labels)
+    pending.clear()
+    if not torch.isfinite(logits).all():
+        raise TrainingError(f"{desc}: the model's outputs are not finite (NaN or inf), "
+                            f"so nothing can be scored")
+    return (logits.squeeze(-1) if logits.shape[-1] == 1 else logits.argmax(-1)).tolist()
+
+
+def evaluate(encoder, head, task, batches, device="cpu", desc="evaluate", keep_predictions=False,
+             choices=None):
     """(score x100 as the paper reports it, {metric: value}); with keep_predictions, also the
     predictions, in the order of `batches`."""
-    preds, labels = predict(encoder, head, batches, device, desc)
+    preds, labels = predict(encoder, head, batches, device, desc, choices)
     metrics = data.glue_metrics(task, preds, labels)
     return (data.main_score(task, metrics), metrics) + ((preds,) if keep_predictions else ())

@@ -1,25 +1,36 @@
-"""Speed tricks for the encoder of lora.py, kept apart from the plain code a reader follows and
-switched on by the experiment (`speed_up`); the plain encoder knows nothing of them.
+"""Speed tricks for the encoder of lora.py and for train.py's steps, kept apart from the plain
+code a reader follows and switched on by the experiment (`speed_up`, `step_choices`); the plain
+encoder knows nothing of them.
 
-Neither changes what the encoder computes; tests/speed/test_fastpath.py holds each to the plain
-version (hidden states on real tokens within 1e-5, LoRA gradients within 1e-4 relative, the
-dropout rate and scaling), and speed/bench.py measures what they save.
+Each computes what the plain code computes (a GPU's steps in bf16 autocast); the tests in
+tests/speed/ hold each to the plain version (hidden states on real tokens within 1e-5, LoRA
+gradients within 1e-4 relative, the dropout rate and scaling, the training losses), and
+speed/bench.py measures what they save on a CPU. Which tricks a step takes depends on the
+device (`StepChoices`):
 
-1. `Packed` / `encode_packed`: a batch cut from randomly drawn sentences is mostly padding (two
-   thirds for 32 SST-2 sentences). The linear layers, nearly all of the work, then run on the
-   N real tokens alone, and attention, the only step that mixes tokens, pads each group of 8
-   similar-length sentences only to its own longest. Taken when at least
+1. `Packed` / `encode_packed` (CPU): a batch cut from randomly drawn sentences is mostly padding
+   (two thirds for 32 SST-2 sentences). The linear layers, nearly all of the work, then run on
+   the N real tokens alone, and attention, the only step that mixes tokens, pads each group of
+   8 similar-length sentences only to its own longest. Taken when at least
    `PACK_ABOVE_PADDING` of a batch is padding.
-2. `FastDropout`: inverted dropout with its mask from 16-bit slices of random 64-bit integers,
-   cheaper on a CPU than the sampler behind F.dropout (`keep_mask`).
+2. `FastDropout` (CPU): inverted dropout with its mask from 16-bit slices of random 64-bit
+   integers, cheaper on a CPU than the sampler behind F.dropout (`keep_mask`).
+3. On a GPU, where the cost of a step is launching its kernels and waiting for the device, not
+   the arithmetic: the padded batch as it is (deciding to pack would read the mask back to the
+   host), `fused_attention`, F.dropout, fused AdamW, losses read every `check_every` steps, and
+   evaluation in bf16 autocast as training (speed/count_step.py counts what a step launches).
 
     model = fastpath.speed_up(encoder)   # the same encoder, the same parameters, faster
     head = fastpath.use_fast_dropout(head)
     hidden = model(input_ids, token_type_ids, attention_mask)
 """
 
+import contextlib
+from dataclasses import dataclass
+
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 import lora
 
@@ -27,6 +38,47 @@ import lora
 # batches with much padding; PERFORMANCE.md has the measurements (speed/bench.py) behind the
 # threshold.
 PACK_ABOVE_PADDING = 0.25
+
+
+@dataclass(frozen=True)
+class StepChoices:
+    """How a training or scoring step runs on its device: every field a speed choice around the
+    plain code of lora.py and train.py, which computes the same function without it. On a CPU
+    the arithmetic is the cost; on a GPU, launching kernels and waiting for the device, so that
+    a step must never read a value back to the host (a "host sync": .item(), bool(tensor), ...)."""
+    packed: bool = True        # linear layers on real tokens only, where a batch is padded enough
+                               # (`pays_off`, which reads the mask back: a sync every forward)
+    fast_dropout: bool = True  # FastDropout's cheap CPU masks; else F.dropout (one kernel on a GPU)
+    fused_attention: bool = False  # attention by F.scaled_dot_product_attention (`fused_attention`)
+    fused_adamw: bool = False  # AdamW in one kernel for all parameters (fused=True), not ~9 each
+    check_every: int = 1       # steps between reads of the losses and gradient norms to the host
+                               # (progress bar, the check that they are finite)
+    eval_autocast: bool = False  # scoring under training's bf16 autocast (on CUDA only)
+    tf32: bool = False         # float32 matrix products in TF32 within the steps (on CUDA only)
+    base_bf16: bool = False    # frozen linear weights held in bf16 within the steps (on CUDA only;
+                               # `base_in_bf16`); A, B, the head and AdamW's state stay float32
+    pin_memory: bool = False   # batches copied from pinned memory, without waiting (with CUDA)
+
+    def __post_init__(self):
+        if self.base_bf16 and not self.eval_autocast:
+            raise ValueError("base_bf16 needs eval_autocast: a float32 forward would meet bf16 weights")
+
+
+CPU = StepChoices()  # what the published CPU numbers were made with
+GPU = StepChoices(packed=False, fast_dropout=False, fused_attention=True, fused_adamw=True,
+                  check_every=50, eval_autocast=True, tf32=True, pin_memory=True)
+
+
+def step_choices(device):
+    """The choices for `device` (a str or torch.device): GPU's on CUDA, CPU's elsewhere. Pass
+    either one explicitly (speed_up(..., choices=GPU), train.finetune(..., choices=GPU)) to run
+    a GPU's step on the CPU, as the tests and speed/count_step.py do."""
+    return GPU if torch.device(device).type == "cuda" else CPU
+
+
+def device_of(module):
+    """Where `module`'s parameters are (the CPU if it has none)."""
+    return next(module.parameters(), torch.empty(0)).device
 
 
 def pays_off(attention_mask):
@@ -108,9 +160,12 @@ class FastDropout(nn.Dropout):
         return x * keep_mask(x, self.p) * (1.0 / (1.0 - self.p))
 
 
-def use_fast_dropout(module):
+def use_fast_dropout(module, choices=None):
     """Swap every nn.Dropout inside `module` for a FastDropout of the same rate, in place (a
-    dropout has no parameters, so state dicts are unchanged); returns `module`."""
+    dropout has no parameters, so state dicts are unchanged), where `choices` (by default those
+    of the module's device) take FastDropout; returns `module`."""
+    if not (choices or step_choices(device_of(module))).fast_dropout:
+        return module
     for parent in list(module.modules()):
         for name, child in parent.named_children():
             if type(child) is nn.Dropout:
@@ -136,7 +191,60 @@ class Packed(lora.BertEncoder):
         return encode_packed(self.layers, x, attention_mask)
 
 
-def speed_up(encoder):
-    """Both tricks on: `encoder`'s dropouts made FastDropouts (in place) and a Packed view of it
-    to run the forward passes of training and scoring through."""
-    return Packed(use_fast_dropout(encoder))
+def fused_attention(q, k, v, bias, dropout):
+    """lora.attention in one call of F.scaled_dot_product_attention: softmax(q k^T / sqrt(d) +
+    bias) v with dropout's rate on the weights while training, (B, nh, T, hd) -> (B, nh, T, hd).
+    One fused kernel on a GPU; on this project's CPUs it was slower (PERFORMANCE.md)."""
+    p = dropout.p if dropout.training else 0.0
+    # the (B, 1, 1, T) bias in q's dtype (bf16 under autocast), as the fused kernels take it
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype), dropout_p=p)
+
+
+def speed_up(encoder, choices=None):
+    """`encoder` as `choices` (by default those of its device, `step_choices`) run it: on a CPU
+    its dropouts made FastDropouts (in place) and a Packed view of it to run the forward passes
+    of training and scoring through; on a GPU its attention fused (in place) and the encoder
+    itself, padded batches and all. The same modules and parameters either way."""
+    choices = choices or step_choices(device_of(encoder))
+    use_fast_dropout(encoder, choices)
+    for block in encoder.layers:
+        block.attention = fused_attention if choices.fused_attention else lora.attention
+    return Packed(encoder) if choices.packed else encoder
+
+
+@contextlib.contextmanager
+def precision(encoder, device, choices):
+    """Within the block, on CUDA: float32 matrix products in TF32 (`choices.tf32`; under
+    autocast few are left) and the frozen base in bf16 (`choices.base_bf16`, `base_in_bf16`);
+    both undone afterwards. Nothing changes on other devices."""
+    if torch.device(device).type != "cuda":
+        yield
+        return
+    tf32 = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = tf32 or choices.tf32
+    try:
+        with base_in_bf16(encoder) if choices.base_bf16 else contextlib.nullcontext():
+            yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+
+
+@contextlib.contextmanager
+def base_in_bf16(encoder):
+    """Within the block, the frozen weights and biases of the encoder's linear layers are held
+    in bf16: the very values that bf16 autocast casts them to at every forward (so a forward
+    under autocast gives the same outputs, without those casts, on half the memory traffic).
+    Afterwards the float32 tensors are put back, exactly. Only under autocast: a float32
+    forward would meet bf16 weights."""
+    saved = []
+    for m in encoder.modules():
+        if isinstance(m, lora.LoRALinear):
+            for p in (m.weight, m.bias):
+                if p is not None and not p.requires_grad:
+                    saved.append((p, p.data))
+                    p.data = p.data.to(torch.bfloat16)
+    try:
+        yield encoder
+    finally:
+        for p, data in saved:
+            p.data = data
