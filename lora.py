@@ -17,8 +17,8 @@ Face's `BertModel` through its small rename table.
 
 This is the plain computation: every position of a padded batch, F.dropout's masks. The
 experiment runs it through speed/fastpath.py (`fastpath.speed_up`), which computes the same
-function on the real tokens only and draws its dropout masks more cheaply; the tests hold the
-two equal.
+function faster for the device: on a CPU on the real tokens only, with cheaper dropout masks;
+on a GPU with fused attention (`fastpath.step_choices`); the tests hold each equal to this.
 
     encoder, pooling = checkpoint.load_checkpoint("path/to/bert-folder")
     add_lora(encoder, targets=("query", "value"), rank=8, alpha=16)

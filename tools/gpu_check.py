@@ -277,12 +277,10 @@ def with_adapters(encoder, device, seed=0):
 
 def as_the_run(encoder, device):
     """What a training or scoring step of the run wraps its forward in on `device`: bf16
-    autocast on a GPU (train.autocast), and the device's precision choices where
-    speed/fastpath.py has them (TF32, the frozen base in bf16); nothing on a CPU."""
+    autocast on a GPU (train.autocast), and the device's precision choices
+    (fastpath.precision: TF32, the frozen base in bf16 where chosen); nothing on a CPU."""
     stack = contextlib.ExitStack()
-    precision, choices = getattr(fastpath, "precision", None), getattr(fastpath, "step_choices", None)
-    if precision and choices:
-        stack.enter_context(precision(encoder, device, choices(device)))
+    stack.enter_context(fastpath.precision(encoder, device, fastpath.step_choices(device)))
     stack.enter_context(train.autocast(device))
     return stack
 
