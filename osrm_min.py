@@ -12,16 +12,19 @@ Model Merging" (ACL 2025), in the order of this file:
    and a mean vector mu_j (the authors' released code).
 2. `osrm_subspace`: for task t, A_t = the r eigenvectors of S_{-t} = sum_{j != t} S_j with the
    smallest eigenvalues, the minimiser of tr(A S_{-t} A^T) over A A^T = I (Ky Fan); B_t = 0.
-3. `INITS` and `build_adapter`: how each initialisation (plain LoRA, OSRM and its ablations)
-   makes a task's adapter.
-4. Fine-tuning and evaluation (train.py): AdamW with a linear schedule; the GLUE metrics.
+3. `INITS` and `finetune_adapter`: how each initialisation (plain LoRA, OSRM and its ablations)
+   starts a task's adapter, then fine-tuning (train.py: AdamW with a linear schedule).
+4. `score`: each task with its own head, by its GLUE metric (data.py).
 5. `merged_scores`: merging on the dense dW_t = s B_t A_t (merge.py), each task scored with its
    own head; RegMean and Fisher merging first read `merge_statistics` from each model.
 6. `interference`: how much each adapter writes on the other tasks' inputs,
-   ||dW_t H_j|| / ||dW_j H_j||, from the same statistics; `subspace_energy`.
-7. `run_seed`: the experiment, top to bottom, and `run`, seed by seed. What wraps it lives in
-   study/: the settings (config.py), the command line (cli.py), saved adapters and scores
-   (resume.py), what a run records and says (record.py), the report (report.py).
+   ||dW_t H_j|| / ||dW_j H_j||, from the same statistics.
+7. `run_seed` (steps 1-2) and `run_init` (steps 3-6): the experiment, top to bottom; `run`, seed
+   by seed. They take what the method needs and return what they make; what wraps them lives
+   elsewhere: the settings and command line (study/config.py, study/cli.py), saved adapters
+   and scores reused (study/resume.py, around `finetune_adapter` and `score`), what results.json
+   keeps (study/record.py), the speed path (speed/fastpath.py) and worker processes
+   (speed/parallel.py), this project's measurements of the subspaces (extensions/measures.py).
 """
 
 import contextlib
@@ -33,7 +36,7 @@ if __name__ == "__main__":  # Ctrl-C while torch loads: a quiet exit, not a trac
 
 import time
 import zlib
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field
 
 import torch
 
@@ -42,6 +45,7 @@ import fisher
 import lora
 import merge
 import train
+from extensions import measures
 from extensions.subspaces import (layernorm_directions, own_task_subspace, random_null_basis,
                                   without_direction)
 from speed import fastpath, parallel
@@ -55,7 +59,8 @@ def collect_statistics(encoder, batches, layer_names):
     """Per layer, S = H^T H / n and mu = the mean of H's rows, padding excluded.
 
     H (n x d_in) stacks the inputs that this very layer sees on the given batches, one row per
-    real token, computed by the frozen pretrained model (the paper's section 3). Forward hooks
+    real token, computed by the encoder as it is: the frozen pretrained model for OSRM (the
+    paper's section 3), a fine-tuned one for RegMean (`merge_statistics`). Forward hooks
     read the inputs; nothing is kept but running sums, in float64. The statistics are small
     (d_in x d_in per layer), so they are returned on the CPU whatever device the model runs on,
     and what is computed from them (subspaces, interference, energy, movement) stays there.
@@ -79,7 +84,9 @@ def collect_statistics(encoder, batches, layer_names):
         with torch.inference_mode():
             for batch in batches:
                 mask = batch["attention_mask"]
-                encoder(batch["input_ids"], batch["token_type_ids"], mask)
+                # the plain forward pass over the padded batch, as lora.py writes it (never a
+                # speed path's packing, which would reorder the rows the sums run over)
+                lora.BertEncoder.forward(encoder, batch["input_ids"], batch["token_type_ids"], mask)
     finally:
         for h in handles:
             h.remove()
@@ -150,9 +157,9 @@ def osrm_init(stats, task, rank, statistic, ln_directions=None, own_eps=0.1, see
 
 @dataclass(frozen=True)
 class Init:
-    """What one --inits name means; `build_adapter` follows it."""
+    """What one --inits name means; `initial_A` and `finetune_adapter` follow it."""
     statistic: str = None   # the OSRM statistic A_t comes from; None: a random A_t
-    A_dist: str = "kaiming"  # how a random A_t is drawn (lora.add_lora)
+    A_dist: str = "kaiming"  # how a random A_t is drawn (lora.random_As)
     train_A: bool = True    # False: A_t stays where it starts, only B_t (and the head) learn
     post_hoc: bool = False  # True: no training; plain LoRA's trained adapter is projected
     help: str = ""
@@ -169,7 +176,8 @@ INITS = {
     "osrm-post": Init("second_moment", post_hoc=True,
                       help="plain LoRA's trained adapters projected onto OSRM's row space, "
                            "dW A^T A, no training (the authors' post_OSRM); list lora first"),
-    # This project's own, not the paper's (extensions/subspaces.py, lora.random_A)
+    # osrm-own, osrm-mean-random and lora-orthonormal are this project's own, not the paper's
+    # (extensions/subspaces.py, lora.random_A); lora-gaussian is the authors' baseline
     "osrm-own": Init("own", help="osrm-min's extension: A_t from the top generalised "
                                  "eigenvectors of (S_t, S_others + eps I), much of the task's "
                                  "own input energy and little of the others' (--own-eps)"),
@@ -206,50 +214,52 @@ def task_seed(seed, task):
     return seed + zlib.crc32(task.encode()) % 10_000
 
 
-def initial_A(encoder, init, task, cfg, subspaces):
+def initial_A(encoder, init, task, seed, subspaces, cfg):
     """{layer name: A_t} that task `task`'s adapter starts from under `init`: OSRM's subspace
     for the OSRM inits (subspaces: {statistic: {task: {layer: A}}}), a seeded random draw
     (lora.random_As) for the plain ones."""
     spec = INITS[init]
     if spec.statistic is not None:
         return subspaces[spec.statistic][task]
-    return lora.random_As(encoder, cfg.targets, cfg.rank, task_seed(cfg.seed, task), spec.A_dist)
+    return lora.random_As(encoder, cfg.targets, cfg.rank, task_seed(seed, task), spec.A_dist)
 
 
-def new_head(encoder, task, cfg, train_rows=()):
+def new_head(encoder, task, seed, cfg, train_rows=()):
     """A fresh head for `task`, seeded per task. osrm-min's own (--head-bias-mean, on by
     default): a regression head's bias starts at the mean training target (rows as
     data.encode_examples gives them) instead of 0, so that STS-B's first steps do not chase a
     large uniform error (scores 0-5) and collapse onto a near-constant prediction
     (results/README.md measures it). Classification heads are unchanged."""
-    torch.manual_seed(task_seed(cfg.seed, task.name))
+    torch.manual_seed(task_seed(seed, task.name))
     pooler = encoder.pooler if getattr(encoder, "has_pretrained_pooler", False) else None
     head = lora.ClassificationHead(encoder.config.hidden_size, task.num_labels, cfg.pooling,
                                    encoder.config.hidden_dropout_prob, pooler)
     if not task.labels and cfg.head_bias_mean and train_rows:
         with torch.no_grad():
             head.classifier.bias.fill_(sum(label for *_, label in train_rows) / len(train_rows))
-    return head.to(cfg.device)
+    return fastpath.use_fast_dropout(head.to(cfg.device))
 
 
-def build_adapter(model, head, A_init, train_A, task_data, cfg, desc, progress=True):
-    """Fine-tune a fresh adapter on one task (section 3 of the paper, then its fine-tuning):
-    every adapted layer starts from A = A_init[layer] and B = 0, A trainable or not
-    (`train_A`), with the task's `head`; task_data: data.prepare_tasks's entry of the task.
-    Returns (lora state, training summary); the model is left without LoRA, the head trained."""
-    lora.add_lora(model, cfg.targets, cfg.rank, cfg.alpha, cfg.lora_dropout, A_init)
-    for m in lora.lora_layers(model).values():
-        m.A.requires_grad_(train_A)
-    seed = task_seed(cfg.seed, task_data["task"].name)
+def finetune_adapter(encoder, init, task_data, A_init, seed, cfg):
+    """Task's adapter under `init`, fine-tuned (section 3 of the paper, then its fine-tuning):
+    every adapted layer starts from A = A_init[layer] and B = 0, A trainable or not (the
+    init's `train_A`), with a fresh head; task_data: data.prepare_tasks's entry of the task.
+    Returns the Adapter; the encoder is left without LoRA."""
+    task = task_data["task"]
+    head = new_head(encoder, task, seed, cfg, task_data["train"])
+    lora.add_lora(encoder, cfg.targets, cfg.rank, cfg.alpha, cfg.lora_dropout, A_init)
+    for m in lora.lora_layers(encoder).values():
+        m.A.requires_grad_(INITS[init].train_A)
+    s = task_seed(seed, task.name)
     batches = lambda epoch: data.make_batches(task_data["train"], cfg.batch_size, shuffle=True,
-                                              seed=seed + epoch, group_by_length=cfg.group_by_length,
+                                              seed=s + epoch, group_by_length=cfg.group_by_length,
                                               pad_id=task_data["pad_id"])
-    torch.manual_seed(seed)  # dropout masks
-    training = train.finetune(model, head, batches, cfg.epochs, cfg.lr, cfg.weight_decay,
-                              cfg.warmup, cfg.max_grad_norm, cfg.device, desc, progress)
-    state = lora.lora_state(model)
-    lora.remove_lora(model)
-    return state, training
+    torch.manual_seed(s)  # dropout masks
+    training = train.finetune(encoder, head, batches, cfg.epochs, cfg.lr, cfg.weight_decay,
+                              cfg.warmup, cfg.max_grad_norm, cfg.device, f"{init}/{task.name}")
+    adapter = Adapter(lora.lora_state(encoder), head, training)
+    lora.remove_lora(encoder)
+    return adapter
 
 
 def osrm_post(A, B, A_osrm):
@@ -265,6 +275,47 @@ def post_hoc_adapter(plain, A_osrm):
         state[f"{layer}.A"], state[f"{layer}.B"] = osrm_post(plain.lora[f"{layer}.A"],
                                                              plain.lora[f"{layer}.B"], A_o)
     return Adapter(state, plain.head)
+
+
+# 4. Scoring
+
+@dataclass(frozen=True)
+class Scoring:
+    """Which model a score is of: the pretrained encoder with the updates of `merged` ({task:
+    Adapter}) under `init` and `seed`, merged by `method` ("none": one adapter alone; "ta:own":
+    one task's own update alone, as ta would scale it) at `lam`; scored on `splits`: "dev",
+    and "heldout" (training rows that no adapter trains on) where those pick lambda."""
+    seed: int
+    init: str
+    method: str
+    lam: float
+    merged: dict
+    splits: tuple = ("dev",)
+
+
+def score(encoder, adapters, scoring, prepared, cfg):
+    """Score rows of the model as it is now: each task of `adapters` ({task: Adapter}) with its
+    own head, on each of `scoring.splits`: its score (x100), its GLUE metrics and its
+    prediction on every row (train.evaluate), in the order of the rows' batches."""
+    rows = []
+    for split in scoring.splits:
+        for t, adapter in adapters.items():
+            value, metrics, predictions = train.evaluate(
+                encoder, adapter.head, prepared[t]["task"], prepared[t][f"{split}_batches"],
+                cfg.device, described(scoring, t), keep_predictions=True)
+            rows.append({"seed": scoring.seed, "init": scoring.init, "merge": scoring.method,
+                         "lambda": scoring.lam, "task": t, "split": split, "score": value,
+                         "metrics": metrics, "predictions": predictions})
+    return rows
+
+
+def described(scoring, task):
+    """A score in words, with what to try if the model's outputs are not finite."""
+    if scoring.method == "none":
+        return f"{scoring.init}/{task} alone (check the checkpoint, or try a lower --lr)"
+    at = ("" if scoring.lam is None else
+          f" at lambda {scoring.lam:g} (try a smaller --lams, --lam-ta or --lam-ties)")
+    return f"{scoring.init}/{task} merged by {scoring.method}{at}"
 
 
 # 5. Merging
@@ -315,29 +366,31 @@ def merge_statistics(encoder, adapters, prepared, cfg):
 OWN_AT_LAMBDA = ("ta", "ties")  # --own-at-lambda: the merges whose own-update part is scored
 
 
-def merged_scores(encoder, method, lam, task_vectors, heads, statistics, score, cfg):
-    """{task: score} with the tasks' updates merged by `method` at `lam` into the pretrained
-    weights, each task scored with its own head by `score(heads)`. EMR gives each task its own
-    update (merge.emr_updates), so each task is scored on its own model."""
+def merged_scores(encoder, adapters, scoring, statistics, prepared, cfg):
+    """Score rows (`score`) with the updates of `adapters` merged by `scoring.method` at
+    `scoring.lam` into the pretrained weights, each task scored with its own head. EMR gives
+    each task its own update (merge.emr_updates), so each task is scored on its own model."""
+    task_vectors = [a.task_vector(cfg.alpha / cfg.rank) for a in adapters.values()]
+    method = scoring.method.removesuffix(":own")
     if method == "emr":
-        scores = {}
-        for (t, head), update in zip(heads.items(), merge.emr_updates(list(task_vectors.values()))):
+        rows = []
+        for (t, adapter), update in zip(adapters.items(), merge.emr_updates(task_vectors)):
             with lora.merged_into_weights(encoder, update):
-                scores.update(score({t: head}))
-        return scores
+                rows += score(encoder, {t: adapter}, scoring, prepared, cfg)
+        return rows
     try:
-        merged = merge.merge_task_vectors(list(task_vectors.values()), method, lam, cfg.ties_keep,
-                                          cfg.ties_scope, cfg.dare_p, cfg.seed,
+        merged = merge.merge_task_vectors(task_vectors, method, scoring.lam, cfg.ties_keep,
+                                          cfg.ties_scope, cfg.dare_p, scoring.seed,
                                           statistics.get(method), cfg.regmean_alpha,
                                           cfg.fisher_normalize, cfg.fisher_eps)
     except ValueError as e:  # RegMean's sum of Gram matrices is singular
         raise ExperimentError(f"{method}: {e}; use more --regmean-samples or a --regmean-alpha "
                               f"below 1") from None
     with lora.merged_into_weights(encoder, merged):
-        return score(heads)
+        return score(encoder, adapters, scoring, prepared, cfg)
 
 
-# 6. Interference, and the energy OSRM's subspace reads
+# 6. Interference
 
 def quadratic_trace(M, S):
     """tr(M S M^T) in float64: with S = H^T H / n, the mean squared norm of M h over H's rows.
@@ -368,56 +421,35 @@ def interference(task_vectors, stats):
     return matrix
 
 
-def subspace_energy(A_init, stats, task):
-    """(own, others): the share of the input energy that the OSRM subspace A_t reads, of task
-    t's own inputs and of the other tasks', tr(A S A^T) / tr(S) averaged over layers.
-
-    OSRM makes `others` small by construction. If the tasks' inputs to a shared encoder look
-    alike, `own` is small too: the adapter then starts blind to its own task as well. For
-    scale, a random r-dimensional subspace reads r / d_in of any isotropic input.
-    """
-    share = lambda A, S: (quadratic_trace(A, S) / S.trace()).item()
-    own, others = [], []
-    for name, A in A_init.items():
-        own.append(share(A, stats[task][name]["S"]))
-        others.append(share(A, sum(stats[j][name]["S"] for j in stats if j != task)))
-    return sum(own) / len(own), sum(others) / len(others)
-
-
-def row_space(A):
-    """An orthonormal basis (r x d_in) of A's row space: what an adapter reads, at any scale."""
-    Q, _ = torch.linalg.qr(A.double().T)
-    return Q.T
-
-
-def movement(A_start, A_end, stats, task):
-    """How far training moved task t's A, averaged over layers: the share of its own task's and
-    of the other tasks' input energy that A's row space reads at the start and at the end
-    (`subspace_energy`, on `stats`), and the overlap of the two row spaces, the mean cos^2 of
-    their principal angles, ||Q_start Q_end^T||_F^2 / r (1: A did not turn; about r / d_in
-    between unrelated random subspaces)."""
-    Q_start = {n: row_space(A) for n, A in A_start.items()}
-    Q_end = {n: row_space(A) for n, A in A_end.items()}
-    own_start, others_start = subspace_energy(Q_start, stats, task)
-    own_end, others_end = subspace_energy(Q_end, stats, task)
-    overlap = [(Q_start[n] @ Q_end[n].to(Q_start[n]).T).pow(2).sum().item() / Q_start[n].shape[0]
-               for n in Q_start]
-    return {"own_start": own_start, "others_start": others_start, "own_end": own_end,
-            "others_end": others_end, "overlap": sum(overlap) / len(overlap)}
-
-
 # 7. The experiment
 
-def run_seed(cfg, encoder, model, tokenizer, store, results, workers=None):
-    """Everything for one seed, in the order of the method: statistics, subspaces, then for
-    every init its adapters (scored alone), every merge at every lambda, the interference
-    (run_init). `model` is the encoder with the speed tricks on (speed/fastpath.py), for
-    training and scoring; `store` (study/resume.py) reuses what an earlier run saved; results
-    (study/record.py) collects what results.json holds; with `workers` (speed/parallel.Workers)
-    the inits run side by side in worker processes, and their results arrive later."""
-    prepared = prepare(cfg, tokenizer, store.inputs)
-    record.data(results, prepared)
-    record.labels(results, prepared, cfg.seed)
+@dataclass
+class Seed:
+    """What every init of one seed starts from (steps 1-2)."""
+    seed: int
+    prepared: dict    # {task: data.prepare_tasks's entry}
+    stats: dict       # {task: {layer: statistics}} on each task's k training examples
+    measured: dict    # the same on held-out dev rows, to measure on
+    subspaces: dict   # {statistic: {task: {layer: A_t}}}, for the statistics the inits use
+    energy: list      # what the subspaces read (extensions/measures.describe_subspaces)
+    spectrum: list
+
+
+@dataclass
+class InitRun:
+    """What one init of one seed made (steps 3-6), for results.json."""
+    adapters: dict = field(default_factory=dict)   # {task: Adapter}
+    training: dict = field(default_factory=dict)   # {task: how its loss moved}, those trained
+    movement: dict = field(default_factory=dict)   # {task: measures.movement}
+    rows: list = field(default_factory=list)       # score rows (`score`), in the order made
+    merge_statistics: tuple = ((), 0.0)            # (names, seconds) of merge_statistics
+    interference: dict = field(default_factory=dict)  # {"interference": matrix, "..._fit": ...}
+
+
+def run_seed(cfg, seed, encoder, tokenizer, inputs):
+    """Steps 1-2 of one seed: each task's rows, its layer statistics, OSRM's subspaces.
+    inputs: the fingerprints of the input files (resume.fingerprint_inputs)."""
+    prepared = prepare(cfg, seed, tokenizer, inputs)
     # 1. each task's layer statistics, from the frozen pretrained encoder; and the same on
     # held-out rows, to measure on
     stats = layer_statistics(encoder, cfg, prepared, "stats")
@@ -425,106 +457,65 @@ def run_seed(cfg, encoder, model, tokenizer, store, results, workers=None):
     # 2. OSRM's subspace of every task, once per statistic that the inits use
     u = layernorm_directions(encoder, stats[cfg.tasks[0]])  # the LayerNorm directions
     skip = u if cfg.osrm_skip_ln_direction else None
-    subspaces = {s: {t: osrm_init(stats, t, cfg.rank, s, skip, cfg.own_eps, cfg.seed) for t in cfg.tasks}
+    subspaces = {s: {t: osrm_init(stats, t, cfg.rank, s, skip, cfg.own_eps, seed) for t in cfg.tasks}
                  for s in dict.fromkeys(INITS[i].statistic for i in cfg.inits if INITS[i].statistic)}
-    record.subspaces(results, cfg.seed, cfg.rank, stats, measured, subspaces, u, subspace_energy)
-    # 3-6. every init in turn; or side by side
-    seed_data = (prepared, stats, measured, subspaces)
-    if workers is not None:
-        shared = workers.share(seed_data)  # written once for the seed's jobs
-        for inits in init_groups(cfg):
-            workers.submit((cfg.seed, tuple(inits)), inits_job, (cfg, inits, shared, store.inputs))
-        return
-    trained = {}
-    for init in cfg.inits:
-        trained[init] = run_init(cfg, init, encoder, model, store, results, seed_data, trained)
+    energy, spectrum = measures.describe_subspaces(stats, measured, subspaces, u, cfg.rank, seed)
+    return Seed(seed, prepared, stats, measured, subspaces, energy, spectrum)
 
 
-def run_init(cfg, init, encoder, model, store, results, seed_data, trained, progress=True):
-    """Steps 3-6 of one seed under one init: each task's adapter, built as the init says and
-    fine-tuned, scored alone; every merge at every lambda; the interference. seed_data: the
-    seed's (prepared data, statistics, held-out statistics, subspaces); trained: {init: the
-    adapters} of the inits before (the post-hoc ones project plain LoRA's). Returns the
-    adapters, {task: Adapter}."""
-    prepared, stats, measured, subspaces = seed_data
-    spec = INITS[init]
+def run_init(cfg, init, encoder, seed, trained=None):
+    """Steps 3-6 of one seed (`run_seed`'s Seed) under one init: each task's adapter, built as
+    the init says and fine-tuned, scored alone; every merge at every lambda; the interference.
+    trained: {init: InitRun} of the inits before (the post-hoc ones project plain LoRA's)."""
+    spec, out = INITS[init], InitRun()
     # 3-4. each task's adapter, built as the init says and fine-tuned; scored alone
-    adapters = {}
     for t in cfg.tasks:
         if spec.post_hoc:
-            adapters[t] = post_hoc_adapter(trained["lora"][t], subspaces[spec.statistic][t])
+            adapter = post_hoc_adapter(trained["lora"].adapters[t], seed.subspaces[spec.statistic][t])
         else:
-            head = fastpath.use_fast_dropout(new_head(encoder, prepared[t]["task"], cfg,
-                                                      prepared[t]["train"]))
-            A_init = initial_A(encoder, init, t, cfg, subspaces)
-            state, training = store.adapter(
-                cfg, t, init, spec.statistic is not None,
-                lora.lora_shapes(encoder, cfg.targets, cfg.rank), head,
-                lambda: build_adapter(model, head, A_init, spec.train_A, prepared[t], cfg,
-                                      f"{init}/{t}", progress))
-            adapters[t] = Adapter(state, head, training)
-            record.training(results, cfg.seed, init, t, training)
-            record.movement(results, cfg.seed, init, t, movement(A_init, adapters[t].A(), measured, t))
-        with lora.carrying(model, adapters[t].lora, cfg.targets, cfg.rank, cfg.alpha):
-            rows = store.evaluate(model, {t: adapters[t]}, prepared, cfg, init, "none", None)
-        record.scores(results, rows)
-        record.alone(results, init, t, rows[0])
-    task_vectors = {t: a.task_vector(cfg.alpha / cfg.rank) for t, a in adapters.items()}
-    heads = {t: a.head for t, a in adapters.items()}
+            A_init = initial_A(encoder, init, t, seed.seed, seed.subspaces, cfg)
+            adapter = finetune_adapter(encoder, init, seed.prepared[t], A_init, seed.seed, cfg)
+            out.training[t] = adapter.training
+            out.movement[t] = measures.movement(A_init, adapter.A(), seed.measured, t)
+        out.adapters[t] = adapter
+        with lora.carrying(encoder, adapter.lora, cfg.targets, cfg.rank, cfg.alpha):
+            rows = score(encoder, {t: adapter}, Scoring(seed.seed, init, "none", None, {t: adapter}),
+                         seed.prepared, cfg)
+        print(f"{init}/{t}: individual score {rows[0]['score']:.2f}")
+        out.rows += rows
     # 5. every merge at every lambda, each task scored with its own head
     t0 = time.time()
-    statistics = merge_statistics(encoder, adapters, prepared, cfg)
-    record.merge_statistics(results, cfg.seed, init, list(statistics), time.time() - t0)
+    statistics = merge_statistics(encoder, out.adapters, seed.prepared, cfg)
+    out.merge_statistics = (list(statistics), time.time() - t0)
+    if statistics:
+        print(f"{init}: statistics for {', '.join(statistics)} in {time.time() - t0:.1f}s")
     for method in cfg.merges:
         for lam in lambdas(cfg, method):
             t0 = time.time()
-            score = lambda h: record.dev_scores(results, store.evaluate(
-                model, {t: adapters[t] for t in h}, prepared, cfg, init, method, lam,
-                merged_from=adapters, select=lam is not None))
-            record.merged(init, method, lam, merged_scores(
-                model, method, lam, task_vectors, heads, statistics, score, cfg), t0)
+            splits = ("dev", "heldout") if lam is not None and cfg.select_on == "heldout" else ("dev",)
+            rows = merged_scores(encoder, out.adapters, Scoring(seed.seed, init, method, lam,
+                                 out.adapters, splits), statistics, seed.prepared, cfg)
+            out.rows += rows
+            dev = [r["score"] for r in rows if r["split"] == "dev"]
+            print(f"{init}/{method}{'' if lam is None else f' (lambda {lam:g})'}: average "
+                  f"{sum(dev) / len(dev):.2f} ({time.time() - t0:.0f}s)")
             if cfg.own_at_lambda and method in OWN_AT_LAMBDA:  # each task's own update alone
-                for t in cfg.tasks:
-                    own = lambda h, t=t: record.dev_scores(results, store.evaluate(
-                        model, {t: adapters[t]}, prepared, cfg, init, f"{method}:own", lam,
-                        merged_from={t: adapters[t]}))
-                    merged_scores(model, method, lam, {t: task_vectors[t]}, {t: heads[t]}, {}, own, cfg)
+                for t, adapter in out.adapters.items():
+                    own = Scoring(seed.seed, init, f"{method}:own", lam, {t: adapter})
+                    out.rows += merged_scores(encoder, {t: adapter}, own, {}, seed.prepared, cfg)
     # 6. how much each adapter writes on the other tasks' inputs: on held-out rows, and on
     # the rows OSRM's subspace was fitted to (which flatters OSRM)
-    for key, on in (("interference", measured), ("interference_fit", stats)):
-        record.interference(results, key, cfg.seed, init, cfg.tasks, interference(task_vectors, on))
-    return adapters
+    task_vectors = {t: a.task_vector(cfg.alpha / cfg.rank) for t, a in out.adapters.items()}
+    out.interference = {"interference": interference(task_vectors, seed.measured),
+                        "interference_fit": interference(task_vectors, seed.stats)}
+    return out
 
 
-def init_groups(cfg):
-    """The inits of a seed that can run apart (--workers): each alone, but a post-hoc init
-    (osrm-post) with plain LoRA, whose trained adapters it projects."""
-    return [[init] + ([p for p in cfg.inits if INITS[p].post_hoc] if init == "lora" else [])
-            for init in cfg.inits if not INITS[init].post_hoc]
-
-
-def inits_job(encoder, model, job):
-    """run_init for a group of one seed's inits in a worker process (speed/parallel.py): job =
-    (cfg, inits, the name the seed's data was shared under, input fingerprints). Adapters are
-    saved as they finish, as in one process; the scores are not (this process writes them):
-    returns ({init: what it adds to the results}, the new score rows)."""
-    cfg, inits, shared, inputs = job
-    seed_data = parallel.shared(shared)
-    store = resume.Store(cfg, inputs, save_scores=False)
-    trained, added = {}, {}
-    for init in inits:
-        added[init] = record.new_results(cfg, inputs)
-        record.data(added[init], seed_data[0])
-        trained[init] = run_init(cfg, init, encoder, model, store, added[init], seed_data,
-                                 trained, progress=False)
-    return added, store.scores.new_rows
-
-
-def prepare(cfg, tokenizer, inputs):
+def prepare(cfg, seed, tokenizer, inputs):
     """Each task's rows for this seed (data.prepare_tasks), read from the GLUE files whose
     content `inputs` fingerprinted (resume.fingerprint_inputs; a file changed since is an
     error)."""
-    return data.prepare_tasks(cfg.tasks, cfg.data_dir, tokenizer, config.train_rows(cfg), cfg.seed,
+    return data.prepare_tasks(cfg.tasks, cfg.data_dir, tokenizer, config.train_rows(cfg), seed,
                               cfg.max_length, cfg.osrm_samples, cfg.eval_batch_size,
                               cfg.heldout_samples if cfg.select_on == "heldout" else 0,
                               cfg.dev_samples, cfg.carve_splits, cfg.measure_samples, inputs)
@@ -554,25 +545,36 @@ def layer_statistics(encoder, cfg, prepared, rows):
 
 
 def run(cfg, encoder, tokenizer, inputs):
-    """The whole experiment, seed by seed; returns the results dict written to results.json.
-    inputs: the fingerprints of the input files (resume.fingerprint_inputs)."""
-    n = min(parallel.workers(cfg), len(cfg.seeds) * len(init_groups(cfg)))
+    """The whole experiment, seed by seed (`run_seed`, then `run_init` for every init); returns
+    the results dict written to results.json. Around the method, from outside it: the speed
+    path switched on in the encoder (speed/fastpath.py); the fine-tunes and scores of an
+    earlier run reused (study/resume.py); what each step made recorded (study/record.py); with
+    --workers, the inits run side by side in worker processes (speed/parallel.py)."""
+    groups = parallel.init_groups(cfg.inits, [i for i in cfg.inits if INITS[i].post_hoc])
+    n = min(parallel.workers(cfg), len(cfg.seeds) * len(groups))
     loaded = resume.encoder_digest(encoder) if n > 1 else None  # what each worker must load too
-    encoder.to(cfg.device)
-    model = fastpath.speed_up(encoder)  # the same modules; the speed tricks switched on
+    encoder = fastpath.speed_up(encoder.to(cfg.device))  # the same modules, the speed path on
     store = resume.Store(cfg, inputs)
     results = record.new_results(cfg, inputs)
     pool = parallel.Workers(cfg, n, loaded, encoder.config) if n > 1 else contextlib.nullcontext()
-    with pool as workers:
-        for seed in cfg.seeds:
-            print(f"seed {seed}")
-            run_seed(replace(cfg, seed=seed), encoder, model, tokenizer, store, results, workers)
+    with pool as workers, resume.reusing(store, sys.modules[__name__]):
+        for s in cfg.seeds:
+            print(f"seed {s}")
+            seed = run_seed(cfg, s, encoder, tokenizer, inputs)
+            record.seed(results, seed)
+            if workers is not None:  # every init of the seed in a worker process; results later
+                workers.run_inits(cfg, seed, store.inputs, groups)
+                continue
+            trained = {}
+            for init in cfg.inits:
+                trained[init] = run_init(cfg, init, encoder, seed, trained)
+                record.init(results, s, init, trained[init])
         if workers is not None:  # each score saved as its job ends; results in one process's order
-            done = workers.wait(lambda added_rows: store.scores.add(added_rows[1]))
-            for seed in cfg.seeds:
-                added = {i: a for g in init_groups(cfg) for i, a in done[seed, tuple(g)][0].items()}
+            done = workers.wait(lambda job: store.scores.add(job[1]))  # {(seed, group): job}
+            runs = {(s, i): r for (s, _), (by_init, _) in done.items() for i, r in by_init.items()}
+            for s in cfg.seeds:
                 for init in cfg.inits:
-                    record.extend(results, added[init])
+                    record.init(results, s, init, runs[s, init])
     return results
 
 

@@ -16,6 +16,9 @@ import data
 from speed import fastpath
 
 
+PROGRESS = True  # a progress bar per fine-tune (progress=None); worker processes turn it off
+
+
 class TrainingError(Exception):
     """Training or scoring that cannot go on (a loss, gradient, weight or output that is not
     finite); the command line prints it as one line."""
@@ -57,7 +60,7 @@ def autocast(device, enabled=True):
 
 
 def finetune(encoder, head, batches_for_epoch, epochs, lr, weight_decay=0.0, warmup=0.06,
-             max_grad_norm=1.0, device="cpu", desc="train", progress=True, choices=None):
+             max_grad_norm=1.0, device="cpu", desc="train", progress=None, choices=None):
     """Train the adapters and the head: AdamW, linear decay after a linear warm-up.
 
     The encoder's own weights are frozen (`lora.add_lora`); only A, B and the head learn.
@@ -82,7 +85,7 @@ def finetune(encoder, head, batches_for_epoch, epochs, lr, weight_decay=0.0, war
     encoder.train(); head.train()
     losses = []   # every step's loss, as read
     pending = []  # the steps not read yet: (loss, gradient norm) on the device, the batch
-    with (tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True, disable=not progress) as bar,
+    with (tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True, disable=not (PROGRESS if progress is None else progress)) as bar,
           fastpath.precision(encoder, device, choices)):
         for epoch in range(epochs):
             for batch in first_epoch if epoch == 0 else batches_for_epoch(epoch):

@@ -21,7 +21,7 @@ task: logits = head_t(tanh((W0 + dW) x)). Each task is fine-tuned alone, from pl
 random A, from OSRM's A (osrm_min.osrm_subspace, trained or frozen) and from this project's
 own-task-aware A (subspaces.own_task_subspace); the T updates are merged by Task Arithmetic,
 lambda picked on validation inputs, and each task scored (accuracy x100) on test inputs with
-its own head. `interference` and `subspace_energy` are osrm_min's own measures.
+its own head. `interference` is osrm_min's measure, `subspace_energy` extensions/measures.py's.
 
 What it shows (results/controlled.md has the table, 3 seeds): with private subspaces
 (rho = 0) the directions where the other tasks have least energy are the task's own, so OSRM's
@@ -46,7 +46,8 @@ import torch.nn.functional as F
 import lora
 import train
 from extensions import subspaces
-from osrm_min import interference, osrm_subspace, subspace_energy
+from extensions.measures import subspace_energy
+from osrm_min import interference, osrm_subspace
 from study import figures
 from study import resume
 from study.config import ExperimentError

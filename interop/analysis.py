@@ -2,12 +2,13 @@
 interop.peft_format analyse`): each task scored with its own adapter and head, alone and under
 each merge at each lambda; how much each adapter writes on the other tasks' inputs (the
 interference matrix, osrm_min.interference); and the input energy each adapter's A reads of
-its own task and of the others' (osrm_min.subspace_energy on A's row space). Measured on GLUE
+its own task and of the others' (extensions/measures.subspace_energy on A's row space). Measured on GLUE
 dev rows, with the method's own functions.
 """
 
 import json
 import statistics
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -16,7 +17,7 @@ import data
 import lora
 import merge
 import osrm_min
-import train
+from extensions import measures
 from interop.peft_format import AdapterError, read_adapter
 from pretrained import checkpoint, tokenization
 from study import config, resume
@@ -59,26 +60,30 @@ def analyse(args):
         head.load_state_dict(head_state)
         heads[t] = head
     tokenizer = tokenization.load_tokenizer(cfg.model)
-    prepared = osrm_min.prepare(cfg, tokenizer, {})
+    prepared = osrm_min.prepare(cfg, cfg.seed, tokenizer, {})
     measured = osrm_min.layer_statistics(encoder, cfg, prepared, "measure")
     # {layer: dW = B' A}, scale 1: read_adapter folded the adapter's scale into B'
-    vectors = {t: osrm_min.Adapter(r[0], None).task_vector(1.0) for t, r in read.items()}
+    adapters = {t: osrm_min.Adapter(read[t][0], heads[t]) for t in tasks}
+    vectors = {t: a.task_vector(1.0) for t, a in adapters.items()}
+    unit = replace(cfg, alpha=float(cfg.rank))  # merged_scores scales by alpha / rank: 1
 
-    def score(hs):
-        return {t: train.evaluate(encoder, hs[t], prepared[t]["task"], prepared[t]["dev_batches"],
-                                  cfg.device, f"{t}")[0] for t in hs}
+    def scores(rows):
+        return {r["task"]: r["score"] for r in rows}
 
     rows = []
     for t in tasks:  # alone: the pretrained weights plus the task's own update
         with lora.merged_into_weights(encoder, vectors[t]):
-            rows.append({"merge": "none", "lambda": None, "scores": score({t: heads[t]})})
+            alone = osrm_min.Scoring(cfg.seed, "peft", "none", None, {t: adapters[t]})
+            rows.append({"merge": "none", "lambda": None, "scores": scores(
+                osrm_min.score(encoder, {t: adapters[t]}, alone, prepared, cfg))})
     for method in merges:
         for lam in ([None] if method in merge.NO_LAMBDA else [1 / len(tasks)] if method == "avg" else lams):
-            got = osrm_min.merged_scores(encoder, method, lam, vectors, heads, {}, score, cfg)
+            merging = osrm_min.Scoring(cfg.seed, "peft", method, lam, adapters)
+            got = scores(osrm_min.merged_scores(encoder, adapters, merging, {}, prepared, unit))
             rows.append({"merge": method, "lambda": lam, "scores": got})
     alone = {t: r["scores"][t] for r in rows if r["merge"] == "none" for t in r["scores"]}
     matrix = osrm_min.interference(vectors, measured)
-    energy = {t: osrm_min.subspace_energy({k.removesuffix(".A"): osrm_min.row_space(v)
+    energy = {t: measures.subspace_energy({k.removesuffix(".A"): measures.row_space(v)
                                            for k, v in read[t][0].items() if k.endswith(".A")},
                                           measured, t) for t in tasks}
     result = {"adapters": {t: str(f) for t, (_, _, f) in zip(tasks, pairs)}, "model": cfg.model,

@@ -266,7 +266,7 @@ def osrm_initialisations(cfg, out=None):
     pooling = "roberta" if model_type == "roberta" else "cls"  # what transformers' classes have
     cfg = replace(cfg, pooling=pooling, train_samples=cfg.osrm_samples,  # only the k rows are read
                   train_samples_per_task=())
-    prepared = osrm_min.prepare(cfg, tokenizer, {})
+    prepared = osrm_min.prepare(cfg, cfg.seed, tokenizer, {})
     stats = osrm_min.layer_statistics(encoder, cfg, prepared, "stats")
     settings = {"rank": cfg.rank, "alpha": cfg.alpha, "targets": cfg.targets, "model": cfg.model,
                 "lora_dropout": cfg.lora_dropout, "model_type": model_type, "pooling": pooling}
@@ -277,7 +277,7 @@ def osrm_initialisations(cfg, out=None):
         for layer, A in osrm_min.osrm_init(stats, t, cfg.rank, "second_moment").items():
             state[f"{layer}.A"] = A
             state[f"{layer}.B"] = torch.zeros(layers[layer].out_features, cfg.rank)
-        head = osrm_min.new_head(encoder, prepared[t]["task"], cfg).state_dict()
+        head = osrm_min.new_head(encoder, prepared[t]["task"], cfg.seed, cfg).state_dict()
         lines.append(write_adapter(Path(out) / t, state, head, settings, inference_mode=False))
     return lines
 

@@ -109,7 +109,7 @@ class Run:
             tokenizer = tokenization.load_tokenizer(model)
             run_cfg = settings(cfg, self.seed, model, data_dir)
             with contextlib.redirect_stdout(io.StringIO()):  # the run printed what it read
-                prepared = osrm_min.prepare(run_cfg, tokenizer, self.results["inputs"])
+                prepared = osrm_min.prepare(run_cfg, self.seed, tokenizer, self.results["inputs"])
             # the very batches the run's statistics read (osrm_min.layer_statistics)
             self.batches = Named(f"the run in {self.out}", {
                 name: osrm_min.statistics_batches(p, "stats", run_cfg) for name, p in prepared.items()})

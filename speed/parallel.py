@@ -1,6 +1,6 @@
 """Inits side by side (--workers): once a seed's statistics and subspaces exist, each init's
 part of the seed (its fine-tunes, its merges at every lambda, its interference:
-osrm_min.run_init) depends on nothing else, so these jobs can run in worker processes at once,
+osrm_min.run_init, run by `inits_job`) depends on nothing else, so these jobs can run in worker processes at once,
 each with its share of the CPU threads. On a CPU, two processes of one thread each can get more
 out of two cores than one process of two threads (small matrices parallelise poorly inside one
 process; PERFORMANCE.md has the measurements). While they run, the main process computes the
@@ -37,18 +37,20 @@ import signal
 import tempfile
 import threading
 import time
+from dataclasses import replace
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 import torch
 
+import train
 from pretrained import checkpoint
 from speed import fastpath
 from study import resume
 from study.config import ExperimentError
 
-_ENCODER = _MODEL = None  # in a worker: the encoder it loaded, and the same with the speed tricks on
+_ENCODER = None  # in a worker: the encoder it loaded, with the speed path on
 _START_ERROR = None  # in a worker: why it could not start, said by each job it is given
 _SHARED = {}  # in a worker: the shared data it read last, {file name: data}
 _PREFIX = "osrm-min-jobs-"  # the temporary folders' names: this, the main process's pid, -, random
@@ -102,6 +104,29 @@ def check_device_memory(devices, need, batch_size):
                 + (f"--workers {fit} or fewer" if fit else "a smaller --batch-size or --max-length"))
 
 
+def init_groups(inits, post_hoc):
+    """The inits of a seed that can run apart: each alone, but the post-hoc ones (`post_hoc`,
+    e.g. osrm-post) with plain LoRA, whose trained adapters they project."""
+    return [[init] + ([p for p in inits if p in post_hoc] if init == "lora" else [])
+            for init in inits if init not in post_hoc]
+
+
+def inits_job(encoder, job):
+    """In a worker: osrm_min.run_init for a group of one seed's inits. job = (cfg, inits, the
+    name the seed's data was shared under, input fingerprints). Adapters are saved as they
+    finish, as in one process; the scores are not (the main process writes them, as each job
+    ends): returns ({init: its InitRun, without the adapters}, the new score rows)."""
+    import osrm_min  # (here: osrm_min imports this module)
+    cfg, inits, shared_name, inputs = job
+    seed = shared(shared_name)
+    store = resume.Store(cfg, inputs, save_scores=False)
+    trained = {}
+    with resume.reusing(store, osrm_min):
+        for init in inits:
+            trained[init] = osrm_min.run_init(cfg, init, encoder, seed, trained)
+    return {i: replace(r, adapters={}) for i, r in trained.items()}, store.scores.new_rows
+
+
 def _take_device(devices, taken):
     """In a worker at its start: the next of `devices` (`taken`: a shared counter)."""
     with taken.get_lock():
@@ -116,7 +141,7 @@ def _start(main_pid, model_dir, devices, taken, threads, model_digest):
     (resume.encoder_digest), on its device (`worker_devices`). A failure is kept for its jobs
     to report (`_run`): an initializer
     that raises would print a traceback and break the pool as if the worker had been killed."""
-    global _ENCODER, _MODEL, _START_ERROR
+    global _ENCODER, _START_ERROR
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     threading.Thread(target=_watch, args=(main_pid,), daemon=True).start()
@@ -126,7 +151,8 @@ def _start(main_pid, model_dir, devices, taken, threads, model_digest):
         if resume.encoder_digest(encoder) != model_digest:
             raise ExperimentError(f"the model in {model_dir} changed after this run loaded it; "
                                   f"rerun once it is complete")
-        _ENCODER, _MODEL = encoder, fastpath.speed_up(encoder.to(_take_device(devices, taken)))
+        _ENCODER = fastpath.speed_up(encoder.to(_take_device(devices, taken)))
+        train.PROGRESS = False  # one process draws the progress; a worker's bars would mix in
     except Exception as e:  # any failure: said in one line by its jobs
         _START_ERROR = str(e) if isinstance(e, ExperimentError) else (
             f"cannot load the model in {model_dir} ({type(e).__name__}: "
@@ -213,7 +239,7 @@ def _run(job_fn, job_path, result_path):
     """In a worker: the job from its file, its result to another; only the name goes back."""
     if _START_ERROR is not None:
         raise ExperimentError(f"a worker process could not start: {_START_ERROR}")
-    _save(job_fn(_ENCODER, _MODEL, _load(job_path)), result_path)
+    _save(job_fn(_ENCODER, _load(job_path)), result_path)
     return result_path
 
 
@@ -247,8 +273,16 @@ class Workers:
         _save(data, name)
         return name
 
+    def run_inits(self, cfg, seed, inputs, groups):
+        """Queue one seed's inits (`groups`, init_groups), a job per group (`inits_job`), with
+        the seed's data (osrm_min.run_seed's Seed) written once for all of them; inputs: the
+        run's input fingerprints. Each job's result comes back from `wait` under (seed, group)."""
+        shared_name = self.share(seed)
+        for inits in groups:
+            self.submit((seed.seed, tuple(inits)), inits_job, (cfg, inits, shared_name, inputs))
+
     def submit(self, key, job_fn, job):
-        """Queue `job_fn(encoder, model, job)` for a worker; its result comes back from `wait`
+        """Queue `job_fn(encoder, job)` for a worker; its result comes back from `wait`
         under `key`. job_fn must be a module-level function (it is sent to the workers by
         name)."""
         self._start_pool()

@@ -1,18 +1,16 @@
-"""What a run keeps and says as it goes: the results dict that becomes results.json, and the
-lines it prints beside each step of the experiment (osrm_min.run_seed). None of it is part
-of the method; each function appends what a step measured, and says what a reader should
-know at once (a fine-tune that did not learn, a loss that did not fall).
+"""What a run keeps: the results dict that becomes results.json. None of it is part of the
+method: osrm_min.run hands `seed` what each seed's steps 1-2 made and `init` what each init
+made, and they append it, with a warning where a reader should know at once (a fine-tune that
+did not learn, a loss that did not fall).
 """
 
 import math
 import subprocess
-import time
 from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
-from extensions.subspaces import direction_share
 from study import resume, tables
 from study.config import ExperimentError
 
@@ -40,27 +38,50 @@ def versions():
     return {"osrm_min": commit, "torch": torch.__version__}
 
 
-def data(results, prepared):
-    """What a constant prediction scores on each task's dev rows, and which splits were carved."""
-    results["baselines"] = {t: p["baseline"] for t, p in prepared.items()}
-    results["carved"] = {t: p["carved"] for t, p in prepared.items() if p["carved"]}
-
-
-def labels(results, prepared, seed):
-    """The gold labels of the rows each split is scored on, in the order the score rows'
-    predictions are saved (the batches'; held-out rows differ by seed)."""
-    for t, p in prepared.items():
+def seed(results, seed):
+    """What one seed's steps 1-2 made (osrm_min.run_seed's Seed): what a constant prediction
+    scores on each task's dev rows and which splits were carved; the gold labels of the rows
+    each split is scored on, in the order the score rows' predictions are saved (the batches';
+    held-out rows differ by seed); what the subspaces read, and the spectrum."""
+    results["baselines"] = {t: p["baseline"] for t, p in seed.prepared.items()}
+    results["carved"] = {t: p["carved"] for t, p in seed.prepared.items() if p["carved"]}
+    for t, p in seed.prepared.items():
         for split in ("dev", "heldout"):
             if f"{split}_batches" in p:
-                results["labels"].append({"seed": seed, "task": t, "split": split, "labels": [
+                results["labels"].append({"seed": seed.seed, "task": t, "split": split, "labels": [
                     y for b in p[f"{split}_batches"] for y in b["labels"].tolist()]})
+    for e in seed.energy:
+        finite(f"the input energy that {e['stat']}'s A_t of {e['task']} reads", e["own"], e["others"])
+    results["subspace_energy"] += seed.energy
+    results["spectrum"] += seed.spectrum
 
 
-def alone(results, init, task, row):
-    """A task's score with its own adapter alone; a warning if it is not clearly above what a
+def init(results, seed, init, run):
+    """What one init of one seed made (osrm_min.run_init's InitRun), with a warning for an
+    adapter whose training loss did not fall or whose score is not clearly above a constant
+    prediction's (tables.clearly_above)."""
+    for task, summary in run.training.items():
+        if summary is not None:
+            training(results, seed, init, task, summary)
+    for task, moved in run.movement.items():
+        finite(f"{init}/{task}: how far training moved A", *moved.values())
+        results["movement"].append({"seed": seed, "init": init, "task": task, **moved})
+    for r in run.rows:
+        results["rows" if r["split"] == "dev" else "heldout_rows"].append(r)
+        if r["merge"] == "none" and r["split"] == "dev":
+            alone(results, init, r["task"], r["score"])
+    names, seconds = run.merge_statistics
+    if names:
+        results["merge_statistics_s"].append({"seed": seed, "init": init,
+                                              "seconds": round(seconds, 2)})
+    for key, matrix in run.interference.items():
+        interference(results, key, seed, init, results["config"]["tasks"], matrix)
+
+
+def alone(results, init, task, score):
+    """A warning if a task's score with its own adapter alone is not clearly above what a
     constant prediction scores (tables.clearly_above)."""
-    score, baseline = row["score"], results["baselines"][task]
-    print(f"{init}/{task}: individual score {score:.2f}")
+    baseline = results["baselines"][task]
     if not tables.clearly_above(score, baseline):
         print(f"warning: {init}/{task}: {score:.2f} on dev is not {tables.LEARNED_MARGIN:g} "
               f"points above a constant prediction's {baseline:.2f}; this fine-tune did not "
@@ -68,58 +89,13 @@ def alone(results, init, task, row):
 
 
 def training(results, seed, init, task, summary):
-    """How an adapter's training loss moved (None: not trained here), with a warning if it did
-    not fall."""
-    if summary is None:
-        return
+    """How an adapter's training loss moved, with a warning if it did not fall."""
     learned = summary["loss_end"] < summary["loss_start"]
     results["training"].append({"seed": seed, "init": init, "task": task, **summary,
                                 "learned": learned})
     if not learned:
         print(f"warning: {init}/{task}: the training loss did not fall ({summary['loss_start']:.4f} "
               f"-> {summary['loss_end']:.4f}); this adapter learned nothing (try another --lr)")
-
-
-def scores(results, rows):
-    """Score rows (resume.result_row), on dev or on the held-out rows."""
-    for r in rows:
-        results["rows" if r["split"] == "dev" else "heldout_rows"].append(r)
-
-
-def dev_scores(results, rows):
-    """Record score rows and return {task: score} of those on dev."""
-    scores(results, rows)
-    return {r["task"]: r["score"] for r in rows if r["split"] == "dev"}
-
-
-def subspaces(results, seed, rank, stats, measured, subspaces, u, energy):
-    """What the reports and figures show about the subspaces, before any training: for each
-    statistic's A_t (and, for scale, a random orthonormal A) the energy it reads of its own
-    task and of the others' (`energy`: osrm_min.subspace_energy, handed in, as nothing in
-    study/ imports the entry point) and its share of the LayerNorm direction u, on the rows
-    that fitted A (`stats`, "fit") and on held-out rows (`measured`, "heldout", fair to every
-    init: OSRM's A is fitted to the first); and the eigenvalues of S_{-t} in the middle
-    adapted layer (the one LAB.md's exercise 3 discusses), whose `rank` smallest OSRM takes."""
-    tasks = list(stats)
-    g = torch.Generator().manual_seed(seed)
-    random = {t: {n: torch.linalg.qr(torch.randn(s["S"].shape[0], rank, generator=g,
-                                                 dtype=torch.float64).to(s["S"].device))[0].T
-                  for n, s in stats[t].items()} for t in tasks}
-    for name, by_task in {**subspaces, "random": random}.items():
-        for t, A_init in by_task.items():
-            shares = [direction_share(A, u[n]) for n, A in A_init.items() if n in u]
-            for rows, on in (("fit", stats), ("heldout", measured)):
-                own, others = energy(A_init, on, t)
-                finite(f"the input energy that {name}'s A_t of {t} reads", own, others)
-                results["subspace_energy"].append({
-                    "seed": seed, "stat": name, "task": t, "rows": rows, "own": own,
-                    "others": others, "ln_share": sum(shares) / len(shares) if shares else None})
-    layers = list(stats[tasks[0]])
-    layer = layers[(len(layers) - 1) // 2]  # of six layers' query and value: layers.2.value
-    for t in tasks:
-        S_others = sum(stats[j][layer]["S"] for j in tasks if j != t)
-        results["spectrum"].append({"seed": seed, "task": t, "layer": layer, "rank": rank,
-                                    "eigenvalues": torch.linalg.eigvalsh(S_others).tolist()})
 
 
 def finite(what, *values):
@@ -142,28 +118,3 @@ def interference(results, key, seed, init, tasks, matrix):
     results[key].append({"seed": seed, "init": init, "tasks": list(tasks), "matrix": matrix})
 
 
-def movement(results, seed, init, task, moved):
-    """How far training moved one adapter's A (osrm_min.movement)."""
-    finite(f"{init}/{task}: how far training moved A", *moved.values())
-    results["movement"].append({"seed": seed, "init": init, "task": task, **moved})
-
-
-def merged(init, method, lam, by_task, since):
-    """The line printed after a merge is scored."""
-    print(f"{init}/{method}{'' if lam is None else f' (lambda {lam:g})'}: average "
-          f"{tables.task_mean(by_task):.2f} ({time.time() - since:.0f}s)")
-
-
-def merge_statistics(results, seed, init, names, seconds):
-    """The time the data-aware merges' statistics took (none asked for: nothing)."""
-    if names:
-        results["merge_statistics_s"].append({"seed": seed, "init": init,
-                                              "seconds": round(seconds, 2)})
-        print(f"{init}: statistics for {', '.join(names)} in {seconds:.1f}s")
-
-
-def extend(results, added):
-    """Add what a worker process recorded for one seed and init (osrm_min.inits_job) to the
-    run's results, after what came before, as one process would have appended it."""
-    for key in LISTS:
-        results[key].extend(added[key])

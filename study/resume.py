@@ -14,12 +14,13 @@ model folder the encoder and tokenizer are built from (named by its path in the 
 task's training and dev files, and which split was carved (--carve-splits). What is read later
 is checked against them: the model and tokenizer files once loaded (study/cli.py), each GLUE
 file as each seed reads it (data.load_split), the encoder each worker process loads
-(speed/parallel.py). None of this is part of the method;
-osrm_min.py asks `Store` for an adapter or a score before computing it, and hands it what it
-computed.
+(speed/parallel.py). None of this is part of the method: `reusing` wraps the method's two
+costly steps, osrm_min.finetune_adapter and osrm_min.score, from outside.
 """
 
+import contextlib
 import errno
+import functools
 import hashlib
 import io
 import json
@@ -29,13 +30,13 @@ import re
 import stat
 import tempfile
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
 
 import data
-import train
+import lora
 from pretrained import checkpoint, tokenization
 from study import config
 from study.config import ExperimentError
@@ -273,12 +274,12 @@ class Store:
     def adapter_path(self, init, task, seed):
         return self.out / adapter_file(init, task, seed)
 
-    def adapter_settings(self, cfg, task, init, uses_osrm):
+    def adapter_settings(self, cfg, seed, task, init, uses_osrm):
         """The settings and inputs saved with an adapter; it is reused only if they match.
         Its own training file shapes it, and with OSRM the other tasks' too (the subspace)."""
         d = {k: getattr(cfg, k) for k in ADAPTER_KEYS}
         rows = config.train_rows(cfg)
-        d.update(task=task, init=init, train_samples=rows[task])
+        d.update(seed=seed, task=task, init=init, train_samples=rows[task])
         if not data.TASKS[task].labels:  # only a regression head's start depends on it
             d["head_bias_mean"] = cfg.head_bias_mean
         if cfg.select_on == "heldout":  # held-out rows are taken out of the training rows
@@ -310,16 +311,18 @@ class Store:
                        + [f"train:{t}" for t in tasks]
                        + [f"carved:{t}" for t in tasks if f"carved:{t}" in self.inputs]})
 
-    def load_adapter(self, cfg, task, init, uses_osrm, shapes, head):
-        """The lora state saved earlier with the same settings and inputs (its head state is
-        loaded into `head`), and its training summary; or None, saying why, if there is none
-        that can be used. shapes: {"layers.0.query.A": (r, d_in), ...} of this model."""
-        path = self.adapter_path(init, task, cfg.seed)
+    def load_adapter(self, cfg, seed, task, init, uses_osrm, shapes, new_head):
+        """The lora state saved earlier with the same settings and inputs, a head made by
+        `new_head()` with the saved state loaded into it, and its training summary; or None,
+        saying why, if there is none that can be used. shapes: {"layers.0.query.A": (r, d_in),
+        ...} of this model."""
+        path = self.adapter_path(init, task, seed)
         if not path.exists():
             return None
+        head = new_head()
         try:
             saved = torch.load(path, map_location=cfg.device, weights_only=True)
-            wanted = self.adapter_settings(cfg, task, init, uses_osrm)
+            wanted = self.adapter_settings(cfg, seed, task, init, uses_osrm)
             if saved.get("config") != wanted:
                 old = saved.get("config") or {}
                 changed = [k for k in wanted["inputs"] if (old.get("inputs") or {}).get(k) != wanted["inputs"][k]]
@@ -345,55 +348,64 @@ class Store:
                   f"training again")
             return None
         print(f"{init}/{task}: loaded the adapter trained earlier ({path})")
-        return state, training
+        return state, head, training
 
-    def save_adapter(self, cfg, task, init, uses_osrm, lora_state, head_state, training):
-        save_atomic({"config": self.adapter_settings(cfg, task, init, uses_osrm),
-                     "lora": lora_state, "head": head_state, "training": training},
-                    self.adapter_path(init, task, cfg.seed))
+    def save_adapter(self, cfg, seed, task, init, uses_osrm, adapter):
+        save_atomic({"config": self.adapter_settings(cfg, seed, task, init, uses_osrm),
+                     "lora": adapter.lora, "head": adapter.head.state_dict(),
+                     "training": adapter.training},
+                    self.adapter_path(init, task, seed))
 
-    def adapter(self, cfg, task, init, uses_osrm, shapes, head, build):
-        """(lora state, training summary) of task's adapter under init: the one saved earlier
-        (its head loaded into `head`) if it is wholly usable, else what `build()` trains
-        (it trains `head` and returns (lora state, training)), saved at once."""
-        saved = self.load_adapter(cfg, task, init, uses_osrm, shapes, head)
+    def adapter(self, finetune, spine, encoder, init, task_data, A_init, seed, cfg):
+        """`spine.finetune_adapter` reusing what was saved: the adapter of the task under
+        `init` saved earlier, if it is wholly usable, else what `finetune` (the plain
+        finetune_adapter) trains, saved at once."""
+        task = task_data["task"].name
+        uses_osrm = spine.INITS[init].statistic is not None
+        saved = self.load_adapter(cfg, seed, task, init, uses_osrm,
+                                  lora.lora_shapes(encoder, cfg.targets, cfg.rank),
+                                  lambda: spine.new_head(encoder, task_data["task"], seed, cfg,
+                                                         task_data["train"]))
         if saved is not None:
-            return saved
+            return spine.Adapter(*saved)
         t0 = time.time()
-        state, training = build()
+        adapter = finetune(encoder, init, task_data, A_init, seed, cfg)
         print(f"{init}/{task}: trained in {time.time() - t0:.0f}s")
-        self.save_adapter(cfg, task, init, uses_osrm, state, head.state_dict(), training)
-        return state, training
+        self.save_adapter(cfg, seed, task, init, uses_osrm, adapter)
+        return adapter
 
-    def evaluate(self, model, adapters, prepared, cfg, init, method, lam, merged_from=None,
-                 select=False):
-        """The dev score rows of the model as it is now, each task of `adapters` with its own
-        head: saved ones where they were computed from the very same adapters (all of
-        `merged_from`'s in a merge), else evaluated (train.evaluate). With --select-on heldout
-        and `select` (a merge at one of several lambdas), the held-out rows' too: what picks
-        lambda."""
-        from_adapters = digest({t: adapter_digest(a.lora, a.head) for t, a in (merged_from or adapters).items()})
-        evaluate = lambda split: lambda t: train.evaluate(
-            model, adapters[t].head, prepared[t]["task"], prepared[t][f"{split}_batches"],
-            cfg.device, evaluation(init, method, lam, t), keep_predictions=True)
+    def evaluate(self, score, encoder, adapters, scoring, prepared, cfg):
+        """`spine.score` reusing what was saved: on each split of `scoring`, the rows saved
+        earlier from the same settings, inputs and adapters in the model (all of
+        `scoring.merged`'s in a merge) if every task has one, else what `score` (the plain
+        one) computes, saved at once. Each row also holds the digests of the input files and
+        of the adapters it came from."""
+        from_adapters = digest({t: adapter_digest(a.lora, a.head) for t, a in scoring.merged.items()})
         rows = []
-        for split in ["dev"] + (["heldout"] if select and cfg.select_on == "heldout" else []):
-            rows += self.scored(cfg, init, method, lam, list(adapters), from_adapters,
-                                split, evaluate(split))
+        for split in scoring.splits:
+            saved = [self.scores.get(scoring.seed, scoring.init, scoring.method, scoring.lam, t,
+                                     from_adapters, split) for t in adapters]
+            if None in saved:
+                saved = [dict(r, inputs=self.row_inputs(cfg.tasks, r["task"]), adapters=from_adapters)
+                         for r in score(encoder, adapters, replace(scoring, splits=(split,)), prepared, cfg)]
+                self.scores.add(saved)
+            rows += saved
         return rows
 
-    def scored(self, cfg, init, method, lam, tasks, adapters, split, evaluate):
-        """The score rows of `tasks` under (init, method, lam) on `split` ("dev" or "heldout"):
-        those saved earlier from the same settings, inputs and `adapters` (a digest of the
-        adapters in the model) if every task has one, else `evaluate(task)` -> (score,
-        metrics, predictions) for each task, saved at once."""
-        rows = [self.scores.get(cfg.seed, init, method, lam, t, adapters, split) for t in tasks]
-        if None in rows:
-            rows = [result_row(cfg.seed, init, method, lam, t, *evaluate(t),
-                               inputs=self.row_inputs(cfg.tasks, t), adapters=adapters, split=split)
-                    for t in tasks]
-            self.scores.add(rows)
-        return rows
+
+@contextlib.contextmanager
+def reusing(store, spine):
+    """Within the block, the method's two costly steps in the module `spine` (osrm_min) reuse
+    what an earlier run saved and save what they compute: `finetune_adapter` (Store.adapter)
+    and `score` (Store.evaluate). The method calls them as plain functions; this is the one
+    place that wraps them, and it puts them back as they were afterwards."""
+    finetune, score = spine.finetune_adapter, spine.score
+    spine.finetune_adapter = functools.partial(store.adapter, finetune, spine)
+    spine.score = functools.partial(store.evaluate, score)
+    try:
+        yield
+    finally:
+        spine.finetune_adapter, spine.score = finetune, score
 
 
 def fits(tensors, like):
@@ -416,14 +428,6 @@ def usable_training(training):
             and all(is_a(training.get(k), float) and 0 <= training[k] < math.inf
                     for k in ("loss_start", "loss_end"))
             and is_a(training.get("steps"), int) and training["steps"] >= 1)
-
-
-def evaluation(init, method, lam, task):
-    """An evaluation in words, with what to try if its outputs are not finite (train.predict)."""
-    if method == "none":
-        return f"{init}/{task} alone (check the checkpoint, or try a lower --lr)"
-    at = "" if lam is None else f" at lambda {lam:g} (try a smaller --lams, --lam-ta or --lam-ties)"
-    return f"{init}/{task} merged by {method}{at}"
 
 
 def adapter_digest(lora_state, head):
@@ -468,19 +472,6 @@ def usable_row(row):
             and all(is_a(p, (int, float)) and math.isfinite(p) for p in row["predictions"]))
 
 
-def result_row(seed, init, merge_method, lam, task, score, metrics, predictions, inputs, adapters,
-               split="dev"):
-    """One row of results.json: a task's score under one init and one merge ("none": alone),
-    on its dev set or its held-out training rows (`split`), and its prediction on each row
-    (class or score, in the order the run scores them: results.json's "labels" gives the gold
-    labels in that order, for a bootstrap over rows); `inputs` is the digest of the files it
-    was computed from (Store.row_inputs), `adapters` that of the adapters (their
-    tensors_digest), so that a score is never reused beside an adapter trained again."""
-    return {"seed": seed, "init": init, "merge": merge_method, "lambda": lam, "task": task,
-            "split": split, "score": score, "metrics": metrics, "predictions": predictions,
-            "inputs": inputs, "adapters": adapters}
-
-
 class Evaluations:
     """Scores computed earlier, kept in <out>/evaluations.json, so that an interrupted run
     resumes its evaluations (merges at every lambda), not only its training.
@@ -519,7 +510,7 @@ class Evaluations:
         return (row["seed"], row["init"], row["merge"], row["lambda"], row["task"], row["split"])
 
     def get(self, seed, init, merge_method, lam, task, adapters, split="dev"):
-        """The saved row, if it was computed from the same adapters (result_row)."""
+        """The saved row, if it was computed from the same adapters (Store.evaluate)."""
         row = self.rows.get((seed, init, merge_method, lam, task, split))
         return row if row is not None and row["adapters"] == adapters else None
 

@@ -16,11 +16,11 @@ import lora
 import merge
 import osrm_min
 from conftest import tiny_args, write_tiny_glue
+from extensions import measures
 from extensions.subspaces import (direction_share, layernorm_directions, own_task_subspace,
                                   random_null_basis, without_direction)
 from fake_cuda import DeviceMix, FakeCuda, on_cuda
 from pretrained import checkpoint
-from study import record
 
 TARGETS = ("query", "value")
 
@@ -72,10 +72,9 @@ def test_random_control_subspaces_meet_device_statistics(on_device):
     encoder, _, stats = on_device
     subspaces = {"second_moment": {t: osrm_min.osrm_init(stats, t, 2, "second_moment")
                                    for t in stats}}
-    results = {"subspace_energy": [], "spectrum": []}
-    record.subspaces(results, 0, 2, stats, stats, subspaces, layernorm_directions(encoder, stats["a"]),
-                     osrm_min.subspace_energy)
-    assert {r["stat"] for r in results["subspace_energy"]} == {"second_moment", "random"}
+    energy, _ = measures.describe_subspaces(stats, stats, subspaces,
+                                            layernorm_directions(encoder, stats["a"]), 2, 0)
+    assert {r["stat"] for r in energy} == {"second_moment", "random"}
 
 
 def test_movement_of_an_adapter_trained_on_the_device(on_device):
@@ -89,7 +88,7 @@ def test_movement_of_an_adapter_trained_on_the_device(on_device):
     lora.remove_lora(encoder)
     assert not any(on_cuda(v) for v in state.values())
     A_end = {k.removesuffix(".A"): v for k, v in state.items() if k.endswith(".A")}
-    moved = osrm_min.movement(A_start, A_end, stats, "a")
+    moved = measures.movement(A_start, A_end, stats, "a")
     assert 0 < moved["overlap"] < 1
     vectors = {t: {n: 2 * state[f"{n}.B"] @ state[f"{n}.A"] for n in stats[t]} for t in stats}
     assert osrm_min.interference(vectors, stats)[0][0] == pytest.approx(1.0)

@@ -5,8 +5,8 @@ import torch
 
 from pretrained import checkpoint
 import lora
-from osrm_min import (collect_statistics, interference, osrm_init, osrm_post, osrm_subspace,
-                      subspace_energy)
+from extensions.measures import subspace_energy
+from osrm_min import collect_statistics, interference, osrm_init, osrm_post, osrm_subspace
 
 
 def random_second_moment(d, n, seed):
@@ -227,7 +227,7 @@ def test_fisher_diagonal_equals_finite_differences_on_the_tiny_model(tiny_model,
 
 
 def test_movement_reads_the_row_space_before_and_after_training():
-    from osrm_min import movement
+    from extensions.measures import movement
     stats = {"t": {"l": {"S": torch.diag(torch.tensor([4.0, 3.0, 2.0, 1.0], dtype=torch.float64))}},
              "j": {"l": {"S": torch.eye(4, dtype=torch.float64)}}}
     start = {"l": torch.tensor([[1.0, 0.0, 0.0, 0.0]])}

@@ -37,7 +37,7 @@ GPU; not yet measured on one):
    the layer statistics (S, mu) and OSRM's subspaces (the largest principal angle, against the
    Davis-Kahan bound that the statistics' difference allows: eigenvectors have a sign freedom,
    subspaces do not);
-4. speed on the run's own path: osrm_min.build_adapter (train.finetune on data.make_batches'
+4. speed on the run's own path: osrm_min.finetune_adapter (train.finetune on data.make_batches'
    length-grouped batches of SST-2 and MRPC training rows) and train.evaluate on the dev
    batches, with the default model at the default settings and with a RoBERTa-large-shaped
    encoder (random weights) at the paper's batch of 64; the bf16 matrix-multiply rate and
@@ -144,7 +144,7 @@ class Check:
             cfg.pooling = checkpoint.checkpoint_pooling(self.model_dir, self.encoder().config.model_type)
             tokenizer = tokenization.load_tokenizer(self.model_dir)
             self.shared.update(cfg=cfg, tokenizer=tokenizer,
-                               prepared=osrm_min.prepare(cfg, tokenizer, None))
+                               prepared=osrm_min.prepare(cfg, cfg.seed, tokenizer, None))
         return self.shared["cfg"], self.shared["tokenizer"], self.shared["prepared"]
 
     def encoder(self):
@@ -398,19 +398,20 @@ def matmul_rate(device, n, dtype):
 
 
 def own_path(encoder, task_data, cfg, device, rows, dev_batches, desc):
-    """One task's adapter built and scored as the run does it (osrm_min.build_adapter: a fresh
+    """One task's adapter built and scored as the run does it (osrm_min.finetune_adapter: a fresh
     plain-LoRA adapter trained by train.finetune on data.make_batches' batches of `rows`;
     train.evaluate on `dev_batches`), after an untimed warm-up on a few batches. Returns
     training and evaluation rates, and the FLOPs of the timed epoch."""
     model = fastpath.speed_up(encoder)
-    head = fastpath.use_fast_dropout(osrm_min.new_head(encoder, task_data["task"], cfg, rows))
-    A_init = osrm_min.initial_A(encoder, "lora", task_data["task"].name, cfg, {})
+    A_init = osrm_min.initial_A(encoder, "lora", task_data["task"].name, cfg.seed, {}, cfg)
     warm = dict(task_data, train=rows[:3 * cfg.batch_size])
-    osrm_min.build_adapter(model, head, A_init, True, warm, cfg, desc, progress=False)
+    train.PROGRESS = False
+    osrm_min.finetune_adapter(model, "lora", warm, A_init, cfg.seed, cfg)
     timed = dict(task_data, train=rows)
     sync(device)
     t0 = time.perf_counter()
-    state, training = osrm_min.build_adapter(model, head, A_init, True, timed, cfg, desc, progress=False)
+    adapter = osrm_min.finetune_adapter(model, "lora", timed, A_init, cfg.seed, cfg)
+    state, training, head = adapter.lora, adapter.training, adapter.head
     sync(device)
     train_s = time.perf_counter() - t0
     with lora.carrying(model, state, cfg.targets, cfg.rank, cfg.alpha):
@@ -420,7 +421,7 @@ def own_path(encoder, task_data, cfg, device, rows, dev_batches, desc):
         train.evaluate(model, head, task_data["task"], dev_batches, device, desc)
         sync(device)
         eval_s = time.perf_counter() - t0
-    # the very batches of the timed epoch (build_adapter's seed), for their tokens and FLOPs
+    # the very batches of the timed epoch (finetune_adapter's seed), for their tokens and FLOPs
     batches = data.make_batches(rows, cfg.batch_size, shuffle=True,
                                 seed=osrm_min.task_seed(cfg.seed, task_data["task"].name),
                                 group_by_length=cfg.group_by_length, pad_id=task_data["pad_id"])

@@ -29,7 +29,7 @@ from study import resume  # noqa: E402
 from study.config import ExperimentError  # noqa: E402
 
 
-def big_result(encoder, model, job):
+def big_result(encoder, job):
     """2.5 million floats; once they exist, the worker's pid goes to the job's marker file: what
     follows is pickling and sending them, which takes a while."""
     marker, tensor = job

@@ -49,13 +49,13 @@ def test_a_regression_head_starts_at_the_mean_target_and_a_classifier_as_before(
     encoder, pooling = checkpoint.load_checkpoint(str(tiny_model))
     cfg = config.Config(pooling=pooling)
     rows = [([2], [0], 1.0), ([2], [0], 4.0), ([2], [0], 2.5)]
-    head = osrm_min.new_head(encoder, data.TASKS["stsb"], cfg, train_rows=rows)
+    head = osrm_min.new_head(encoder, data.TASKS["stsb"], 42, cfg, train_rows=rows)
     assert head.classifier.bias.item() == pytest.approx(2.5)
-    plain = osrm_min.new_head(encoder, data.TASKS["stsb"], config.Config(pooling=pooling, head_bias_mean=False), rows)
+    plain = osrm_min.new_head(encoder, data.TASKS["stsb"], 42, config.Config(pooling=pooling, head_bias_mean=False), rows)
     assert torch.equal(plain.classifier.weight, head.classifier.weight)  # only the bias moves
     sst2 = [([2], [0], 1), ([2], [0], 1)]
-    a = osrm_min.new_head(encoder, data.TASKS["sst2"], cfg, sst2)
-    b = osrm_min.new_head(encoder, data.TASKS["sst2"], cfg)
+    a = osrm_min.new_head(encoder, data.TASKS["sst2"], 42, cfg, sst2)
+    b = osrm_min.new_head(encoder, data.TASKS["sst2"], 42, cfg)
     assert torch.equal(a.classifier.bias, b.classifier.bias)
 
 
@@ -65,7 +65,7 @@ def test_an_osrm_adapter_is_keyed_by_the_rows_its_statistics_read(tmp_path):
 
     def settings(init, *args):  # what SST-2's saved adapter is keyed by
         cfg = parse("--out", str(tmp_path), "--tasks", "sst2,mrpc", "--train-samples", "2000", *args)
-        return resume.Store(cfg, inputs).adapter_settings(cfg, "sst2", init, init == "osrm")
+        return resume.Store(cfg, inputs).adapter_settings(cfg, cfg.seed, "sst2", init, init == "osrm")
 
     base = settings("osrm")
     # MRPC's count above --osrm-samples (100): the statistics read the same first 100 rows

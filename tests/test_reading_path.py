@@ -1,0 +1,34 @@
+"""The experiment reads as the method: following one fine-tune from the command line to its
+printed score passes through few files (tools/trace_files.py), and the spine's functions take
+what the method needs, never the run's cache, recorder or worker pool."""
+
+import inspect
+
+import osrm_min
+from conftest import tiny_args, write_tiny_glue
+from tools import trace_files
+
+SPINE = (osrm_min.run_seed, osrm_min.run_init, osrm_min.finetune_adapter, osrm_min.score,
+         osrm_min.merged_scores, osrm_min.merge_statistics, osrm_min.layer_statistics)
+
+
+def test_a_fine_tune_is_followed_through_five_files_from_the_command_line(tmp_path, tiny_model):
+    write_tiny_glue(tmp_path / "glue")
+    stacks = trace_files.trace(tiny_args(tmp_path, tiny_model, "--inits", "lora", "--merges", "ta"))
+    files = {f for what in ("fine-tune", "score", "metric", "printed") for f, _ in stacks[what]}
+    assert files == {"osrm_min.py", "study/cli.py", "study/resume.py", "train.py", "data.py"}
+    assert stacks["fine-tune"][-2:] == [("osrm_min.py", "finetune_adapter"), ("train.py", "finetune")]
+    assert stacks["printed"][-1] == ("osrm_min.py", "run_init")
+
+
+def test_the_spine_takes_no_cache_recorder_or_pool():
+    for function in SPINE:
+        names = set(inspect.signature(function).parameters)
+        assert not names & {"store", "results", "workers", "pool", "progress", "score"}, function
+
+
+def test_the_cache_wraps_the_spine_from_outside_and_is_taken_off_after(tmp_path, tiny_model):
+    plain = osrm_min.finetune_adapter, osrm_min.score
+    write_tiny_glue(tmp_path / "glue")
+    assert osrm_min.main(tiny_args(tmp_path, tiny_model, "--inits", "lora", "--merges", "ta")) == 0
+    assert (osrm_min.finetune_adapter, osrm_min.score) == plain
