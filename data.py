@@ -282,20 +282,35 @@ def dev_subset(rows, n):
     return [rows[i] for i in sorted(order.tolist())]
 
 
-def prepare_tasks(names, data_dir, tokenizer, n_train, seed, max_length, k, eval_batch_size,
-                  n_heldout=0, n_dev=0, carve=0, n_measure=0, digests=None):
+@dataclass(frozen=True)
+class Sampling:
+    """Which rows of each task are read and how they are cut (a run's: study/config.py's)."""
+    train_rows: dict           # {task: training rows}, a seeded subset (0: all; train_subset)
+    max_length: int = 128      # longest input in tokens; longer ones are truncated
+    k: int = 100               # the first k training rows: the examples OSRM's statistics read
+    eval_batch_size: int = 128
+    heldout: int = 0           # training rows that nothing trains on (--select-on heldout)
+    dev: int = 0               # scored dev rows, a fixed subset (0: all; dev_subset)
+    carve: int = 0             # rows carved from the split a task has for one it lacks (0: off)
+    measure: int = 0           # scored dev rows on which interference and energy are measured
+
+
+def prepare_tasks(names, data_dir, tokenizer, sampling, seed, digests=None):
     """Load, sample and tokenise every task once: {task: {"task", "train", "stats",
-    "dev_batches", "pad_id", "baseline", "carved"}}. "train" is a seeded subset of n_train[task]
-    rows (train_subset; n_train as config.train_rows gives it); "stats" its first k rows, the
-    examples OSRM's statistics read; "baseline" what a constant prediction scores on the dev
-    rows (constant_baseline). With n_heldout > 0, also "heldout_batches": that many training
-    rows that nothing trains on (--select-on heldout). With n_dev > 0, the dev batches hold
-    only n_dev of the dev rows (dev_subset). With carve > 0, a missing split is carved from
-    the other (split_sources, carve_split); "carved" names it (None: none). With n_measure > 0,
-    "measure": n_measure of the scored dev rows (a fixed random subset), on which the
+    "dev_batches", "pad_id", "baseline", "carved"}}. "train" is a seeded subset of
+    sampling.train_rows[task] rows (train_subset); "stats" its first k rows, the examples
+    OSRM's statistics read; "baseline" what a constant prediction scores on the dev rows
+    (constant_baseline). With sampling.heldout > 0, also "heldout_batches": that many training
+    rows that nothing trains on. With sampling.dev > 0, the dev batches hold only that many of
+    the dev rows (dev_subset). With sampling.carve > 0, a missing split is carved from the
+    other (split_sources, carve_split); "carved" names it (None: none). With sampling.measure
+    > 0, "measure": that many of the scored dev rows (a fixed random subset), on which the
     interference and the subspace energy are measured: rows that neither fitted A nor trained.
     digests: {"train:sst2": SHA-256, "dev:sst2": ...}, what a run fingerprinted each file by
     (load_split checks the bytes it reads against it)."""
+    n_train, max_length, k, eval_batch_size = (sampling.train_rows, sampling.max_length,
+                                               sampling.k, sampling.eval_batch_size)
+    n_heldout, n_dev, carve, n_measure = sampling.heldout, sampling.dev, sampling.carve, sampling.measure
     digests = digests or {}
     prepared = {}
     for name in names:

@@ -70,16 +70,15 @@ class LoRALinear(nn.Linear):
         return out
 
 
-def add_lora(encoder, targets, rank, alpha, dropout=0.0, A_init=None, seed=0, A_dist="kaiming"):
+def add_lora(encoder, targets, rank, alpha, dropout=0.0, A_init=None):
     """Freeze the encoder and give every `targets` layer a fresh adapter.
 
-    `A_init` maps layer names (as in `lora_layers`) to an `A` (r x d_in), the OSRM
-    initialisation; otherwise `A` is drawn by `random_As` from a generator seeded with `seed`.
-    `B` is always zero.
+    `A_init` maps layer names (as in `lora_layers`) to an `A` (r x d_in): OSRM's subspace, or
+    a seeded random draw (`random_As`); without it, `random_As` with seed 0. `B` is always zero.
     """
     for p in encoder.parameters():
         p.requires_grad_(False)
-    A_init = A_init if A_init is not None else random_As(encoder, targets, rank, seed, A_dist)
+    A_init = A_init if A_init is not None else random_As(encoder, targets, rank, 0)
     for name, layer in target_layers(encoder, targets).items():
         layer.set_lora(A_init[name], rank, alpha, dropout)
 
@@ -160,7 +159,8 @@ def remove_lora(encoder):
 @contextlib.contextmanager
 def carrying(encoder, state, targets, rank, alpha):
     """Within the block, the encoder computes with the adapter `state` (a `lora_state`)."""
-    add_lora(encoder, targets, rank, alpha)
+    add_lora(encoder, targets, rank, alpha, A_init={n: state[f"{n}.A"] for n in
+                                                    target_layers(encoder, targets)})
     load_lora_state(encoder, state)
     try:
         yield encoder

@@ -30,6 +30,8 @@ The merges that use data take, beside the task vectors, a statistic per task and
   elected task vector, with a mask and a rescaler per task.
 """
 
+from dataclasses import dataclass
+
 import torch
 
 
@@ -237,19 +239,29 @@ METHODS = {"ta": "Task Arithmetic, lam * sum_t dW_t",
 NO_LAMBDA = ("regmean", "fisher", "emr")
 
 
-def merge_task_vectors(task_vectors, method, lam=None, keep=0.2, scope="tensor", p=0.5, seed=0,
-                       statistics=None, alpha=1.0, fisher_normalize=True, fisher_eps=1e-6):
+@dataclass(frozen=True)
+class MergeSettings:
+    """The merges' own settings (a run's: study/config.py's --ties-keep, --ties-scope, ...)."""
+    keep: float = 0.2             # the fraction of each task vector's entries TIES keeps
+    scope: str = "tensor"         # where TIES trims: each tensor (`ties`) or "global" (`ties_global`)
+    p: float = 0.5                # DARE's drop rate
+    regmean_alpha: float = 1.0    # RegMean's scale of the off-diagonal entries (`regmean`)
+    fisher_normalize: bool = True  # weigh each task's Fisher by 1 / its norm (`fisher_norm_weights`)
+    fisher_eps: float = 1e-6      # added to every Fisher (`fisher_merge`)
+
+
+def merge_task_vectors(task_vectors, method, lam=None, settings=MergeSettings(), statistics=None,
+                       seed=0):
     """Merge [{layer name: delta_w}, ...] (one dict per task) into {layer name: merged delta}.
 
     method: "ta" (Task Arithmetic), "avg" (simple averaging), "ties", "dare-ta" / "dare-ties"
-    (DARE with drop rate p first, task t's draws seeded with seed + t), "regmean" or "fisher"
-    (`statistics`: one {layer: Gram matrix} or {layer: diagonal Fisher} per task; `alpha`:
-    RegMean's scaling of the off-diagonal entries; `fisher_normalize`: weigh each task's Fisher
-    by 1 / its norm, `fisher_norm_weights`; `fisher_eps`: added to every Fisher, `fisher_merge`).
-    keep: the fraction TIES keeps; scope: where it
-    trims, "tensor" (each layer, `ties`) or "global" (`ties_global`). EMR gives one update per
-    task: `emr_updates`.
+    (DARE with drop rate settings.p first, task t's draws seeded with seed + t), "regmean" or
+    "fisher" (`statistics`: one {layer: Gram matrix} or {layer: diagonal Fisher} per task).
+    EMR gives one update per task: `emr_updates`.
     """
+    keep, scope, p = settings.keep, settings.scope, settings.p
+    alpha, fisher_normalize, fisher_eps = (settings.regmean_alpha, settings.fisher_normalize,
+                                           settings.fisher_eps)
     names = list(task_vectors[0])
     if method == "regmean":
         return {n: regmean([tv[n] for tv in task_vectors], [s[n] for s in statistics], alpha)

@@ -46,10 +46,9 @@ import lora
 import merge
 import train
 from extensions import measures
-from extensions.subspaces import (layernorm_directions, own_task_subspace, random_null_basis,
-                                  without_direction)
+from extensions.subspaces import layernorm_directions, variant_init
 from speed import fastpath, parallel
-from study import cli, config, record, resume
+from study import cli, record, resume
 from study.config import ExperimentError
 
 
@@ -123,34 +122,23 @@ def osrm_subspace(stats_of_others, rank, statistic="second_moment"):
     return A.float()
 
 
-def osrm_init(stats, task, rank, statistic, ln_directions=None, own_eps=0.1, seed=0):
-    """{layer name: A_t} for `task` from `stats` = {task: {layer name: statistics}}.
-
-    The paper's statistics go through `osrm_subspace`; "own" and "mean-random" are this
-    project's extensions (extensions/subspaces.py). `ln_directions` {layer name: u}, if given: choose the
-    second-moment subspace away from the LayerNorm direction u (--osrm-skip-ln-direction).
-    """
+def osrm_init(stats, task, rank, statistic="second_moment"):
+    """{layer name: A_t} for `task` from `stats` = {task: {layer name: statistics}}: in every
+    layer, `osrm_subspace` of the other tasks' statistics. (This project's variants of it are
+    in extensions/subspaces.py, `variant_init`.)"""
     others = [t for t in stats if t != task]
-    A = {}
-    for name in stats[task]:
-        of_others = [stats[t][name] for t in others]
-        u = (ln_directions or {}).get(name)
-        if u is not None and statistic in ("second_moment", "own"):
-            of_others = [dict(s, S=without_direction(s["S"], u)) for s in of_others]
-        if statistic == "own":
-            S_others = sum(s["S"] for s in of_others) / len(of_others)
-            try:
-                A[name] = own_task_subspace(stats[task][name]["S"], S_others, rank, own_eps)
-            except torch.linalg.LinAlgError:  # eps * tr(S)/d overflows, so Cholesky cannot run
-                raise ExperimentError(f"osrm-own ({task}, {name}): S_others + eps I cannot be "
-                                      f"factorised with --own-eps {own_eps:g}; use a smaller "
-                                      f"--own-eps (the default is 0.1)") from None
-        elif statistic == "mean-random":
-            A[name] = random_null_basis([s["mu"] for s in of_others], rank,
-                                                   seed + zlib.crc32(name.encode()))
-        else:
-            A[name] = osrm_subspace(of_others, rank, statistic)
-    return A
+    return {name: osrm_subspace([stats[t][name] for t in others], rank, statistic)
+            for name in stats[task]}
+
+
+def subspaces_of(stats, statistic, u, seed, cfg):
+    """{task: {layer: A_t}} of every task for one statistic: the paper's (`osrm_init`), or,
+    for osrm-own, osrm-mean-random and --osrm-skip-ln-direction, this project's variant
+    (extensions/subspaces.py). u: the LayerNorm directions {layer: u}."""
+    if statistic in ("second_moment", "mean") and not cfg.osrm_skip_ln_direction:
+        return {t: osrm_init(stats, t, cfg.rank, statistic) for t in cfg.tasks}
+    skip = u if cfg.osrm_skip_ln_direction else None
+    return {t: variant_init(stats, t, statistic, skip, seed, cfg) for t in cfg.tasks}
 
 
 # 3. The initialisations: how each one builds a task's adapter
@@ -255,8 +243,7 @@ def finetune_adapter(encoder, init, task_data, A_init, seed, cfg):
                                               seed=s + epoch, group_by_length=cfg.group_by_length,
                                               pad_id=task_data["pad_id"])
     torch.manual_seed(s)  # dropout masks
-    training = train.finetune(encoder, head, batches, cfg.epochs, cfg.lr, cfg.weight_decay,
-                              cfg.warmup, cfg.max_grad_norm, cfg.device, f"{init}/{task.name}")
+    training = train.finetune(encoder, head, batches, cfg.training, f"{init}/{task.name}")
     adapter = Adapter(lora.lora_state(encoder), head, training)
     lora.remove_lora(encoder)
     return adapter
@@ -302,7 +289,7 @@ def score(encoder, adapters, scoring, prepared, cfg):
         for t, adapter in adapters.items():
             value, metrics, predictions = train.evaluate(
                 encoder, adapter.head, prepared[t]["task"], prepared[t][f"{split}_batches"],
-                cfg.device, described(scoring, t), keep_predictions=True)
+                cfg.device, described(scoring, t))
             rows.append({"seed": scoring.seed, "init": scoring.init, "merge": scoring.method,
                          "lambda": scoring.lam, "task": t, "split": split, "score": value,
                          "metrics": metrics, "predictions": predictions})
@@ -379,10 +366,8 @@ def merged_scores(encoder, adapters, scoring, statistics, prepared, cfg):
                 rows += score(encoder, {t: adapter}, scoring, prepared, cfg)
         return rows
     try:
-        merged = merge.merge_task_vectors(task_vectors, method, scoring.lam, cfg.ties_keep,
-                                          cfg.ties_scope, cfg.dare_p, scoring.seed,
-                                          statistics.get(method), cfg.regmean_alpha,
-                                          cfg.fisher_normalize, cfg.fisher_eps)
+        merged = merge.merge_task_vectors(task_vectors, method, scoring.lam, cfg.merging,
+                                          statistics.get(method), scoring.seed)
     except ValueError as e:  # RegMean's sum of Gram matrices is singular
         raise ExperimentError(f"{method}: {e}; use more --regmean-samples or a --regmean-alpha "
                               f"below 1") from None
@@ -456,8 +441,7 @@ def run_seed(cfg, seed, encoder, tokenizer, inputs):
     measured = layer_statistics(encoder, cfg, prepared, "measure")
     # 2. OSRM's subspace of every task, once per statistic that the inits use
     u = layernorm_directions(encoder, stats[cfg.tasks[0]])  # the LayerNorm directions
-    skip = u if cfg.osrm_skip_ln_direction else None
-    subspaces = {s: {t: osrm_init(stats, t, cfg.rank, s, skip, cfg.own_eps, seed) for t in cfg.tasks}
+    subspaces = {s: subspaces_of(stats, s, u, seed, cfg)
                  for s in dict.fromkeys(INITS[i].statistic for i in cfg.inits if INITS[i].statistic)}
     energy, spectrum = measures.describe_subspaces(stats, measured, subspaces, u, cfg.rank, seed)
     return Seed(seed, prepared, stats, measured, subspaces, energy, spectrum)
@@ -515,10 +499,7 @@ def prepare(cfg, seed, tokenizer, inputs):
     """Each task's rows for this seed (data.prepare_tasks), read from the GLUE files whose
     content `inputs` fingerprinted (resume.fingerprint_inputs; a file changed since is an
     error)."""
-    return data.prepare_tasks(cfg.tasks, cfg.data_dir, tokenizer, config.train_rows(cfg), seed,
-                              cfg.max_length, cfg.osrm_samples, cfg.eval_batch_size,
-                              cfg.heldout_samples if cfg.select_on == "heldout" else 0,
-                              cfg.dev_samples, cfg.carve_splits, cfg.measure_samples, inputs)
+    return data.prepare_tasks(cfg.tasks, cfg.data_dir, tokenizer, cfg.sampling, seed, inputs)
 
 
 def statistics_batches(task_data, rows, cfg):

@@ -2,11 +2,12 @@
 linear schedule after a linear warm-up, cross-entropy (MSE for STS-B's regression), gradient
 clipping; and the GLUE metrics on the dev split, with each task's own head.
 
-    training = finetune(encoder, head, batches_for_epoch, epochs=2, lr=2e-3)
-    score, metrics = evaluate(encoder, head, data.TASKS["sst2"], dev_batches)
+    training = finetune(encoder, head, batches_for_epoch, TrainSettings(epochs=2, lr=2e-3))
+    score, metrics, predictions = evaluate(encoder, head, data.TASKS["sst2"], dev_batches)
 """
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -16,7 +17,7 @@ import data
 from speed import fastpath
 
 
-PROGRESS = True  # a progress bar per fine-tune (progress=None); worker processes turn it off
+PROGRESS = True  # a progress bar per fine-tune; worker processes turn it off
 
 
 class TrainingError(Exception):
@@ -59,9 +60,20 @@ def autocast(device, enabled=True):
                           enabled=enabled and str(device).startswith("cuda"))
 
 
-def finetune(encoder, head, batches_for_epoch, epochs, lr, weight_decay=0.0, warmup=0.06,
-             max_grad_norm=1.0, device="cpu", desc="train", progress=None, choices=None):
-    """Train the adapters and the head: AdamW, linear decay after a linear warm-up.
+@dataclass(frozen=True)
+class TrainSettings:
+    """How to fine-tune (a run's: study/config.py's --epochs, --lr, ... and --device)."""
+    epochs: int
+    lr: float
+    weight_decay: float = 0.0   # AdamW's
+    warmup: float = 0.06        # the fraction of the steps with a linear warm-up
+    max_grad_norm: float = 1.0  # gradient clipping
+    device: str = "cpu"
+
+
+def finetune(encoder, head, batches_for_epoch, settings, desc="train", choices=None):
+    """Train the adapters and the head: AdamW, linear decay after a linear warm-up, as
+    `settings` (TrainSettings) say.
 
     The encoder's own weights are frozen (`lora.add_lora`); only A, B and the head learn.
     `batches_for_epoch(e)` returns the batches of epoch e (reshuffled with a seed per epoch).
@@ -73,19 +85,20 @@ def finetune(encoder, head, batches_for_epoch, epochs, lr, weight_decay=0.0, war
     never waits for the device within a step.
     Returns how the loss moved: the mean over the first and the last quarter of the steps.
     """
+    epochs, lr, device = settings.epochs, settings.lr, settings.device
     choices = choices or fastpath.step_choices(device)
     params = [p for p in list(encoder.parameters()) + list(head.parameters()) if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay,
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=settings.weight_decay,
                                   fused=choices.fused_adamw or None)
     first_epoch = batches_for_epoch(0)
     total = epochs * len(first_epoch)
-    n_warmup = int(warmup * total)
+    n_warmup = int(settings.warmup * total)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: linear_schedule(step, n_warmup, total))
     encoder.train(); head.train()
     losses = []   # every step's loss, as read
     pending = []  # the steps not read yet: (loss, gradient norm) on the device, the batch
-    with (tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True, disable=not (PROGRESS if progress is None else progress)) as bar,
+    with (tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True, disable=not PROGRESS) as bar,
           fastpath.precision(encoder, device, choices)):
         for epoch in range(epochs):
             for batch in first_epoch if epoch == 0 else batches_for_epoch(epoch):
@@ -94,7 +107,7 @@ def finetune(encoder, head, batches_for_epoch, epochs, lr, weight_decay=0.0, war
                     loss = loss_fn(head_outputs(encoder, head, on_device), on_device["labels"])
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
-                norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+                norm = torch.nn.utils.clip_grad_norm_(params, settings.max_grad_norm)
                 pending.append((loss.detach(), norm, batch))
                 # a weight that stopped being finite shows in the next loss; the last step's,
                 # in the check after the loop
@@ -175,10 +188,9 @@ def read_outputs(pending, desc):
     return (logits.squeeze(-1) if logits.shape[-1] == 1 else logits.argmax(-1)).tolist()
 
 
-def evaluate(encoder, head, task, batches, device="cpu", desc="evaluate", keep_predictions=False,
-             choices=None):
-    """(score x100 as the paper reports it, {metric: value}); with keep_predictions, also the
-    predictions, in the order of `batches`."""
-    preds, labels = predict(encoder, head, batches, device, desc, choices)
+def evaluate(encoder, head, task, batches, device="cpu", desc="evaluate"):
+    """(score x100 as the paper reports it, {metric: value}, the predictions in the order of
+    `batches`)."""
+    preds, labels = predict(encoder, head, batches, device, desc)
     metrics = data.glue_metrics(task, preds, labels)
-    return (data.main_score(task, metrics), metrics) + ((preds,) if keep_predictions else ())
+    return data.main_score(task, metrics), metrics, preds

@@ -85,7 +85,7 @@ def second_moment(X):
 def initial_A(init, t, stats, r, seed):
     """A_t (r x d) as each init builds it; stats: {task: second moments of its first inputs}."""
     others = [stats[j]["W"] for j in stats if j != t]
-    if init == "lora":  # Kaiming-uniform, as lora.add_lora draws it
+    if init == "lora":  # Kaiming-uniform, as lora.random_As draws it
         return lora.random_A(r, stats[t]["W"]["S"].shape[0], torch.Generator().manual_seed(seed))
     if init in ("osrm", "osrm-frozen"):
         return osrm_subspace(others, r)

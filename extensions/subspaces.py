@@ -16,7 +16,40 @@ has the numbers). These functions let a run separate the causes:
   direction of a LayerNorm output, and OSRM's subspace chosen away from it.
 """
 
+import zlib
+
 import torch
+
+from study.config import ExperimentError
+
+
+def variant_init(stats, task, statistic, ln_directions, seed, cfg):
+    """{layer name: A_t} for `task` from `stats` = {task: {layer name: statistics}}, as
+    osrm_min.osrm_init, for this project's variants: statistic "own" (`own_task_subspace`),
+    "mean-random" (`random_null_basis`), and with `ln_directions` ({layer: u}, --osrm-skip-ln-
+    direction) the second-moment subspace (and osrm-own's) chosen away from u."""
+    from osrm_min import osrm_subspace  # (here: osrm_min imports this module)
+    others = [t for t in stats if t != task]
+    A = {}
+    for name in stats[task]:
+        of_others = [stats[t][name] for t in others]
+        u = (ln_directions or {}).get(name)
+        if u is not None and statistic in ("second_moment", "own"):
+            of_others = [dict(s, S=without_direction(s["S"], u)) for s in of_others]
+        if statistic == "own":
+            S_others = sum(s["S"] for s in of_others) / len(of_others)
+            try:
+                A[name] = own_task_subspace(stats[task][name]["S"], S_others, cfg.rank, cfg.own_eps)
+            except torch.linalg.LinAlgError:  # eps * tr(S)/d overflows, so Cholesky cannot run
+                raise ExperimentError(f"osrm-own ({task}, {name}): S_others + eps I cannot be "
+                                      f"factorised with --own-eps {cfg.own_eps:g}; use a smaller "
+                                      f"--own-eps (the default is 0.1)") from None
+        elif statistic == "mean-random":
+            A[name] = random_null_basis([s["mu"] for s in of_others], cfg.rank,
+                                        seed + zlib.crc32(name.encode()))
+        else:
+            A[name] = osrm_subspace(of_others, cfg.rank, statistic)
+    return A
 
 
 def own_task_subspace(S_own, S_others, rank, eps=0.1):

@@ -40,7 +40,7 @@ def analyse(args):
     cfg = config.Config(tasks=tuple(tasks), model=args.model, data_dir=args.data_dir,
                         train_samples=1, dev_samples=args.dev_samples,
                         measure_samples=args.measure_samples)
-    config.locate_inputs(cfg)
+    cfg = config.locate_inputs(cfg)
     encoder, _ = checkpoint.load_checkpoint(cfg.model)
     encoder.eval()
     model_type = encoder.config.model_type

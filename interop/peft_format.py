@@ -259,7 +259,7 @@ def osrm_initialisations(cfg, out=None):
     from dataclasses import replace
     from pretrained import checkpoint, tokenization
     from study import config
-    config.locate_inputs(cfg)
+    cfg = config.locate_inputs(cfg)
     encoder, _ = checkpoint.load_checkpoint(cfg.model)
     tokenizer = tokenization.load_tokenizer(cfg.model)
     model_type = encoder.config.model_type

@@ -35,6 +35,7 @@ import resource
 import statistics
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -237,8 +238,8 @@ def bench_osrm(model_dir, data_dir, tokenizer, repeats):
     """
     cfg = config.Config(tasks=("sst2", "mrpc"), model=str(model_dir), data_dir=str(data_dir))
     with contextlib.redirect_stdout(sys.stderr):  # its notes, away from --json's output
-        prepared = data.prepare_tasks(cfg.tasks, cfg.data_dir, tokenizer, config.train_rows(cfg), cfg.seed,
-                                      cfg.max_length, cfg.osrm_samples, cfg.eval_batch_size)
+        prepared = data.prepare_tasks(cfg.tasks, cfg.data_dir, tokenizer,
+                                      replace(cfg.sampling, measure=0), cfg.seed)
     encoder, pooling = checkpoint.load_checkpoint(model_dir)
 
     def osrm_subspaces(_):
@@ -253,8 +254,8 @@ def bench_osrm(model_dir, data_dir, tokenizer, repeats):
     # Ours' adapter is the default's (rank 8, alpha 16, query and value), started as OSRM's
     side = Ours(model_dir, encoder.config.hidden_dropout_prob, pooling=pooling, lr=cfg.lr,
                 A_init=osrm_subspaces(0)["sst2"])
-    finetune = lambda _: train.finetune(side.encoder, side.head, lambda e: sample, 1, cfg.lr,
-                                           progress=False)
+    finetune = lambda _: train.finetune(side.encoder, side.head, lambda e: sample,
+                                        train.TrainSettings(1, cfg.lr))
     times = round_robin({"osrm": osrm_subspaces, "sample": finetune}, [None], [None], repeats)
     steps = cfg.epochs * len(batches)
     fractions = [o / (f / len(sample) * steps) for o, f in zip(times["osrm"], times["sample"])]
@@ -268,13 +269,14 @@ def bench_merge(model_dir, repeats=5):
     encoder, _ = checkpoint.load_checkpoint(model_dir)
     tvs = []
     for seed in (1, 2):
-        lora.add_lora(encoder, ("query", "value"), 8, 16, seed=seed)
+        lora.add_lora(encoder, ("query", "value"), 8, 16,
+                      A_init=lora.random_As(encoder, ("query", "value"), 8, seed))
         for m in lora.lora_layers(encoder).values():
             m.B.data.normal_(0, 0.01)
         tvs.append(lora.delta_weights(encoder))
     out = {}
     for method, lam in (("ta", 0.7), ("ties", 1.0)):
-        seconds = timed(lambda _: merge.merge_task_vectors(tvs, method, lam, 0.2), [None], [None], repeats)
+        seconds = timed(lambda _: merge.merge_task_vectors(tvs, method, lam), [None], [None], repeats)
         out[method] = round(seconds, 4)
     return out
 
@@ -400,6 +402,7 @@ def report(r):
 
 
 def main(argv=None):
+    train.PROGRESS = False  # timings without progress bars
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--json", action="store_true", help="print the results as JSON")

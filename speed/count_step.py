@@ -113,8 +113,8 @@ def count_steps(model, head, batches, choices, lr=4e-4, autocast=False):
     bf16 = autocast and choices.base_bf16  # fastpath.precision does this on CUDA
     with (cpu_autocast() if autocast else contextlib.nullcontext(),
           fastpath.base_in_bf16(model) if bf16 else contextlib.nullcontext(), ops, syncs):
-        train.finetune(model, head, lambda epoch: Epoch(batches), 1, lr, warmup=0.0,
-                       progress=False, choices=choices)
+        train.finetune(model, head, lambda epoch: Epoch(batches), train.TrainSettings(1, lr, warmup=0.0),
+                       choices=choices)
     marks.append((ops.ops, ops.kernels, syncs.syncs))
     steps = [StepCount(*(b - a for a, b in zip(m, n))) for m, n in zip(marks, marks[1:])]
     return steps, ops, syncs
@@ -146,7 +146,8 @@ def model_for(config, choices, seed=0):
     ready for `choices`: (model, head)."""
     torch.manual_seed(seed)
     encoder = lora.BertEncoder(config)
-    lora.add_lora(encoder, ("query", "value"), rank=8, alpha=16, seed=seed)
+    lora.add_lora(encoder, ("query", "value"), rank=8, alpha=16,
+                  A_init=lora.random_As(encoder, ("query", "value"), 8, seed))
     head = lora.ClassificationHead(config.hidden_size, 2, "roberta", 0.1)
     return fastpath.speed_up(encoder, choices), fastpath.use_fast_dropout(head, choices)
 
@@ -164,6 +165,7 @@ def batch_of(config, size, length, padding, seed=0):
 
 
 def main(argv=None):
+    train.PROGRESS = False  # timings without progress bars
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--layers", type=int, default=24)
     p.add_argument("--hidden", type=int, default=1024)

@@ -10,6 +10,7 @@ import os
 import signal
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -52,13 +53,13 @@ def run_command(argv, inits, run):
     t0 = time.time()
     try:
         cfg = config.parse_command_line(argv, inits, merge.METHODS)
-        config.locate_inputs(cfg)  # the model and GLUE: found here, or downloaded once
+        cfg = config.locate_inputs(cfg)  # the model and GLUE: found here, or downloaded once
         resume.check_writable(cfg.out, ["results.json", "summary.txt", *figures.FIGURES,
                                         *resume.stored_files(cfg)])
         with resume.RunLock(cfg.out):
             inputs = fingerprint(cfg)  # before anything is read; checked again as it is read
             encoder, pooling = checkpoint.load_checkpoint(cfg.model)
-            cfg.pooling = pooling if cfg.pooling == "auto" else cfg.pooling
+            cfg = replace(cfg, pooling=pooling if cfg.pooling == "auto" else cfg.pooling)
             config.check_against_model(cfg, min(m.in_features for m in lora.target_layers(
                 encoder, cfg.targets).values()), encoder.config.max_length)
             tokenizer = tokenization.load_tokenizer(cfg.model)

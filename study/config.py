@@ -16,10 +16,12 @@ import importlib.util
 import math
 import os
 import re
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import data
+import merge
+import train
 from pretrained import hub
 
 
@@ -31,7 +33,7 @@ def setting(default, help, flag=True):
     return field(default=default, metadata={"help": help, "flag": flag})
 
 
-@dataclass
+@dataclass(frozen=True)
 class Config:
     # What to run
     tasks: tuple = setting(("sst2", "mrpc"), "comma-separated GLUE tasks, at least two")
@@ -141,6 +143,30 @@ class Config:
                                "still apply")
     seed: int = setting(42, "the seed of the run in progress, one of `seeds`", flag=False)
 
+    @property
+    def sampling(self):
+        """Which rows each task reads (data.Sampling), from --train-samples(-per-task),
+        --max-length, --osrm-samples, --eval-batch-size, --heldout-samples (with --select-on
+        heldout), --dev-samples, --carve-splits and --measure-samples."""
+        return data.Sampling(train_rows(self), self.max_length, self.osrm_samples,
+                             self.eval_batch_size,
+                             self.heldout_samples if self.select_on == "heldout" else 0,
+                             self.dev_samples, self.carve_splits, self.measure_samples)
+
+    @property
+    def training(self):
+        """How to fine-tune (train.TrainSettings), from --epochs, --lr, --weight-decay, --warmup,
+        --max-grad-norm and --device."""
+        return train.TrainSettings(self.epochs, self.lr, self.weight_decay, self.warmup,
+                                   self.max_grad_norm, self.device)
+
+    @property
+    def merging(self):
+        """The merges' settings (merge.MergeSettings) from --ties-keep, --ties-scope, --dare-p,
+        --regmean-alpha, --fisher-normalize and --fisher-eps."""
+        return merge.MergeSettings(self.ties_keep, self.ties_scope, self.dare_p,
+                                   self.regmean_alpha, self.fisher_normalize, self.fisher_eps)
+
 
 # The paper's fine-tuning (section 4.1; the authors' code for RoBERTa) and its lambda grid for
 # Task Arithmetic and TIES (section 4): what --full selects.
@@ -246,25 +272,24 @@ def parse_command_line(argv, inits, merges):
         elif Config.__dataclass_fields__[name].type is tuple:
             value = split_list(value)
         values[name] = value
+    if values["seeds"]:
+        values["seed"] = values["seeds"][0]
     cfg = Config(**values)
-    cfg.seed = cfg.seeds[0] if cfg.seeds else cfg.seed
     check(cfg, inits, merges)
-    cfg.out = cfg.out or os.path.join("runs", "-".join(cfg.tasks))
-    return cfg
+    return replace(cfg, out=cfg.out or os.path.join("runs", "-".join(cfg.tasks)))
 
 
 def locate_inputs(cfg):
-    """Where the run's inputs are, in place in cfg: the model (a local folder, the installed
-    default, or a hub id fetched once into a cache), GLUE (--data-dir, $GLUE_DIR, or the tasks
-    downloaded once; pretrained/hub.py) and the device. Not part of parsing: it reads the disk
-    and the network."""
-    cfg.model = str(hub.resolve_model(cfg.model) if cfg.model else default_model_dir())
+    """cfg with the run's inputs found: the model (a local folder, the installed default, or a
+    hub id fetched once into a cache), GLUE (--data-dir, $GLUE_DIR, or the tasks downloaded
+    once; pretrained/hub.py) and the device. Not part of parsing: it reads the disk and the
+    network."""
+    model = str(hub.resolve_model(cfg.model) if cfg.model else default_model_dir())
     if cfg.data_dir or os.environ.get("GLUE_DIR"):
-        cfg.data_dir = str(data.find_data_dir(cfg.data_dir or None))
+        data_dir = str(data.find_data_dir(cfg.data_dir or None))
     else:
-        cfg.data_dir = str(hub.download_glue(cfg.tasks))
-    cfg.device = resolve_device(cfg.device)
-    return cfg
+        data_dir = str(hub.download_glue(cfg.tasks))
+    return replace(cfg, model=model, data_dir=data_dir, device=resolve_device(cfg.device))
 
 
 def train_rows(cfg):

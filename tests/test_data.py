@@ -245,8 +245,8 @@ def test_a_missing_split_is_an_error_unless_carving_is_asked_for(tmp_path):
 def test_carved_rows_are_scored_and_never_trained_on_or_held_out(tmp_path, have):
     import data
     write_qnli(tmp_path, 60, have)
-    prepared = data.prepare_tasks(["qnli"], tmp_path, RowTokenizer(), {"qnli": 20}, 7, 32, 5, 8,
-                                  n_heldout=10, carve=15, n_measure=6)["qnli"]
+    sampling = data.Sampling({"qnli": 20}, 32, 5, 8, heldout=10, carve=15, measure=6)
+    prepared = data.prepare_tasks(["qnli"], tmp_path, RowTokenizer(), sampling, 7)["qnli"]
     assert prepared["carved"] == ("train" if have == "dev" else "dev")
     scored = row_ids(prepared["dev_batches"])
     trained = {ids[0] - 1 for ids, _, _ in prepared["train"]}
@@ -267,8 +267,8 @@ def test_a_carve_keeps_each_question_in_one_of_scored_held_out_and_training_rows
              for i in range(90)]  # 30 questions, 3 sentences each
     write(tmp_path / "QNLI" / "dev.tsv", "\n".join(rows) + "\n")
     for seed in (7, 8):
-        prepared = data.prepare_tasks(["qnli"], tmp_path, RowTokenizer(), {"qnli": 0}, seed, 32, 5, 8,
-                                      n_heldout=10, carve=15)["qnli"]
+        sampling = data.Sampling({"qnli": 0}, 32, 5, 8, heldout=10, carve=15)
+        prepared = data.prepare_tasks(["qnli"], tmp_path, RowTokenizer(), sampling, seed)["qnli"]
         scored = row_ids(prepared["dev_batches"])  # question ids
         heldout = row_ids(prepared["heldout_batches"])
         trained = {ids[0] - 1 for ids, _, _ in prepared["train"]}

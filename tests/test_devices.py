@@ -18,9 +18,10 @@ import osrm_min
 from conftest import tiny_args, write_tiny_glue
 from extensions import measures
 from extensions.subspaces import (direction_share, layernorm_directions, own_task_subspace,
-                                  random_null_basis, without_direction)
+                                  random_null_basis, variant_init, without_direction)
 from fake_cuda import DeviceMix, FakeCuda, on_cuda
 from pretrained import checkpoint
+from study.config import Config
 
 TARGETS = ("query", "value")
 
@@ -64,7 +65,7 @@ def test_statistics_come_back_on_the_cpu(on_device):
 def test_layernorm_directions_meet_osrm_subspaces_of_device_statistics(on_device):
     encoder, _, stats = on_device
     u = layernorm_directions(encoder, stats["a"])
-    A = osrm_min.osrm_init(stats, "a", 2, "second_moment", u)  # chosen away from u
+    A = variant_init(stats, "a", "second_moment", u, 0, Config(rank=2))  # chosen away from u
     assert all(direction_share(A[n], u[n]) < 1e-6 for n in u)
 
 

@@ -24,7 +24,8 @@ def test_fresh_adapter_leaves_the_model_unchanged(tiny_model):
     ids = torch.tensor([[2, 7, 8, 3, 0]])
     args = (ids, torch.zeros_like(ids), ids != 0)
     before = encoder(*args)
-    lora.add_lora(encoder, ("query", "value"), rank=4, alpha=8, seed=1)
+    lora.add_lora(encoder, ("query", "value"), rank=4, alpha=8,
+                  A_init=lora.random_As(encoder, ("query", "value"), 4, 1))
     assert torch.equal(encoder(*args), before)  # B = 0
     names = sorted(lora.lora_layers(encoder))
     assert names == ["layers.0.query", "layers.0.value", "layers.1.query", "layers.1.value"]
@@ -35,7 +36,8 @@ def test_fresh_adapter_leaves_the_model_unchanged(tiny_model):
 def test_merged_into_weights_equals_lora_forward_and_restores_exactly(tiny_model):
     encoder, _ = checkpoint.load_checkpoint(tiny_model)
     encoder.eval()
-    lora.add_lora(encoder, ("query", "value"), rank=4, alpha=8, seed=1)
+    lora.add_lora(encoder, ("query", "value"), rank=4, alpha=8,
+                  A_init=lora.random_As(encoder, ("query", "value"), 4, 1))
     for m in lora.lora_layers(encoder).values():
         m.B.data.normal_()
     ids = torch.tensor([[2, 7, 8, 9, 3], [2, 10, 3, 0, 0]])

@@ -62,7 +62,7 @@ def test_ties_elects_plus_where_the_trimmed_values_sum_to_zero(deltas, keep, exp
 def test_merge_task_vectors_goes_layer_by_layer(method):
     tv1 = {"layers.0.query": d1.view(2, 2), "layers.0.value": d2.view(2, 2)}
     tv2 = {"layers.0.query": d3.view(2, 2), "layers.0.value": d1.view(2, 2)}
-    merged = merge.merge_task_vectors([tv1, tv2], method, lam=0.7, keep=0.5)
+    merged = merge.merge_task_vectors([tv1, tv2], method, lam=0.7, settings=merge.MergeSettings(keep=0.5))
     one = {"ta": lambda ds: merge.task_arithmetic(ds, 0.7), "avg": merge.average,
            "ties": lambda ds: merge.ties(ds, 0.7, 0.5)}[method]
     assert set(merged) == set(tv1)
@@ -74,7 +74,7 @@ def test_global_trim_keeps_the_top_fraction_of_the_whole_model():
     # 6 entries, keep = 0.5: MergeLM's threshold is the int(6 * 0.5) = 3rd smallest magnitude,
     # 1, and the 4 entries at or above it are all in "a"; per tensor, "a" would keep 2 and "b" 1
     tv = [{"a": torch.tensor([[4.0, -3.0], [2.0, 1.0]]), "b": torch.tensor([0.5, -0.4])}]
-    kept = merge.merge_task_vectors(tv, "ties", lam=1.0, keep=0.5, scope="global")  # one task
+    kept = merge.merge_task_vectors(tv, "ties", lam=1.0, settings=merge.MergeSettings(keep=0.5, scope="global"))  # one task
     assert torch.equal(kept["a"], torch.tensor([[4.0, -3.0], [2.0, 1.0]]))
     assert torch.equal(kept["b"], torch.zeros(2))
     assert torch.equal(merge.trim(tv[0]["b"], 0.5), torch.tensor([0.5, 0.0]))
@@ -91,7 +91,7 @@ def test_global_trim_keeps_the_top_fraction_of_the_whole_model():
 ])
 def test_global_trim_keeps_every_entry_at_or_above_mergelms_threshold(values, keep, kept):
     tv = [{"a": torch.tensor(values)}]
-    merged = merge.merge_task_vectors(tv, "ties", lam=1.0, keep=keep, scope="global")["a"]
+    merged = merge.merge_task_vectors(tv, "ties", lam=1.0, settings=merge.MergeSettings(keep=keep, scope="global"))["a"]
     assert merged[merged != 0].tolist() == kept
 
 
@@ -99,7 +99,7 @@ def test_global_ties_merges_the_globally_trimmed_vectors():
     # MergeLM's ties_merging by hand: 6 entries, keep = 0.5, so 4 kept per task
     tv1 = {"a": torch.tensor([4.0, -3.0, 2.0, 1.0]), "b": torch.tensor([0.5, -0.4])}
     tv2 = {"a": torch.tensor([-1.0, -1.0, 0.1, 0.1]), "b": torch.tensor([6.0, 0.3])}
-    merged = merge.merge_task_vectors([tv1, tv2], "ties", lam=1.0, keep=0.5, scope="global")
+    merged = merge.merge_task_vectors([tv1, tv2], "ties", lam=1.0, settings=merge.MergeSettings(keep=0.5, scope="global"))
     # kept: tv1 a [4, -3, 2, 1], b [0, 0]; tv2 a [-1, -1, 0, 0], b [6, 0.3]
     # signs a: [+, -, +, +], b: [+, +]: entry a0 averages 4 alone, a1 (-3 + -1) / 2
     assert torch.equal(merged["a"], torch.tensor([4.0, -2.0, 2.0, 1.0]))
@@ -115,7 +115,7 @@ def test_global_ties_merges_the_globally_trimmed_vectors():
 ])
 def test_global_ties_elects_the_majority_sign_where_the_sum_is_zero(first, second, expected):
     tvs = [{"a": torch.tensor(first)}, {"a": torch.tensor(second)}]
-    merged = merge.merge_task_vectors(tvs, "ties", lam=1.0, keep=1.0, scope="global")
+    merged = merge.merge_task_vectors(tvs, "ties", lam=1.0, settings=merge.MergeSettings(keep=1.0, scope="global"))
     assert torch.equal(merged["a"], torch.tensor(expected))
 
 
@@ -131,17 +131,17 @@ def test_dare_drops_a_fraction_p_and_rescales_the_rest():
 
 def test_dare_is_seeded():
     tvs = [{"a": torch.randn(50, 50)}, {"a": torch.randn(50, 50)}]
-    one = merge.merge_task_vectors(tvs, "dare-ta", lam=1.0, p=0.5, seed=3)
-    again = merge.merge_task_vectors(tvs, "dare-ta", lam=1.0, p=0.5, seed=3)
-    other = merge.merge_task_vectors(tvs, "dare-ta", lam=1.0, p=0.5, seed=4)
+    one = merge.merge_task_vectors(tvs, "dare-ta", lam=1.0, seed=3, settings=merge.MergeSettings(p=0.5))
+    again = merge.merge_task_vectors(tvs, "dare-ta", lam=1.0, seed=3, settings=merge.MergeSettings(p=0.5))
+    other = merge.merge_task_vectors(tvs, "dare-ta", lam=1.0, seed=4, settings=merge.MergeSettings(p=0.5))
     assert torch.equal(one["a"], again["a"]) and not torch.equal(one["a"], other["a"])
 
 
 @pytest.mark.parametrize("base", ["ta", "ties"])
 def test_dare_with_p_zero_is_the_plain_method(base):
     tvs = [{"a": d1.view(2, 2)}, {"a": d3.view(2, 2)}]
-    plain = merge.merge_task_vectors(tvs, base, lam=0.7, keep=0.5)
-    assert torch.equal(merge.merge_task_vectors(tvs, f"dare-{base}", lam=0.7, keep=0.5, p=0.0)["a"],
+    plain = merge.merge_task_vectors(tvs, base, lam=0.7, settings=merge.MergeSettings(keep=0.5))
+    assert torch.equal(merge.merge_task_vectors(tvs, f"dare-{base}", lam=0.7, settings=merge.MergeSettings(keep=0.5, p=0.0))["a"],
                        plain["a"])
 
 
@@ -274,7 +274,7 @@ def test_fisher_normalisation_stops_a_uniformly_larger_fisher_from_dominating():
     weights = [c[t] * (F[t]["l"] + EPS) for t in range(2)]
     expected = (weights[0] * dW[0]["l"] + weights[1] * dW[1]["l"]) / (weights[0] + weights[1])
     assert torch.allclose(merged, expected, rtol=0, atol=1e-14)
-    plain = merge.merge_task_vectors(dW, "fisher", statistics=F, fisher_normalize=False)["l"]
+    plain = merge.merge_task_vectors(dW, "fisher", statistics=F, settings=merge.MergeSettings(fisher_normalize=False))["l"]
     assert torch.allclose(plain, torch.tensor([[5.0, 0.0]], dtype=torch.float64), atol=1e-6)
 
 

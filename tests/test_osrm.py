@@ -1,5 +1,7 @@
 """The OSRM statistics and subspace, checked against their definitions."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -105,7 +107,8 @@ def test_merge_statistics_give_regmean_each_tasks_mean_gram(tiny_model):
     from study import config
     from osrm_min import Adapter, merge_statistics
     encoder, _ = checkpoint.load_checkpoint(tiny_model)
-    lora.add_lora(encoder, ("query", "value"), rank=2, alpha=4, seed=1)
+    lora.add_lora(encoder, ("query", "value"), rank=2, alpha=4,
+                  A_init=lora.random_As(encoder, ("query", "value"), 2, 1))
     adapters = dict.fromkeys("ab", Adapter(lora.lora_state(encoder), head=None))
     lora.remove_lora(encoder)
     rows = [([2, 7, 8, 3], [0, 0, 0, 0], 0), ([2, 9, 3], [0, 0, 0], 1)]
@@ -114,8 +117,7 @@ def test_merge_statistics_give_regmean_each_tasks_mean_gram(tiny_model):
                         batch_size=4)
     grams = merge_statistics(encoder, adapters, prepared, cfg)["regmean"]
     assert all(torch.allclose(grams[1][n], G, rtol=1e-12, atol=0) for n, G in grams[0].items())
-    cfg.regmean_grams = "sum"
-    grams = merge_statistics(encoder, adapters, prepared, cfg)["regmean"]
+    grams = merge_statistics(encoder, adapters, prepared, replace(cfg, regmean_grams="sum"))["regmean"]
     assert all(torch.allclose(grams[1][n], 10 * G, rtol=1e-12, atol=0) for n, G in grams[0].items())
 
 
@@ -178,7 +180,8 @@ def test_subspace_energy_is_the_share_of_the_trace_that_A_reads():
 def test_task_vector_is_the_dense_update_of_the_adapter_in_the_encoder(tiny_model):
     from osrm_min import Adapter
     encoder, _ = checkpoint.load_checkpoint(tiny_model)
-    lora.add_lora(encoder, ("query", "value"), rank=4, alpha=8, seed=1)
+    lora.add_lora(encoder, ("query", "value"), rank=4, alpha=8,
+                  A_init=lora.random_As(encoder, ("query", "value"), 4, 1))
     for m in lora.lora_layers(encoder).values():
         m.B.data.normal_(generator=torch.Generator().manual_seed(2))
     adapter = Adapter(lora.lora_state(encoder), head=None)
@@ -194,7 +197,8 @@ def test_fisher_diagonal_equals_finite_differences_on_the_tiny_model(tiny_model,
     differences on the dense weight, in float64."""
     import fisher
     encoder, _ = checkpoint.load_checkpoint(tiny_model)
-    lora.add_lora(encoder, ("query", "value"), rank=2, alpha=4, seed=1)
+    lora.add_lora(encoder, ("query", "value"), rank=2, alpha=4,
+                  A_init=lora.random_As(encoder, ("query", "value"), 2, 1))
     for m in lora.lora_layers(encoder).values():
         m.B.data.normal_(std=0.1, generator=torch.Generator().manual_seed(2))
     torch.manual_seed(3)

@@ -32,3 +32,22 @@ def test_the_cache_wraps_the_spine_from_outside_and_is_taken_off_after(tmp_path,
     write_tiny_glue(tmp_path / "glue")
     assert osrm_min.main(tiny_args(tmp_path, tiny_model, "--inits", "lora", "--merges", "ta")) == 0
     assert (osrm_min.finetune_adapter, osrm_min.score) == plain
+
+
+ROOT_MODULES = ("osrm_min.py", "lora.py", "merge.py", "data.py", "train.py", "fisher.py")
+
+
+def parameters(function):
+    """How many parameters a def takes, `self` and `cls` not counted."""
+    a = function.args
+    names = [p.arg for p in a.posonlyargs + a.args + a.kwonlyargs]
+    return len(names) - (names[:1] in (["self"], ["cls"])) + bool(a.vararg) + bool(a.kwarg)
+
+
+def test_no_function_in_the_root_modules_takes_more_than_six_parameters():
+    import ast
+    from conftest import ROOT
+    many = [(name, f.name, parameters(f)) for name in ROOT_MODULES
+            for f in ast.walk(ast.parse((ROOT / name).read_text()))
+            if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef)) and parameters(f) > 6]
+    assert not many

@@ -141,7 +141,8 @@ class Check:
                       "--osrm-samples", "4"] if self.dry_run else ["--train-samples", "4000"])
             cfg = config.parse_command_line(["--tasks", "sst2,mrpc", *self.run_args(), *small],
                                             osrm_min.INITS, merge.METHODS)
-            cfg.pooling = checkpoint.checkpoint_pooling(self.model_dir, self.encoder().config.model_type)
+            cfg = replace(cfg, pooling=checkpoint.checkpoint_pooling(self.model_dir,
+                                                                     self.encoder().config.model_type))
             tokenizer = tokenization.load_tokenizer(self.model_dir)
             self.shared.update(cfg=cfg, tokenizer=tokenizer,
                                prepared=osrm_min.prepare(cfg, cfg.seed, tokenizer, None))
@@ -265,7 +266,8 @@ def device_tests(check):
 def with_adapters(encoder, device, seed=0):
     """LoRA on query and value (rank 8) with a non-zero B, so that A gets a gradient too; the
     same on every device for the same seed."""
-    lora.add_lora(encoder, ("query", "value"), rank=8, alpha=16, seed=seed)
+    lora.add_lora(encoder, ("query", "value"), rank=8, alpha=16,
+                  A_init=lora.random_As(encoder, ("query", "value"), 8, seed))
     g = torch.Generator().manual_seed(seed + 1)  # drawn on the CPU, whatever the device
     with torch.no_grad():
         for m in lora.lora_layers(encoder).values():

@@ -1,9 +1,9 @@
 """How many of the project's files a reader passes through following one fine-tune from the
 command line to its printed score: the call stacks of a tiny run, read where the first
 fine-tune starts (train.finetune), where its score is computed (train.evaluate, then the GLUE
-metric, data.glue_metrics, under train.evaluate) and where that score is printed ("individual score"). The files on
-those stacks are the ones a reader must open to follow the chain of calls; what the called
-functions do below them (the encoder, the tokenizer) is not counted.
+metric, data.glue_metrics, under train.evaluate) and where that score is printed ("individual
+score"). The files on those stacks are the ones a reader must open to follow the chain of
+calls; what the called functions do below them (the encoder, the tokenizer) is not counted.
 
     python -m tools.trace_files          # prints each stack and the number of files
 

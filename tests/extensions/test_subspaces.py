@@ -12,6 +12,7 @@ from extensions import subspaces
 from osrm_min import osrm_init, osrm_subspace
 from pretrained import checkpoint
 from pretrained import tokenization
+from study.config import Config
 
 
 def test_own_task_subspace_solves_the_generalised_eigenproblem():
@@ -74,26 +75,29 @@ def test_without_direction_keeps_the_subspace_away_from_u():
 
 def test_lora_gaussian_draws_A_with_standard_deviation_one_over_r(tiny_model):
     encoder, _ = checkpoint.load_checkpoint(tiny_model)
-    lora.add_lora(encoder, ("query",), rank=4, alpha=8, seed=3, A_dist="gaussian")
+    lora.add_lora(encoder, ("query",), rank=4, alpha=8, A_init=lora.random_As(encoder, ("query",), 4, 3, "gaussian"))
     A = torch.cat([m.A.detach().flatten() for m in lora.lora_layers(encoder).values()])
     assert A.std().item() == pytest.approx(1 / 4, rel=0.1)
     first = A.clone()
-    lora.add_lora(encoder, ("query",), rank=4, alpha=8, seed=3, A_dist="gaussian")
+    lora.add_lora(encoder, ("query",), rank=4, alpha=8, A_init=lora.random_As(encoder, ("query",), 4, 3, "gaussian"))
     assert torch.equal(torch.cat([m.A.detach().flatten() for m in lora.lora_layers(encoder).values()]), first)
-    lora.add_lora(encoder, ("query",), rank=4, alpha=8, seed=3)  # the default: Kaiming-uniform
+    lora.add_lora(encoder, ("query",), rank=4, alpha=8, A_init=lora.random_As(encoder, ("query",), 4, 3))  # Kaiming-uniform
     kaiming = torch.cat([m.A.detach().flatten() for m in lora.lora_layers(encoder).values()])
     assert kaiming.abs().max() <= 1 / encoder.config.hidden_size ** 0.5
 
 
-def test_osrm_init_dispatches_to_each_statistic():
+def test_each_statistic_gives_its_subspace_the_paper_s_and_this_project_s():
     stats = {t: {"layer": {"S": random_second_moment(6, 20, i), "mu": torch.randn(6, generator=torch.Generator().manual_seed(i))}}
              for i, t in enumerate("abc")}
     others = [stats["b"]["layer"], stats["c"]["layer"]]
     assert torch.equal(osrm_init(stats, "a", 2, "second_moment")["layer"], osrm_subspace(others, 2))
-    own = osrm_init(stats, "a", 2, "own", own_eps=0.3)["layer"]
+    cfg = Config(rank=2, own_eps=0.3)
+    assert torch.equal(subspaces.variant_init(stats, "a", "second_moment", None, 0, cfg)["layer"],
+                       osrm_subspace(others, 2))
+    own = subspaces.variant_init(stats, "a", "own", None, 0, cfg)["layer"]
     S_others = (others[0]["S"] + others[1]["S"]) / 2
     assert torch.allclose(own, subspaces.own_task_subspace(stats["a"]["layer"]["S"], S_others, 2, 0.3))
-    random = osrm_init(stats, "a", 2, "mean-random", seed=5)["layer"].double()
+    random = subspaces.variant_init(stats, "a", "mean-random", None, 5, cfg)["layer"].double()
     assert (random @ torch.stack([o["mu"] for o in others]).double().T).abs().max() < 1e-5
 
 

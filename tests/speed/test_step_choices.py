@@ -20,7 +20,8 @@ def tiny(choices, seed=0, num_labels=2):
     `choices`: (model, head)."""
     torch.manual_seed(seed)
     encoder = lora.BertEncoder(CONFIG)
-    lora.add_lora(encoder, ("query", "value"), rank=4, alpha=8, seed=seed)
+    lora.add_lora(encoder, ("query", "value"), rank=4, alpha=8,
+                  A_init=lora.random_As(encoder, ("query", "value"), 4, seed))
     for m in lora.lora_layers(encoder).values():
         torch.nn.init.normal_(m.B, std=0.02)
     head = lora.ClassificationHead(CONFIG.hidden_size, num_labels, "roberta", 0.1)
@@ -110,7 +111,7 @@ def test_the_cpu_choices_train_exactly_as_before(check_every):
     data = batches(4, padding=0.3) + batches(4, padding=0.0)  # packed, then padded
     trained = []
     for run in (lambda m, h: plain_finetune(m, h, data, 1e-3),
-                lambda m, h: train.finetune(m, h, lambda e: data, 1, 1e-3, progress=False,
+                lambda m, h: train.finetune(m, h, lambda e: data, train.TrainSettings(1, 1e-3),
                                             choices=replace(fastpath.CPU, check_every=check_every))):
         model, head = tiny(fastpath.CPU)
         torch.manual_seed(1)  # the dropout masks
@@ -132,7 +133,7 @@ def test_without_dropout_the_gpu_choices_train_as_the_cpu_choices_do():
         for m in [*model.modules(), *head.modules()]:
             if isinstance(m, torch.nn.Dropout):
                 m.p = 0.0
-        summary = train.finetune(model, head, lambda e: data, 2, 1e-2, progress=False, choices=choices)
+        summary = train.finetune(model, head, lambda e: data, train.TrainSettings(2, 1e-2), choices=choices)
         trained.append((summary, lora.lora_state(model)))
     (s0, lora0), (s1, lora1) = trained
     assert s0["steps"] == s1["steps"] == 16
@@ -174,7 +175,7 @@ def diverging(n, bad, check_every):
 
     model, head = tiny(replace(fastpath.GPU, check_every=check_every), num_labels=1)
     with pytest.raises(train.TrainingError) as error:
-        train.finetune(model, head, lambda e: Epoch(data), 1, 1e-3, progress=False,
+        train.finetune(model, head, lambda e: Epoch(data), train.TrainSettings(1, 1e-3),
                        choices=replace(fastpath.GPU, check_every=check_every))
     return str(error.value), len(fetched)
 

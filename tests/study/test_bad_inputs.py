@@ -577,7 +577,7 @@ def test_a_diverging_update_is_caught_after_the_last_step(tiny_model):
     """One step at an infinite learning rate: the loss was finite, the update is not."""
     from pretrained import checkpoint
     import lora
-    from train import finetune
+    from train import TrainSettings, finetune
     from train import TrainingError
     encoder, _ = checkpoint.load_checkpoint(tiny_model)
     lora.add_lora(encoder, ("query", "value"), 2, 4)
@@ -586,7 +586,7 @@ def test_a_diverging_update_is_caught_after_the_last_step(tiny_model):
     batch = {"input_ids": ids, "token_type_ids": torch.zeros_like(ids),
              "attention_mask": ids != 0, "labels": torch.tensor([1])}
     with pytest.raises(TrainingError, match="the adapter became not finite at step 1 of 1"):
-        finetune(encoder, head, lambda e: [batch], 1, lr=float("inf"), warmup=0.0, progress=False)
+        finetune(encoder, head, lambda e: [batch], TrainSettings(1, lr=float("inf"), warmup=0.0))
 
 
 # Signals and pipes, through a real process
