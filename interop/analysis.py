@@ -6,12 +6,9 @@ its own task and of the others' (extensions/measures.subspace_energy on A's row 
 dev rows, with the method's own functions.
 """
 
-import json
 import statistics
 from dataclasses import replace
 from pathlib import Path
-
-import torch
 
 import data
 import lora
