@@ -403,11 +403,16 @@ def check_against_model(cfg, smallest_input, max_positions):
 
 
 def banner(cfg):
+    """What a run prints first: what it is, and the settings that differ from the defaults
+    (every setting is in --help and in results.json's "config")."""
     lines = ["osrm-min: OSRM (Zhang & Zhou, ACL 2025) on GLUE"
              + (" (the paper's protocol, --full)" if cfg.full else
-                " (the lab preset, --lab)" if cfg.lab else " (CPU budget; --full: the paper's)")]
-    settings = {name: value for name, value in asdict(cfg).items() if name != "seed"}
-    width = max(map(len, settings)) + 2
+                " (the lab preset, --lab)" if cfg.lab else " (CPU budget; --full: the paper's)"),
+             "settings other than the defaults (all of them: --help, and results.json's config):"]
+    default = Config()
+    settings = {name: value for name, value in asdict(cfg).items()
+                if name != "seed" and value != getattr(default, name)}
+    width = max(map(len, settings), default=0) + 2
     for name, value in settings.items():
         lines.append(f"  {name:<{width}}{','.join(map(str, value)) if isinstance(value, (tuple, list)) else value}")
     return "\n".join(lines)

@@ -38,10 +38,13 @@ def test_rows_per_task_override_the_common_count():
     assert config.train_rows(cfg) == {"sst2": 2000, "mrpc": 0, "stsb": 300}
 
 
-def test_the_banner_keeps_every_name_apart_from_its_value():
-    names = [line.split()[0] for line in config.banner(parse("--tasks", "sst2,mrpc")).splitlines()[1:]]
+def test_the_banner_shows_the_settings_other_than_the_defaults_each_name_apart_from_its_value():
+    cfg = parse("--tasks", "sst2,mrpc", "--rank", "4", "--osrm-skip-ln-direction")
+    names = [line.split()[0] for line in config.banner(cfg).splitlines()[2:]]
     # each line starts with a setting's own name ('osrm_skip_ln_directionFalse' once ran together)
-    assert names == [f.name for f in config.fields(config.Config) if f.name != "seed"]
+    assert names == ["out", "rank", "osrm_skip_ln_direction"]  # tasks and seeds are the defaults
+    lab = [line.split()[0] for line in config.banner(parse("--lab")).splitlines()[2:]]
+    assert set(config.LAB_PRESET) | {"lab"} <= set(lab)
 
 
 def test_a_regression_head_starts_at_the_mean_target_and_a_classifier_as_before(tiny_model):
