@@ -11,10 +11,10 @@ from extensions.subspaces import direction_share
 
 
 def energy_share(A, S):
-    """tr(A S A^T) / tr(S) in float64, where S lives (the CPU, osrm_min.collect_statistics):
-    the share of the input energy of S = H^T H / n that the rows of A read."""
-    A = A.to(S.device, torch.float64)
-    return (torch.einsum("ij,jk,ik->", A, S, A) / S.trace()).item()
+    """tr(A S A^T) / tr(S) (osrm_min.quadratic_trace, in float64 where S lives): the share of
+    the input energy of S = H^T H / n that the rows of A read."""
+    from osrm_min import quadratic_trace  # (here: osrm_min imports this module)
+    return (quadratic_trace(A, S) / S.trace()).item()
 
 
 def subspace_energy(A_init, stats, task):

@@ -67,6 +67,17 @@ def write_glue(folder):
     return folder
 
 
+def run_args(folder, *extra):
+    """Write the tiny checkpoint and data into folder/model and folder/glue, and return the
+    command line of a run on them (into folder/out, seconds long), with `extra` flags."""
+    folder = Path(folder)
+    write_checkpoint(folder / "model")
+    write_glue(folder / "glue")
+    return ["--tasks", "sst2,mrpc", "--model", str(folder / "model"), "--data-dir",
+            str(folder / "glue"), "--out", str(folder / "out"), "--train-samples", "16",
+            "--osrm-samples", "4", "--rank", "2", "--max-length", "32", *extra]
+
+
 def main(argv):
     if len(argv) != 1:
         print("usage: python -m tools.tiny FOLDER  (writes FOLDER/model and FOLDER/glue)", file=sys.stderr)

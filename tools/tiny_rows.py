@@ -29,15 +29,11 @@ def tiny_results():
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        tiny.write_checkpoint(tmp / "model")
-        tiny.write_glue(tmp / "glue")
-        argv = ["--tasks", "sst2,mrpc", "--model", str(tmp / "model"), "--data-dir",
-                str(tmp / "glue"), "--out", str(tmp / "out"), "--train-samples", "16",
-                "--epochs", "2", "--osrm-samples", "4", "--rank", "2", "--lr", "1e-3",
-                "--max-length", "32", "--inits", ",".join(osrm_min.INITS),
-                "--merges", ",".join(merge.METHODS), "--lams", "0.5,1.0",
-                "--select-on", "heldout", "--heldout-samples", "4", "--own-at-lambda",
-                "--regmean-samples", "8", "--regmean-alpha", "0.9", "--fisher-samples", "8", "--seeds", "1,2"]
+        argv = tiny.run_args(tmp, "--epochs", "2", "--lr", "1e-3", "--inits", ",".join(osrm_min.INITS),
+                             "--merges", ",".join(merge.METHODS), "--lams", "0.5,1.0",
+                             "--select-on", "heldout", "--heldout-samples", "4", "--own-at-lambda",
+                             "--regmean-samples", "8", "--regmean-alpha", "0.9",
+                             "--fisher-samples", "8", "--seeds", "1,2")
         code = osrm_min.main(argv)
         if code != 0:
             raise SystemExit(f"the tiny run failed (exit {code})")

@@ -88,14 +88,7 @@ def trace(argv):
 def main():
     from tools import tiny
     with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
-        tiny.write_checkpoint(tmp / "model")
-        tiny.write_glue(tmp / "glue")
-        argv = ["--tasks", "sst2,mrpc", "--model", str(tmp / "model"), "--data-dir",
-                str(tmp / "glue"), "--out", str(tmp / "out"), "--train-samples", "16",
-                "--epochs", "1", "--osrm-samples", "4", "--rank", "2", "--max-length", "32",
-                "--inits", "lora", "--merges", "ta"]
-        stacks = trace(argv)
+        stacks = trace(tiny.run_args(tmp, "--epochs", "1", "--inits", "lora", "--merges", "ta"))
     files = []
     print()
     for what in ("fine-tune", "score", "metric", "printed"):
