@@ -1,18 +1,16 @@
-"""GLUE for osrm-min: the eight tasks, a TSV reader, batching and the metrics.
+"""GLUE for osrm-min: the eight tasks, a TSV reader, each task's rows (load, sample, encode),
+batching and the metrics: the data side of the paper's protocol. The 8 GLUE tasks (Wang et al.
+2019, "GLUE: A Multi-Task Benchmark and Analysis Platform for Natural Language Understanding"),
+scored on the dev split (MNLI: matched), STS-B as regression, max length 128, and the metrics
+x100: CoLA Matthews correlation; SST-2, MNLI, QNLI, RTE accuracy; MRPC and QQP the mean of
+accuracy and F1; STS-B the mean of Pearson and Spearman correlation. The tokenizers that turn
+the text into ids are in pretrained/tokenization.py.
 
-This is the data side of the paper's experimental protocol: the 8 GLUE tasks
-(Wang et al. 2019, "GLUE: A Multi-Task Benchmark and Analysis Platform for Natural Language
-Understanding"), scored on the dev split (MNLI: matched), STS-B as regression, max length 128,
-and the metrics x100: CoLA Matthews correlation; SST-2, MNLI, QNLI, RTE accuracy; MRPC and QQP
-the mean of accuracy and F1; STS-B the mean of Pearson and Spearman correlation. The
-tokenizers that turn the text into ids are in pretrained/tokenization.py.
-
-    from data import TASKS, find_data_dir, load_split, encode_examples, make_batches
-    examples, n_skipped = load_split(TASKS["mrpc"], "dev", find_data_dir(None))
+    from data import TASKS, load_split, encode_examples, make_batches
+    examples, n_skipped = load_split(TASKS["mrpc"], "dev", "path/to/glue")
 """
 
 import hashlib
-import os
 import pathlib
 import re
 from dataclasses import dataclass
@@ -80,18 +78,6 @@ def parse_tasks(spec: str) -> list:
     return names
 
 
-def find_data_dir(data_dir=None) -> pathlib.Path:
-    """The GLUE folder: the --data-dir argument, else $GLUE_DIR."""
-    data_dir = data_dir or os.environ.get("GLUE_DIR")
-    if not data_dir:
-        raise DataError("no GLUE data folder: pass --data-dir DIR or set GLUE_DIR to a folder laid out as "
-                        "download_glue_data.py makes it (CoLA/, SST-2/, ...; data from https://gluebenchmark.com)")
-    path = pathlib.Path(data_dir).expanduser()
-    if not path.is_dir():
-        raise DataError(f"GLUE data folder {path} does not exist (from --data-dir or GLUE_DIR)")
-    return path
-
-
 @dataclass
 class Example:
     text_a: str
@@ -129,83 +115,15 @@ def split_path(task: Task, split: str, data_dir) -> pathlib.Path:
         raise ValueError(f"split must be 'train' or 'dev', not {split!r}")
     path = pathlib.Path(data_dir) / task.folder / (task.train_file if split == "train" else task.dev_file)
     if not path.is_file():
-        raise DataError(f"missing {path}: the GLUE folder may be partial (see its README for what it holds)")
+        raise DataError(f"missing {path}: the GLUE folder lacks {task.name}'s {split} split")
     return path
 
 
-def split_sources(task: Task, data_dir, carve=0) -> tuple:
-    """({"train": path, "dev": path}, carved): the file each split is read from, and which
-    split is carved (None, "train" or "dev"). osrm-min's own, opt-in (carve > 0,
-    --carve-splits): a split the GLUE folder lacks is carved from the one it has (see
-    `carve_split`), and both point at that file. Without carving, or with neither file, a
-    missing split is a DataError that says what is missing."""
-    folder = pathlib.Path(data_dir) / task.folder
-    paths = {"train": folder / task.train_file, "dev": folder / task.dev_file}
-    have = {split: path.is_file() for split, path in paths.items()}
-    if all(have.values()):
-        return paths, None
-    missing = next(split for split in paths if not have[split])
-    other = "dev" if missing == "train" else "train"
-    if not carve or not have[other]:
-        offer = (f"; --carve-splits N carves it, seeded, from {task.name}'s {other} split"
-                 if have[other] else "")
-        raise DataError(f"missing {paths[missing]}: the GLUE folder may be partial (see its README "
-                        f"for what it holds){offer}")
-    return {"train": paths[other], "dev": paths[other]}, missing
-
-
-CARVE_SEED = 0  # carved rows are the same for every --seeds, as a real split would be
-FIRST_TEXT = lambda example: example.text_a  # noqa: E731 (a carved task's rows group by it)
-
-
-def groups_in_seeded_order(rows, key, seed):
-    """[[row index, ...] per group], groups of rows with the same key(row), in an order drawn
-    with `seed` (key None: each row its own group)."""
-    groups = {}
-    for i, r in enumerate(rows):
-        groups.setdefault(i if key is None else key(r), []).append(i)
-    groups = list(groups.values())
-    order = torch.randperm(len(groups), generator=torch.Generator().manual_seed(seed)).tolist()
-    return [groups[g] for g in order]
-
-
-def first_rows(groups, n):
-    """The row indices of the first groups, whole, until n rows are reached (the last group
-    may take it past n)."""
-    out = []
-    for g in groups:
-        if len(out) >= n:
-            break
-        out += g
-    return out
-
-
-def carve_split(rows, n, key=None):
-    """(carved, rest): n of `rows` drawn with a fixed seed, and every other row, both in file
-    order, with no row in both. The carved rows are what gets scored: a dev set carved from
-    training rows (QQP's partial copy), or the scored part of a dev set whose rest becomes the
-    training pool (QNLI's); training and held-out rows are then drawn from `rest` only. With
-    `key` (the run passes a row's first text: QNLI's question), rows of one key are carved
-    together, so that no question is both scored and trained on: whole groups until n rows."""
-    if not 0 < n < len(rows):
-        raise DataError(f"--carve-splits {n}: the split to carve from has {len(rows)} rows; "
-                        f"carve between 1 and {len(rows) - 1}")
-    picked = set(first_rows(groups_in_seeded_order(rows, key, CARVE_SEED), n))
-    if len(picked) == len(rows):
-        raise DataError(f"--carve-splits {n}: carving whole questions leaves no row to train on; "
-                        f"carve fewer")
-    return ([r for i, r in enumerate(rows) if i in picked],
-            [r for i, r in enumerate(rows) if i not in picked])
-
-
 def load_split(task: Task, split: str, data_dir, limit=None, digest=None) -> tuple:
-    """Read the train or dev split of a task. Returns (examples, n_skipped).
-
-    Rows with the wrong number of fields, an unknown label or an unparsable score are skipped
-    and counted, not fatal. `limit` keeps the first `limit` usable rows in file order. With
-    `digest` (the SHA-256 a run fingerprinted the file by), the bytes read must be that file:
-    one replaced since is a DataError, never rows read under another file's fingerprint.
-    """
+    """(examples, n_skipped) of a task's train or dev split. Rows with the wrong number of
+    fields, an unknown label or an unparsable score are skipped and counted. `limit`: the first
+    `limit` usable rows. `digest`: the SHA-256 the run fingerprinted the file by; bytes that
+    differ (a file replaced since) are a DataError, never rows read under another's digest."""
     path = split_path(task, split, data_dir)
     raw = path.read_bytes()  # read once: what is parsed is what is checked
     if digest is not None and hashlib.sha256(raw).hexdigest() != digest:
@@ -250,27 +168,19 @@ def load_split(task: Task, split: str, data_dir, limit=None, digest=None) -> tup
 FULL_CAPS = {"qqp": 105_000, "mnli": 105_000}
 
 
-def train_subset(name, rows, n, seed, n_heldout=0, key=None):
-    """A seeded random subset of n training rows; n = 0 means all of them, QQP and MNLI capped
-    at 105k as in the paper. With n_heldout > 0, (training rows, held-out rows): the held-out
-    ones are the last n_heldout of the same seeded order, and no training row is among them.
-    With `key` (a carved task's first text), the order is of whole groups of one key, so that
-    no question is both held out and trained on (the held-out rows: whole groups, at least
-    n_heldout rows)."""
-    if key is not None:
-        groups = groups_in_seeded_order(rows, key, seed)
-        heldout = first_rows(groups[::-1], n_heldout) if n_heldout else []  # the last groups
-        kept = set(heldout)
-        order = [i for g in groups for i in g if i not in kept] + heldout[::-1]
-        n_heldout = len(heldout)
-    else:
-        g = torch.Generator().manual_seed(seed)
-        order = torch.randperm(len(rows), generator=g).tolist()
+def train_subset(name, rows, n, seed, n_heldout=0):
+    """(training rows, held-out rows): a seeded random subset of n training rows, n = 0 for all
+    of them (QQP and MNLI capped at 105k, as in the paper), and the last n_heldout rows of the
+    same seeded order, which no training row is among (none when n_heldout = 0)."""
+    order = torch.randperm(len(rows), generator=torch.Generator().manual_seed(seed)).tolist()
+    return subset_in_order(name, rows, order, n, n_heldout)
+
+
+def subset_in_order(name, rows, order, n, n_heldout):
+    """(the first n rows of `order`, its last n_heldout rows), as `train_subset` says."""
     usable = order[:len(order) - n_heldout]
     sample = [rows[i] for i in usable[:n or FULL_CAPS.get(name, len(rows))]]
-    if not n_heldout:
-        return sample
-    return sample, [rows[i] for i in order[len(order) - n_heldout:]]
+    return sample, [rows[i] for i in order[len(order) - n_heldout:]] if n_heldout else []
 
 
 def dev_subset(rows, n):
@@ -295,73 +205,77 @@ class Sampling:
     measure: int = 0           # scored dev rows on which interference and energy are measured
 
 
+@dataclass
+class TaskData:
+    """One task's rows for one seed, read, sampled and tokenised (`prepare_task`); each row
+    (input_ids, token_type_ids, label)."""
+    task: Task
+    train: list               # the training rows, a seeded subset (train_subset)
+    stats: list               # their first k: the examples OSRM's statistics read
+    dev_batches: list         # the scored dev rows, in padded batches
+    pad_id: int
+    baseline: float           # what a constant prediction scores on them (constant_baseline)
+    heldout_batches: list = None  # training rows that nothing trains on (sampling.heldout > 0)
+    measure: list = None      # scored dev rows, to measure on (sampling.measure > 0)
+    carved: str = None        # the split carved from the other's file (extensions/carving.py)
+
+
+def load_task(task, data_dir, carve=0, digests=None):
+    """Step 1, load: (training rows, dev rows, carved) of a task, each file's bytes checked
+    against what the run fingerprinted it by (digests: {"train:sst2": SHA-256, ...}; load_split).
+    carved: None, or which split this project's carving (carve > 0, extensions/carving.py)
+    took from the other's file because the GLUE folder lacks it."""
+    from extensions import carving  # (here: it imports this module)
+
+    def read(split):
+        rows, skipped = load_split(task, split, data_dir, digest=(digests or {}).get(f"{split}:{task.name}"))
+        if skipped:
+            print(f"note: {task.name} {split}: skipped {skipped} malformed rows")
+        return rows
+
+    carved = carving.split_sources(task, data_dir, carve)[1] if carve else None
+    if carved:
+        return *carving.carved_rows(carved, carve, read), carved
+    return read("train"), read("dev"), None
+
+
+def sample_rows(task, train, dev, sampling, seed, carved=None):
+    """Step 2, sample: (training rows, held-out rows, scored dev rows) for one seed
+    (train_subset; by whole questions where a split was carved; dev_subset)."""
+    from extensions import carving  # (here: it imports this module)
+    if sampling.heldout and sampling.heldout >= len(train):
+        raise DataError(f"{task.name} has {len(train)} training rows; holding out "
+                        f"{sampling.heldout} of them leaves none to train on: hold out fewer")
+    subset = carving.train_subset_by_question if carved else train_subset
+    sample, heldout = subset(task.name, train, sampling.train_rows[task.name], seed, sampling.heldout)
+    return sample, heldout, dev_subset(dev, sampling.dev)
+
+
+def prepare_task(task, data_dir, tokenizer, sampling, seed, digests=None):
+    """One task's TaskData for one seed: load, sample, then step 3, encode (tokenise once and
+    cut the rows that are scored into batches sorted by length, which cuts most of the padding
+    and changes no metric)."""
+    from extensions import carving  # (here: it imports this module)
+    train, dev, carved = load_task(task, data_dir, sampling.carve, digests)
+    sample, heldout, scored = sample_rows(task, train, dev, sampling, seed, carved)
+    print(f"{task.name}: {len(sample)} of {len(train)} training rows, "
+          + (f"{len(scored)} dev rows" if len(scored) == len(dev) else f"{len(scored)} of {len(dev)} dev rows")
+          + (f", {len(heldout)} held-out rows" if heldout else "")
+          + (carving.described(carved, len(dev), len(train)) if carved else ""))
+    encode = lambda rows: encode_examples(tokenizer, rows, sampling.max_length)
+    batches = lambda encoded: make_batches(encoded, sampling.eval_batch_size, group_by_length=True,
+                                           pad_id=tokenizer.pad_id)
+    encoded, encoded_dev = encode(sample), encode(scored)
+    return TaskData(task, encoded, encoded[:sampling.k], batches(encoded_dev), tokenizer.pad_id,
+                    constant_baseline(task, [ex.label for ex in scored]),
+                    batches(encode(heldout)) if heldout else None,
+                    dev_subset(encoded_dev, sampling.measure) if sampling.measure else None, carved)
+
+
 def prepare_tasks(names, data_dir, tokenizer, sampling, seed, digests=None):
-    """Load, sample and tokenise every task once: {task: {"task", "train", "stats",
-    "dev_batches", "pad_id", "baseline", "carved"}}. "train" is a seeded subset of
-    sampling.train_rows[task] rows (train_subset); "stats" its first k rows, the examples
-    OSRM's statistics read; "baseline" what a constant prediction scores on the dev rows
-    (constant_baseline). With sampling.heldout > 0, also "heldout_batches": that many training
-    rows that nothing trains on. With sampling.dev > 0, the dev batches hold only that many of
-    the dev rows (dev_subset). With sampling.carve > 0, a missing split is carved from the
-    other (split_sources, carve_split); "carved" names it (None: none). With sampling.measure
-    > 0, "measure": that many of the scored dev rows (a fixed random subset), on which the
-    interference and the subspace energy are measured: rows that neither fitted A nor trained.
-    digests: {"train:sst2": SHA-256, "dev:sst2": ...}, what a run fingerprinted each file by
-    (load_split checks the bytes it reads against it)."""
-    n_train, max_length, k, eval_batch_size = (sampling.train_rows, sampling.max_length,
-                                               sampling.k, sampling.eval_batch_size)
-    n_heldout, n_dev, carve, n_measure = sampling.heldout, sampling.dev, sampling.carve, sampling.measure
-    digests = digests or {}
-    prepared = {}
-    for name in names:
-        task = TASKS[name]
-        _, carved = split_sources(task, data_dir, carve)
-        if carved is None:
-            train, skipped_train = load_split(task, "train", data_dir,
-                                              digest=digests.get(f"train:{name}"))
-            dev, skipped_dev = load_split(task, "dev", data_dir, digest=digests.get(f"dev:{name}"))
-        else:
-            source = "dev" if carved == "train" else "train"
-            rows, skipped = load_split(task, source, data_dir, digest=digests.get(f"{source}:{name}"))
-            dev, train = carve_split(rows, carve, FIRST_TEXT)
-            skipped_train, skipped_dev = (skipped, 0) if source == "train" else (0, skipped)
-        n_dev_all, dev = len(dev), dev_subset(dev, n_dev)
-        for split, n in (("train", skipped_train), ("dev", skipped_dev)):
-            if n:
-                print(f"note: {name} {split}: skipped {n} malformed rows")
-        if n_heldout and n_heldout >= len(train):
-            raise DataError(f"{name} has {len(train)} training rows; --heldout-samples "
-                            f"{n_heldout} leaves none to train on: use fewer")
-        sample = train_subset(name, train, n_train[name], seed, n_heldout,
-                              FIRST_TEXT if carved else None)
-        if n_heldout:
-            sample, heldout = sample
-        encoded = encode_examples(tokenizer, sample, max_length)
-        encoded_dev = encode_examples(tokenizer, dev, max_length)
-        prepared[name] = {
-            "task": task,
-            "train": encoded,
-            "stats": encoded[:k],
-            # sorted by length (order does not change a metric), which cuts most of the padding
-            "dev_batches": make_batches(encoded_dev, eval_batch_size, group_by_length=True,
-                                        pad_id=tokenizer.pad_id),
-            "pad_id": tokenizer.pad_id,
-            "baseline": constant_baseline(task, [ex.label for ex in dev]),
-            "carved": carved,
-        }
-        if n_measure:
-            prepared[name]["measure"] = dev_subset(encoded_dev, n_measure)
-        if n_heldout:
-            prepared[name]["heldout_batches"] = make_batches(
-                encode_examples(tokenizer, heldout, max_length), eval_batch_size,
-                group_by_length=True, pad_id=tokenizer.pad_id)
-        where = {None: "", "dev": f" (dev carved, seeded, from the training file: {n_dev_all} rows)",
-                 "train": f" (scored rows carved, seeded, from the dev file: {n_dev_all}; the "
-                          f"other {len(train)} are the training pool)"}[carved]
-        print(f"{name}: {len(sample)} of {len(train)} training rows, "
-              + (f"{len(dev)} dev rows" if len(dev) == n_dev_all else f"{len(dev)} of {n_dev_all} dev rows")
-              + (f", {len(heldout)} held-out rows" if n_heldout else "") + where)
-    return prepared
+    """{task: TaskData} of every task, each read, sampled and tokenised once (`prepare_task`)."""
+    return {name: prepare_task(TASKS[name], data_dir, tokenizer, sampling, seed, digests)
+            for name in names}
 
 
 def encode_examples(tokenizer, examples: list, max_length: int) -> list:
@@ -490,10 +404,9 @@ def main_score(task: Task, metrics: dict) -> float:
 
 
 def constant_baseline(task: Task, labels) -> float:
-    """The best score x100 that one constant prediction gets on these labels: every class tried
-    for every row (the majority class, except where F1 rewards the minority); 0 for STS-B,
-    whose correlations are undefined for a constant prediction, and CoLA's Matthews
-    correlation is 0 for any constant. A fine-tune should clear it by a margin."""
+    """The best score x100 that one constant prediction gets on these labels, every class tried
+    (F1 may reward the minority); 0 for STS-B, whose correlations a constant leaves undefined.
+    A fine-tune should clear it by a margin."""
     if not task.labels:
         return 0.0
     return max(main_score(task, glue_metrics(task, [c] * len(labels), labels))

@@ -6,25 +6,19 @@ works on the dense update).
     F = (1/N) sum_x sum_y p(y|x) (d log p(y|x) / dW)^2       (entrywise square)
 
 - The true Fisher, not the empirical one: the labels are the model's own predictions,
-  weighted by their probabilities, summed exactly over the classes (no sampling); the data's
-  labels are not used.
+  weighted by their probabilities, summed exactly over the classes; the data's labels are
+  not used.
 - STS-B's regression is read as a Gaussian likelihood with unit variance around the model's
-  output f(x): then d log p / dW = (y - f) df/dW, and its expectation over y gives
-  F = (1/N) sum_x (df/dW)^2.
-- Gradients are per example (batches of one), which is what makes the square of a sum over
-  examples a sum of squares. W0 + s B A is additive in W0, so the gradient with respect to W0,
-  with the adapter in place, is the gradient with respect to the dense weight.
+  output f(x), which gives F = (1/N) sum_x (df/dW)^2.
+- Gradients are per example (batches of one), so that the square of a sum over examples is a
+  sum of squares. W0 + s B A is additive in W0: the gradient with respect to W0, with the
+  adapter in place, is the gradient with respect to the dense weight.
 
-The references estimate it otherwise, each per batch, so that their squares hold cross terms
-between the batch's examples: MergeLM's `fisher_merging` (yule-BUAA/MergeLM,
-model_merging_methods/merging_methods.py; FusionBench copies it) squares the gradient of
-sum_x sum_y sqrt(p(y|x)) log p(y|x) for classification, and of the batch's MSE loss with the
-data's labels (an empirical Fisher) for regression; RegMean's code (bloomberg/
-dataless-model-merging, src/model_merge/local_trainer.py, `compute_fisher`) takes the argmax
-label ("hard", its default) or the probability-weighted loss ("soft"). Per example and summed
-exactly over the classes, the estimate here is the Fisher that Matena & Raffel define (labels
-drawn from the model); theirs are cheaper and biased ways to it, or, with the data's labels, to
-the empirical Fisher. The merge itself (merge.fisher_merge) follows MergeLM's.
+The references square per-batch gradients instead (cross terms between a batch's examples):
+MergeLM's `fisher_merging` (yule-BUAA/MergeLM; FusionBench copies it) of sum_y sqrt(p) log p,
+and of the data's MSE (an empirical Fisher) for regression; RegMean's `compute_fisher` (bloomberg/
+dataless-model-merging) of the argmax label or the probability-weighted loss. The merge itself
+(merge.fisher_merge) follows MergeLM's.
 """
 
 import torch

@@ -3,7 +3,7 @@ per-task heads. Read it top to bottom:
 
 1. `LoRALinear` computes `W0 x + s * B(A x)` with `W0` frozen, `A` (r x d_in), `B` (d_out x r)
    and `s = alpha / r` (Hu et al. 2021, "LoRA"); `delta_w()` is the dense task update
-   `dW = s * B @ A` that the paper merges. `add_lora`, `remove_lora`, `delta_weights` and
+   `dW = s * B @ A` that the paper merges. `add_lora`, `remove_lora`, `lora_state` and
    `merged_into_weights` put adapters in, take them out, read them, and merge them.
 2. `BertEncoder` is the post-LayerNorm transformer of Devlin et al. 2019 on (B, T, H)
    tensors, with exact GELU, token type embeddings and the padding mask. RoBERTa (Liu et al.
@@ -12,13 +12,9 @@ per-task heads. Read it top to bottom:
    token type, and LayerNorm eps 1e-5.
 3. `ClassificationHead`: one per task, never merged.
 
-Real pretrained weights are loaded by pretrained/checkpoint.py; the parameter names here follow Hugging
-Face's `BertModel` through its small rename table.
-
-This is the plain computation: every position of a padded batch, F.dropout's masks. The
-experiment runs it through speed/fastpath.py (`fastpath.speed_up`), which computes the same
-function faster for the device: on a CPU on the real tokens only, with cheaper dropout masks;
-on a GPU with fused attention (`fastpath.step_choices`); the tests hold each equal to this.
+Pretrained weights are loaded by pretrained/checkpoint.py (Hugging Face's names, renamed). This
+is the plain computation; speed/fastpath.py computes the same function faster for the device,
+and the tests hold the two equal.
 
     encoder, pooling = checkpoint.load_checkpoint("path/to/bert-folder")
     add_lora(encoder, targets=("query", "value"), rank=8, alpha=16)
@@ -59,8 +55,8 @@ class LoRALinear(nn.Linear):
         self.lora_dropout.p = dropout
 
     def delta_w(self):
-        """The dense task update `delta_w = s * B @ A` (d_out x d_in), the paper's task update."""
-        return self.scale * self.B @ self.A
+        """This layer's `delta_w` (below)."""
+        return delta_w(self.A, self.B, self.scale)
 
     def forward(self, x):
         out = F.linear(x, self.weight, self.bias)  # W0 x + b
@@ -70,12 +66,16 @@ class LoRALinear(nn.Linear):
         return out
 
 
-def add_lora(encoder, targets, rank, alpha, dropout=0.0, A_init=None):
-    """Freeze the encoder and give every `targets` layer a fresh adapter.
+def delta_w(A, B, scale):
+    """The dense task update dW = s * B @ A (d_out x d_in) that the paper merges (never A and B
+    apart, which would create cross terms B_i A_j)."""
+    return scale * B @ A
 
-    `A_init` maps layer names (as in `lora_layers`) to an `A` (r x d_in): OSRM's subspace, or
-    a seeded random draw (`random_As`); without it, `random_As` with seed 0. `B` is always zero.
-    """
+
+def add_lora(encoder, targets, rank, alpha, dropout=0.0, A_init=None):
+    """Freeze the encoder and give every `targets` layer a fresh adapter: `A` from `A_init`,
+    {layer name (as in `lora_layers`): A (r x d_in)}, OSRM's subspace or a seeded random draw
+    (`random_As`; seed 0 without A_init); `B` always zero."""
     for p in encoder.parameters():
         p.requires_grad_(False)
     A_init = A_init if A_init is not None else random_As(encoder, targets, rank, 0)
@@ -94,7 +94,7 @@ def random_As(encoder, targets, rank, seed, A_dist="kaiming"):
 def random_A(rank, d_in, generator, A_dist="kaiming"):
     """A random (r x d_in) A:
     "kaiming": Kaiming-uniform with a=sqrt(5), the nn.Linear default, which loralib and PEFT
-      use (rows of norm about 0.58);
+      use (rows of norm about 1/sqrt(3));
     "gaussian": PEFT's init_lora_weights="gaussian", N(0, 1/r^2) per entry, which the OSRM
       authors' plain LoRA uses (rows of norm about sqrt(d_in)/r);
     "orthonormal" (osrm-min's own control): a uniformly random A with orthonormal rows, the
@@ -115,15 +115,6 @@ def target_layers(encoder, targets):
             if isinstance(m, LoRALinear) and name.split(".")[-1] in targets}
 
 
-def lora_shapes(encoder, targets, rank):
-    """{"layers.0.query.A": (r, d_in), "layers.0.query.B": (d_out, r), ...}: the shapes of the
-    adapters `add_lora` would give this encoder."""
-    shapes = {}
-    for name, m in target_layers(encoder, targets).items():
-        shapes[f"{name}.A"], shapes[f"{name}.B"] = (rank, m.in_features), (m.out_features, rank)
-    return shapes
-
-
 def lora_layers(encoder):
     """The layers that carry an adapter, by name, e.g. {"layers.0.query": LoRALinear}."""
     return {name: m for name, m in encoder.named_modules()
@@ -138,19 +129,6 @@ def lora_state(encoder):
             for name, m in lora_layers(encoder).items() for k in ("A", "B")}
 
 
-def load_lora_state(encoder, state):
-    """Copy a `lora_state` into the adapters the encoder carries (of the same shapes)."""
-    for name, m in lora_layers(encoder).items():
-        m.A.data.copy_(state[f"{name}.A"])
-        m.B.data.copy_(state[f"{name}.B"])
-
-
-def delta_weights(encoder):
-    """{layer name: delta_w = s * B @ A} for every adapted layer: the task vector."""
-    with torch.no_grad():
-        return {name: m.delta_w() for name, m in lora_layers(encoder).items()}
-
-
 def remove_lora(encoder):
     for m in lora_layers(encoder).values():
         m.A = m.B = None
@@ -161,7 +139,8 @@ def carrying(encoder, state, targets, rank, alpha):
     """Within the block, the encoder computes with the adapter `state` (a `lora_state`)."""
     add_lora(encoder, targets, rank, alpha, A_init={n: state[f"{n}.A"] for n in
                                                     target_layers(encoder, targets)})
-    load_lora_state(encoder, state)
+    for name, m in lora_layers(encoder).items():
+        m.B.data.copy_(state[f"{name}.B"])
     try:
         yield encoder
     finally:

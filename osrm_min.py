@@ -20,11 +20,9 @@ Model Merging" (ACL 2025), in the order of this file:
 6. `interference`: how much each adapter writes on the other tasks' inputs,
    ||dW_t H_j|| / ||dW_j H_j||, from the same statistics.
 7. `run_seed` (steps 1-2) and `run_init` (steps 3-6): the experiment, top to bottom; `run`, seed
-   by seed. They take what the method needs and return what they make; what wraps them lives
-   elsewhere: the settings and command line (study/config.py, study/cli.py), saved adapters
-   and scores reused (study/resume.py, around `finetune_adapter` and `score`), what results.json
-   keeps (study/record.py), the speed path (speed/fastpath.py) and worker processes
-   (speed/parallel.py), this project's measurements of the subspaces (extensions/measures.py).
+   by seed, with what wraps them from outside: the command line (study/), saved work reused
+   (study/resume.py, around `finetune_adapter` and `score`), results.json (study/record.py),
+   the speed path and worker processes (speed/), our measurements (extensions/measures.py).
 """
 
 import contextlib
@@ -46,10 +44,9 @@ import lora
 import merge
 import train
 from extensions import measures
-from extensions.subspaces import layernorm_directions, variant_init
+from extensions.subspaces import INITS as OUR_INITS, layernorm_directions, variant_init
 from speed import fastpath, parallel
 from study import cli, record, resume
-from study.config import ExperimentError
 
 
 # 1. Statistics of each layer's inputs
@@ -60,9 +57,8 @@ def collect_statistics(encoder, batches, layer_names):
     H (n x d_in) stacks the inputs that this very layer sees on the given batches, one row per
     real token, computed by the encoder as it is: the frozen pretrained model for OSRM (the
     paper's section 3), a fine-tuned one for RegMean (`merge_statistics`). Forward hooks
-    read the inputs; nothing is kept but running sums, in float64. The statistics are small
-    (d_in x d_in per layer), so they are returned on the CPU whatever device the model runs on,
-    and what is computed from them (subspaces, interference, energy, movement) stays there.
+    read the inputs into running sums, in float64. The statistics are returned on the CPU,
+    whatever the model's device, and what is computed from them stays there.
     """
     layers = dict(encoder.named_modules())
     sums = {name: {"HtH": 0.0, "h": 0.0, "n": 0} for name in layer_names}
@@ -72,7 +68,7 @@ def collect_statistics(encoder, batches, layer_names):
         def read_input(module, inputs, output):
             h = inputs[0][mask].double()  # (B, T, d_in) -> (n_real_tokens, d_in)
             s = sums[name]
-            s["HtH"] = s["HtH"] + h.T @ h
+            s["HtH"] = s["HtH"] + h.T @ h  # (d_in, d_in)
             s["h"] = s["h"] + h.sum(0)
             s["n"] += h.shape[0]
         return read_input
@@ -104,15 +100,14 @@ def osrm_subspace(stats_of_others, rank, statistic="second_moment"):
     input passes through dW_t too.
     "mean" (the authors' code): the last `rank` right singular vectors of X = [mu_j]_j, part of
     a basis of X's null space, so that A mu_j = 0 for every other task j. Which part is
-    LAPACK's choice, not the data's: its Householder basis puts these rows almost entirely on
-    the last `rank` hidden coordinates (entries ~0.99 there), the same for every task, so
-    every osrm-mean adapter starts reading nearly the same coordinates (--inits
-    osrm-mean-random takes a random basis of the same null space instead).
+    LAPACK's choice, not the data's: its Householder basis puts these rows nearly all on the
+    last `rank` hidden coordinates, for every task alike (--inits osrm-mean-random takes a
+    random basis of the same null space instead).
     """
     if statistic == "second_moment":
         S = sum(s["S"] for s in stats_of_others)
         _, eigenvectors = torch.linalg.eigh(S)  # columns, by ascending eigenvalue
-        A = eigenvectors[:, :rank].T
+        A = eigenvectors[:, :rank].T  # (rank, d_in): the rank smallest, as rows
     elif statistic == "mean":
         X = torch.stack([s["mu"] for s in stats_of_others])  # (T-1, d_in)
         _, _, Vh = torch.linalg.svd(X, full_matrices=True)  # rows of Vh: right singular vectors
@@ -124,17 +119,15 @@ def osrm_subspace(stats_of_others, rank, statistic="second_moment"):
 
 def osrm_init(stats, task, rank, statistic="second_moment"):
     """{layer name: A_t} for `task` from `stats` = {task: {layer name: statistics}}: in every
-    layer, `osrm_subspace` of the other tasks' statistics. (This project's variants of it are
-    in extensions/subspaces.py, `variant_init`.)"""
+    layer, `osrm_subspace` of the other tasks' statistics."""
     others = [t for t in stats if t != task]
     return {name: osrm_subspace([stats[t][name] for t in others], rank, statistic)
             for name in stats[task]}
 
 
 def subspaces_of(stats, statistic, u, seed, cfg):
-    """{task: {layer: A_t}} of every task for one statistic: the paper's (`osrm_init`), or,
-    for osrm-own, osrm-mean-random and --osrm-skip-ln-direction, this project's variant
-    (extensions/subspaces.py). u: the LayerNorm directions {layer: u}."""
+    """{task: {layer: A_t}} of every task for one statistic: the paper's (`osrm_init`), or this
+    project's variants (extensions/subspaces.py). u: the LayerNorm directions {layer: u}."""
     if statistic in ("second_moment", "mean") and not cfg.osrm_skip_ln_direction:
         return {t: osrm_init(stats, t, cfg.rank, statistic) for t in cfg.tasks}
     skip = u if cfg.osrm_skip_ln_direction else None
@@ -164,18 +157,10 @@ INITS = {
     "osrm-post": Init("second_moment", post_hoc=True,
                       help="plain LoRA's trained adapters projected onto OSRM's row space, "
                            "dW A^T A, no training (the authors' post_OSRM); list lora first"),
-    # osrm-own, osrm-mean-random and lora-orthonormal are this project's own, not the paper's
-    # (extensions/subspaces.py, lora.random_A); lora-gaussian is the authors' baseline
-    "osrm-own": Init("own", help="osrm-min's extension: A_t from the top generalised "
-                                 "eigenvectors of (S_t, S_others + eps I), much of the task's "
-                                 "own input energy and little of the others' (--own-eps)"),
-    "osrm-mean-random": Init("mean-random", help="osrm-min's extension: osrm-mean with a seeded "
-                                                 "random basis of the same null space"),
     "lora-gaussian": Init(A_dist="gaussian", help="plain LoRA with A ~ N(0, 1/r^2), PEFT's "
                                                   "gaussian init, the authors' baseline"),
-    "lora-orthonormal": Init(A_dist="orthonormal", help="osrm-min's control: a random A with "
-                                                        "orthonormal rows, OSRM's shape and scale "
-                                                        "without its directions, B = 0"),
+    # this project's own, not the paper's: osrm-own, osrm-mean-random, lora-orthonormal
+    **{name: Init(**fields) for name, fields in OUR_INITS.items()},
 }
 
 
@@ -187,10 +172,8 @@ class Adapter:
     training: dict = None    # how the training loss moved (finetune); None if not trained
 
     def task_vector(self, scale):
-        """{layer name: dW = s B A}, the dense update that merging works on (never A and B
-        apart, which would create cross terms B_i A_j)."""
-        layers = [k.removesuffix(".A") for k in self.lora if k.endswith(".A")]
-        return {n: scale * self.lora[f"{n}.B"] @ self.lora[f"{n}.A"] for n in layers}
+        """{layer name: dW = s B A} (lora.delta_w), the dense update that merging works on."""
+        return {n: lora.delta_w(A, self.lora[f"{n}.B"], scale) for n, A in self.A().items()}
 
     def A(self):
         """{layer name: A} of the adapter as it is now."""
@@ -213,11 +196,9 @@ def initial_A(encoder, init, task, seed, subspaces, cfg):
 
 
 def new_head(encoder, task, seed, cfg, train_rows=()):
-    """A fresh head for `task`, seeded per task. osrm-min's own (--head-bias-mean, on by
-    default): a regression head's bias starts at the mean training target (rows as
-    data.encode_examples gives them) instead of 0, so that STS-B's first steps do not chase a
-    large uniform error (scores 0-5) and collapse onto a near-constant prediction
-    (results/README.md measures it). Classification heads are unchanged."""
+    """A fresh head for `task`, seeded per task. osrm-min's own (cfg.head_bias_mean, on by
+    default): a regression head's bias starts at the mean training target, not 0, so that
+    STS-B's first steps do not collapse onto a near-constant prediction (results/README.md)."""
     torch.manual_seed(task_seed(seed, task.name))
     pooler = encoder.pooler if getattr(encoder, "has_pretrained_pooler", False) else None
     head = lora.ClassificationHead(encoder.config.hidden_size, task.num_labels, cfg.pooling,
@@ -231,17 +212,17 @@ def new_head(encoder, task, seed, cfg, train_rows=()):
 def finetune_adapter(encoder, init, task_data, A_init, seed, cfg):
     """Task's adapter under `init`, fine-tuned (section 3 of the paper, then its fine-tuning):
     every adapted layer starts from A = A_init[layer] and B = 0, A trainable or not (the
-    init's `train_A`), with a fresh head; task_data: data.prepare_tasks's entry of the task.
-    Returns the Adapter; the encoder is left without LoRA."""
-    task = task_data["task"]
-    head = new_head(encoder, task, seed, cfg, task_data["train"])
+    init's `train_A`), with a fresh head; task_data: the task's data.TaskData. Returns the
+    Adapter; the encoder is left without LoRA."""
+    task = task_data.task
+    head = new_head(encoder, task, seed, cfg, task_data.train)
     lora.add_lora(encoder, cfg.targets, cfg.rank, cfg.alpha, cfg.lora_dropout, A_init)
     for m in lora.lora_layers(encoder).values():
         m.A.requires_grad_(INITS[init].train_A)
     s = task_seed(seed, task.name)
-    batches = lambda epoch: data.make_batches(task_data["train"], cfg.batch_size, shuffle=True,
+    batches = lambda epoch: data.make_batches(task_data.train, cfg.batch_size, shuffle=True,
                                               seed=s + epoch, group_by_length=cfg.group_by_length,
-                                              pad_id=task_data["pad_id"])
+                                              pad_id=task_data.pad_id)
     torch.manual_seed(s)  # dropout masks
     training = train.finetune(encoder, head, batches, cfg.training, f"{init}/{task.name}")
     adapter = Adapter(lora.lora_state(encoder), head, training)
@@ -252,7 +233,7 @@ def finetune_adapter(encoder, init, task_data, A_init, seed, cfg):
 def osrm_post(A, B, A_osrm):
     """The post-hoc variant (the authors' post_OSRM): a trained adapter dW = s B A becomes
     dW A_o^T A_o, no training. That is again a rank-r adapter, (A', B') = (A_o, B A A_o^T)."""
-    return A_osrm.clone(), B @ (A @ A_osrm.T)
+    return A_osrm.clone(), B @ (A @ A_osrm.T)  # (r, d_in), (d_out, r) @ (r, r)
 
 
 def post_hoc_adapter(plain, A_osrm):
@@ -288,7 +269,7 @@ def score(encoder, adapters, scoring, prepared, cfg):
     for split in scoring.splits:
         for t, adapter in adapters.items():
             value, metrics, predictions = train.evaluate(
-                encoder, adapter.head, prepared[t]["task"], prepared[t][f"{split}_batches"],
+                encoder, adapter.head, prepared[t].task, getattr(prepared[t], f"{split}_batches"),
                 cfg.device, described(scoring, t))
             rows.append({"seed": scoring.seed, "init": scoring.init, "merge": scoring.method,
                          "lambda": scoring.lam, "task": t, "split": split, "score": value,
@@ -299,23 +280,12 @@ def score(encoder, adapters, scoring, prepared, cfg):
 def described(scoring, task):
     """A score in words, with what to try if the model's outputs are not finite."""
     if scoring.method == "none":
-        return f"{scoring.init}/{task} alone (check the checkpoint, or try a lower --lr)"
-    at = ("" if scoring.lam is None else
-          f" at lambda {scoring.lam:g} (try a smaller --lams, --lam-ta or --lam-ties)")
+        return f"{scoring.init}/{task} alone (check the checkpoint, or try a lower learning rate)"
+    at = "" if scoring.lam is None else f" at lambda {scoring.lam:g} (try smaller lambdas)"
     return f"{scoring.init}/{task} merged by {scoring.method}{at}"
 
 
 # 5. Merging
-
-def lambdas(cfg, method):
-    """The lambdas a merge is evaluated at: --lams, else the method's default; avg has 1/T, and
-    the merges without a lambda (RegMean, Fisher, EMR) have None."""
-    if method in merge.NO_LAMBDA:
-        return [None]
-    if method == "avg":
-        return [1 / len(cfg.tasks)]
-    return list(cfg.lams) or [cfg.lam_ties if method.endswith("ties") else cfg.lam_ta]
-
 
 def regmean_grams(stats, weighting="mean"):
     """RegMean's G_t of one task, {layer: G}, from its `collect_statistics`: "mean", X^T X / n
@@ -334,7 +304,7 @@ def merge_statistics(encoder, adapters, prepared, cfg):
     [{layer: F_t}]}, for those of the two that --merges asks for."""
     out = {}
     for t, adapter in adapters.items():
-        rows, pad_id = prepared[t]["train"], prepared[t]["pad_id"]
+        rows, pad_id = prepared[t].train, prepared[t].pad_id
         with lora.carrying(encoder, adapter.lora, cfg.targets, cfg.rank, cfg.alpha):
             layers = lora.lora_layers(encoder)
             if "regmean" in cfg.merges:
@@ -365,12 +335,8 @@ def merged_scores(encoder, adapters, scoring, statistics, prepared, cfg):
             with lora.merged_into_weights(encoder, update):
                 rows += score(encoder, {t: adapter}, scoring, prepared, cfg)
         return rows
-    try:
-        merged = merge.merge_task_vectors(task_vectors, method, scoring.lam, cfg.merging,
-                                          statistics.get(method), scoring.seed)
-    except ValueError as e:  # RegMean's sum of Gram matrices is singular
-        raise ExperimentError(f"{method}: {e}; use more --regmean-samples or a --regmean-alpha "
-                              f"below 1") from None
+    merged = merge.merge_task_vectors(task_vectors, method, scoring.lam, cfg.merging,
+                                      statistics.get(method), scoring.seed)
     with lora.merged_into_weights(encoder, merged):
         return score(encoder, adapters, scoring, prepared, cfg)
 
@@ -412,7 +378,7 @@ def interference(task_vectors, stats):
 class Seed:
     """What every init of one seed starts from (steps 1-2)."""
     seed: int
-    prepared: dict    # {task: data.prepare_tasks's entry}
+    prepared: dict    # {task: data.TaskData}
     stats: dict       # {task: {layer: statistics}} on each task's k training examples
     measured: dict    # the same on held-out dev rows, to measure on
     subspaces: dict   # {statistic: {task: {layer: A_t}}}, for the statistics the inits use
@@ -474,7 +440,7 @@ def run_init(cfg, init, encoder, seed, trained=None):
     if statistics:
         print(f"{init}: statistics for {', '.join(statistics)} in {time.time() - t0:.1f}s")
     for method in cfg.merges:
-        for lam in lambdas(cfg, method):
+        for lam in cfg.lambdas(method):  # --lams, or the merge's own
             t0 = time.time()
             splits = ("dev", "heldout") if lam is not None and cfg.select_on == "heldout" else ("dev",)
             rows = merged_scores(encoder, out.adapters, Scoring(seed.seed, init, method, lam,
@@ -504,8 +470,8 @@ def prepare(cfg, seed, tokenizer, inputs):
 
 def statistics_batches(task_data, rows, cfg):
     """The batches `layer_statistics` reads of one task (an entry of `prepare`'s)."""
-    return data.make_batches(task_data[rows], cfg.batch_size, group_by_length=True,
-                             pad_id=task_data["pad_id"])
+    return data.make_batches(getattr(task_data, rows), cfg.batch_size, group_by_length=True,
+                             pad_id=task_data.pad_id)
 
 
 def layer_statistics(encoder, cfg, prepared, rows):
@@ -526,11 +492,9 @@ def layer_statistics(encoder, cfg, prepared, rows):
 
 
 def run(cfg, encoder, tokenizer, inputs):
-    """The whole experiment, seed by seed (`run_seed`, then `run_init` for every init); returns
-    the results dict written to results.json. Around the method, from outside it: the speed
-    path switched on in the encoder (speed/fastpath.py); the fine-tunes and scores of an
-    earlier run reused (study/resume.py); what each step made recorded (study/record.py); with
-    --workers, the inits run side by side in worker processes (speed/parallel.py)."""
+    """The whole experiment, seed by seed (`run_seed`, then `run_init` for every init): the
+    results dict of results.json. Around it: the speed path, saved work reused, each step's
+    results recorded, and with --workers the inits side by side in worker processes."""
     groups = parallel.init_groups(cfg.inits, [i for i in cfg.inits if INITS[i].post_hoc])
     n = min(parallel.workers(cfg), len(cfg.seeds) * len(groups))
     loaded = resume.encoder_digest(encoder) if n > 1 else None  # what each worker must load too

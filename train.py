@@ -21,13 +21,12 @@ PROGRESS = True  # a progress bar per fine-tune; worker processes turn it off
 
 
 class TrainingError(Exception):
-    """Training or scoring that cannot go on (a loss, gradient, weight or output that is not
-    finite); the command line prints it as one line."""
+    """Training or scoring that cannot go on: a loss, gradient, weight or output not finite."""
 
 
 def to_device(batch, device, pinned=False):
-    """The batch's tensors on `device`; `pinned` (where CUDA is available): copied from
-    page-locked memory without waiting, so that the copy runs beside the GPU's work."""
+    """The batch's tensors on `device`; `pinned` (with CUDA): copied from page-locked memory
+    without waiting, beside the GPU's work."""
     if pinned and torch.cuda.is_available():
         return {k: v.pin_memory().to(device, non_blocking=True) for k, v in batch.items()}
     return {k: v.to(device) for k, v in batch.items()}
@@ -41,7 +40,7 @@ def head_outputs(encoder, head, batch):
 
 def loss_fn(logits, labels):
     if logits.shape[-1] == 1:  # STS-B: regression on the similarity score
-        return F.mse_loss(logits.squeeze(-1), labels.float())
+        return F.mse_loss(logits.squeeze(-1), labels.float())  # (B, 1) -> (B,)
     return F.cross_entropy(logits, labels)
 
 
@@ -53,9 +52,8 @@ def linear_schedule(step, n_warmup, total):
 
 
 def autocast(device, enabled=True):
-    """On a GPU, the forward pass in bfloat16 autocast: matrix products in bf16, while the
-    weights, their gradients and AdamW's state stay float32 (as mixed-precision training
-    does). Off on a CPU, where everything is float32."""
+    """On a GPU, the forward pass in bfloat16 autocast (mixed precision: matrix products in
+    bf16, weights, gradients and AdamW's state float32); off on a CPU."""
     return torch.autocast("cuda", dtype=torch.bfloat16,
                           enabled=enabled and str(device).startswith("cuda"))
 
@@ -73,17 +71,14 @@ class TrainSettings:
 
 def finetune(encoder, head, batches_for_epoch, settings, desc="train", choices=None):
     """Train the adapters and the head: AdamW, linear decay after a linear warm-up, as
-    `settings` (TrainSettings) say.
+    `settings` (TrainSettings) say. Returns how the loss moved: the mean over the first and the
+    last quarter of the steps.
 
     The encoder's own weights are frozen (`lora.add_lora`); only A, B and the head learn.
     `batches_for_epoch(e)` returns the batches of epoch e (reshuffled with a seed per epoch).
-    On a GPU the forward pass runs in bf16 autocast (`autocast`). A loss, gradient or parameter
-    that stops being finite ends training with a TrainingError naming the likely cause and the
-    first step it happened at. The losses and gradient norms are read from the device every
-    `choices.check_every` steps (speed/fastpath.py's StepChoices, by default the device's): on
-    a CPU every step, before its update; on a GPU every 50 and at the end, so that the host
-    never waits for the device within a step.
-    Returns how the loss moved: the mean over the first and the last quarter of the steps.
+    A loss, gradient or parameter that stops being finite ends training with a TrainingError
+    naming the likely cause and its first step. Losses are read from the device every
+    `choices.check_every` steps (speed/fastpath.py; a CPU: every step, before its update).
     """
     epochs, lr, device = settings.epochs, settings.lr, settings.device
     choices = choices or fastpath.step_choices(device)
@@ -103,19 +98,19 @@ def finetune(encoder, head, batches_for_epoch, settings, desc="train", choices=N
         for epoch in range(epochs):
             for batch in first_epoch if epoch == 0 else batches_for_epoch(epoch):
                 on_device = to_device(batch, device, choices.pin_memory)
-                with autocast(device):
+                with autocast(device):  # forward: encoder with LoRA, then the head; the loss
                     loss = loss_fn(head_outputs(encoder, head, on_device), on_device["labels"])
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                norm = torch.nn.utils.clip_grad_norm_(params, settings.max_grad_norm)
-                pending.append((loss.detach(), norm, batch))
+                loss.backward()  # gradients of A, B and the head only (W0 is frozen)
+                norm = torch.nn.utils.clip_grad_norm_(params, settings.max_grad_norm)  # clip
+                pending.append((loss.detach(), norm, batch))  # read later, in one go
                 # a weight that stopped being finite shows in the next loss; the last step's,
                 # in the check after the loop
                 if len(pending) == choices.check_every:
                     read_steps(pending, losses, desc, total, lr)  # raises at a bad step
                     bar.set_postfix(loss=f"{sum(losses[-20:]) / len(losses[-20:]):.4f}", epoch=epoch + 1)
-                optimizer.step()
-                scheduler.step()
+                optimizer.step()  # AdamW's update
+                scheduler.step()  # the learning rate of the next step
                 bar.update()
         read_steps(pending, losses, desc, total, lr)  # the steps since the last check
     if not torch.stack([torch.isfinite(p).all() for p in params]).all():  # one read of the device
@@ -150,7 +145,7 @@ def diverged(desc, what, step, total, lr, batch):
     elif step == 1 and what == "loss":
         cause = "the model's outputs are not finite before any update; check the checkpoint"
     else:
-        cause = f"the learning rate is too high for this model; try a lower --lr than {lr:g}"
+        cause = f"the learning rate is too high for this model; try a lower one than {lr:g}"
     return TrainingError(f"{desc}: the {what} became not finite at step {step} of {total}: {cause}")
 
 
@@ -185,7 +180,7 @@ def read_outputs(pending, desc):
     if not torch.isfinite(logits).all():
         raise TrainingError(f"{desc}: the model's outputs are not finite (NaN or inf), "
                             f"so nothing can be scored")
-    return (logits.squeeze(-1) if logits.shape[-1] == 1 else logits.argmax(-1)).tolist()
+    return (logits.squeeze(-1) if logits.shape[-1] == 1 else logits.argmax(-1)).tolist()  # (n,)
 
 
 def evaluate(encoder, head, task, batches, device="cpu", desc="evaluate"):

@@ -23,6 +23,19 @@ import torch
 from study.config import ExperimentError
 
 
+# This project's inits, beside the paper's in osrm_min.INITS: {name: the fields of its Init}
+INITS = {
+    "osrm-own": dict(statistic="own", help="osrm-min's extension: A_t from the top generalised "
+                     "eigenvectors of (S_t, S_others + eps I), much of the task's own input "
+                     "energy and little of the others' (--own-eps)"),
+    "osrm-mean-random": dict(statistic="mean-random", help="osrm-min's extension: osrm-mean "
+                             "with a seeded random basis of the same null space"),
+    "lora-orthonormal": dict(A_dist="orthonormal", help="osrm-min's control: a random A with "
+                             "orthonormal rows, OSRM's shape and scale without its directions, "
+                             "B = 0 (lora.random_A)"),
+}
+
+
 def variant_init(stats, task, statistic, ln_directions, seed, cfg):
     """{layer name: A_t} for `task` from `stats` = {task: {layer name: statistics}}, as
     osrm_min.osrm_init, for this project's variants: statistic "own" (`own_task_subspace`),

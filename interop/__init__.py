@@ -1,2 +1,1 @@
-"""osrm-min and the adapters people already have: PEFT's LoRA format in and out (peft_format.py).
-This project's own, beyond the paper; a learner of the method may skip it."""
+"""PEFT's LoRA format in and out, and the analysis of adapters trained elsewhere (beyond the paper)."""

@@ -277,7 +277,7 @@ def osrm_initialisations(cfg, out=None):
         for layer, A in osrm_min.osrm_init(stats, t, cfg.rank, "second_moment").items():
             state[f"{layer}.A"] = A
             state[f"{layer}.B"] = torch.zeros(layers[layer].out_features, cfg.rank)
-        head = osrm_min.new_head(encoder, prepared[t]["task"], cfg.seed, cfg).state_dict()
+        head = osrm_min.new_head(encoder, prepared[t].task, cfg.seed, cfg).state_dict()
         lines.append(write_adapter(Path(out) / t, state, head, settings, inference_mode=False))
     return lines
 

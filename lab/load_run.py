@@ -28,6 +28,7 @@ from pretrained import checkpoint  # noqa: E402
 import data  # noqa: E402
 import lora  # noqa: E402
 import osrm_min  # noqa: E402
+from extensions import carving  # noqa: E402
 from pretrained import tokenization  # noqa: E402
 from study import config, resume  # noqa: E402
 
@@ -67,9 +68,9 @@ def where(cfg, inputs):
         if found[kind] != inputs[kind]:
             raise LabError(f"the {kind} files in {model} are not the ones the run used "
                            f"({cfg['model']}); run it again")
-    data_dir = cfg["data_dir"] if Path(cfg["data_dir"]).is_dir() else str(data.find_data_dir(None))
+    data_dir = cfg["data_dir"] if Path(cfg["data_dir"]).is_dir() else str(config.find_data_dir(None))
     for t in cfg["tasks"]:
-        paths, carved = data.split_sources(data.TASKS[t], data_dir, cfg.get("carve_splits", 0))
+        paths, carved = carving.split_sources(data.TASKS[t], data_dir, cfg.get("carve_splits", 0))
         if carved != inputs.get(f"carved:{t}"):
             raise LabError(f"{data_dir}/{data.TASKS[t].folder} does not hold the splits the run "
                            f"read (carved: {inputs.get(f'carved:{t}')}); set GLUE_DIR to the GLUE "

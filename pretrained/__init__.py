@@ -1,0 +1,1 @@
+"""Pretrained checkpoints and tokenizers read from Hugging Face's file formats, and downloads."""

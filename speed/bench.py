@@ -213,7 +213,7 @@ def run_batches(tokenizer, data_dir, task, steps, warmup):
     of 128, as data.prepare_tasks makes them."""
     cfg = config.Config(tasks=(task, "sst2" if task != "sst2" else "mrpc"))
     rows, _ = data.load_split(data.TASKS[task], "train", data_dir)
-    encoded = data.encode_examples(tokenizer, data.train_subset(task, rows, cfg.train_samples, cfg.seed),
+    encoded = data.encode_examples(tokenizer, data.train_subset(task, rows, cfg.train_samples, cfg.seed)[0],
                                    cfg.max_length)
     epoch = data.make_batches(encoded, cfg.batch_size, shuffle=True, seed=osrm_min.task_seed(cfg.seed, task),
                               group_by_length=cfg.group_by_length, pad_id=tokenizer.pad_id)
@@ -248,7 +248,7 @@ def bench_osrm(model_dir, data_dir, tokenizer, repeats):
         return {n: osrm_min.osrm_init(stats, n, cfg.rank, osrm_min.INITS["osrm"].statistic)
                 for n in cfg.tasks}
 
-    batches = data.make_batches(prepared["sst2"]["train"], cfg.batch_size, shuffle=True,
+    batches = data.make_batches(prepared["sst2"].train, cfg.batch_size, shuffle=True,
                                 seed=cfg.seed, group_by_length=True, pad_id=tokenizer.pad_id)
     sample = batches[::max(1, len(batches) // 40)][:40]
     # Ours' adapter is the default's (rank 8, alpha 16, query and value), started as OSRM's
@@ -273,7 +273,7 @@ def bench_merge(model_dir, repeats=5):
                       A_init=lora.random_As(encoder, ("query", "value"), 8, seed))
         for m in lora.lora_layers(encoder).values():
             m.B.data.normal_(0, 0.01)
-        tvs.append(lora.delta_weights(encoder))
+        tvs.append({n: m.delta_w().detach() for n, m in lora.lora_layers(encoder).items()})
     out = {}
     for method, lam in (("ta", 0.7), ("ties", 1.0)):
         seconds = timed(lambda _: merge.merge_task_vectors(tvs, method, lam), [None], [None], repeats)
@@ -425,7 +425,7 @@ def main(argv=None):
         return 2
     try:
         model_dir = Path(args.model) if args.model else config.default_model_dir()
-        data_dir = data.find_data_dir(args.data_dir)
+        data_dir = config.find_data_dir(args.data_dir)
         results = run(args, model_dir, data_dir)
     except (data.DataError, checkpoint.CheckpointError, config.ExperimentError,
             train.TrainingError) as e:

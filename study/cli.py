@@ -19,6 +19,7 @@ import data
 import lora
 import merge
 import train
+from extensions import carving
 from pretrained import checkpoint
 from pretrained import hub
 from pretrained import tokenization
@@ -79,9 +80,13 @@ def run_command(argv, inits, run):
         print(drawn)
         print(f"results in {Path(cfg.out) / 'results.json'} and summary.txt")
         return 0
-    except (data.DataError, checkpoint.CheckpointError, hub.DownloadError, ExperimentError,
-            train.TrainingError) as e:
+    except (data.DataError, checkpoint.CheckpointError, hub.DownloadError, ExperimentError) as e:
         print(f"error: {e}", file=sys.stderr)
+    except merge.SingularError as e:
+        print(f"error: {e}; use more --regmean-samples or a --regmean-alpha below 1", file=sys.stderr)
+    except train.TrainingError as e:  # the method says what to change, the flags are here
+        print(f"error: {e} (the learning rate: --lr; the lambdas: --lams, --lam-ta, --lam-ties)",
+              file=sys.stderr)
     except BrokenPipeError:  # the reader of our output has gone (`| head`): leave quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
@@ -114,7 +119,7 @@ def fingerprint(cfg):
     t0 = time.time()
     data_files, carved = {}, {}
     for t in cfg.tasks:
-        paths, carved[t] = data.split_sources(data.TASKS[t], cfg.data_dir, cfg.carve_splits)
+        paths, carved[t] = carving.split_sources(data.TASKS[t], cfg.data_dir, cfg.carve_splits)
         data_files.update({f"{split}:{t}": path for split, path in paths.items()})
     inputs = resume.fingerprint_inputs(cfg.model, data_files, carved)
     print(f"fingerprints of the model, tokenizer and data files: {time.time() - t0:.2f}s")

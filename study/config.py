@@ -139,8 +139,8 @@ class Config:
                                 "rows, 10 epochs, batch 64, lr 4e-4, lambdas 0.1,0.3,0.5,0.7,"
                                 "0.9,1.0; needs an explicit --device; other flags still apply")
     lab: bool = setting(False, "osrm-min's lab-sized run (LAB_PRESET): SST-2 and STS-B, fewer "
-                               "rows, in about 3 minutes on 2 CPU cores (LAB.md); other flags "
-                               "still apply")
+                               "rows, a few minutes on a laptop CPU (LAB.md); other flags still "
+                               "apply")
     seed: int = setting(42, "the seed of the run in progress, one of `seeds`", flag=False)
 
     @property
@@ -167,6 +167,15 @@ class Config:
         return merge.MergeSettings(self.ties_keep, self.ties_scope, self.dare_p,
                                    self.regmean_alpha, self.fisher_normalize, self.fisher_eps)
 
+
+    def lambdas(self, method):
+        """The lambdas merge `method` is evaluated at: --lams, else --lam-ta or --lam-ties; avg
+        has 1/T, and the merges without a lambda (RegMean, Fisher, EMR) have None."""
+        if method in merge.NO_LAMBDA:
+            return [None]
+        if method == "avg":
+            return [1 / len(self.tasks)]
+        return list(self.lams) or [self.lam_ties if method.endswith("ties") else self.lam_ta]
 
 # The paper's fine-tuning (section 4.1; the authors' code for RoBERTa) and its lambda grid for
 # Task Arithmetic and TIES (section 4): what --full selects.
@@ -286,7 +295,7 @@ def locate_inputs(cfg):
     network."""
     model = str(hub.resolve_model(cfg.model) if cfg.model else default_model_dir())
     if cfg.data_dir or os.environ.get("GLUE_DIR"):
-        data_dir = str(data.find_data_dir(cfg.data_dir or None))
+        data_dir = str(find_data_dir(cfg.data_dir or None))
     else:
         data_dir = str(hub.download_glue(cfg.tasks))
     return replace(cfg, model=model, data_dir=data_dir, device=resolve_device(cfg.device))
@@ -369,6 +378,18 @@ def check(cfg, inits, merges):
         if not ok:
             raise ExperimentError(message)
     train_rows(cfg)  # the per-task exceptions parse
+
+
+def find_data_dir(data_dir=None) -> Path:
+    """The GLUE folder: the --data-dir argument, else $GLUE_DIR."""
+    data_dir = data_dir or os.environ.get("GLUE_DIR")
+    if not data_dir:
+        raise data.DataError("no GLUE data folder: pass --data-dir DIR or set GLUE_DIR to a folder laid out as "
+                             "download_glue_data.py makes it (CoLA/, SST-2/, ...; data from https://gluebenchmark.com)")
+    path = Path(data_dir).expanduser()
+    if not path.is_dir():
+        raise data.DataError(f"GLUE data folder {path} does not exist (from --data-dir or GLUE_DIR)")
+    return path
 
 
 def default_model_dir():

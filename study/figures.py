@@ -6,7 +6,7 @@ energy each init's A_t reads before and after training.
 import statistics
 from pathlib import Path
 
-from study.tables import interference_matrices, lambda_curves
+from study.tables import has_lambda_grid, interference_matrices, lambda_curves
 
 FIGURES = ("lambda.png", "interference.png", "spectrum.png", "energy.png")  # write_figures' files
 
@@ -32,7 +32,7 @@ def write_figures(results, out):
     curves = lambda_curves(results)
     merges = [m for m in results["config"]["merges"] if m not in ("avg", "regmean", "fisher", "emr")]
     drawn = [out / "interference.png"]
-    if merges:  # a lambda curve for each merge that has a lambda
+    if merges and has_lambda_grid(results):  # a curve for each merge run at several lambdas
         draw_lambda_curves(plt, results, curves, merges, out)
         drawn.insert(0, out / "lambda.png")
     draw_interference(plt, results, out)
@@ -42,6 +42,9 @@ def write_figures(results, out):
     if results.get("subspace_energy"):
         draw_energy(plt, results, out)
         drawn.append(out / "energy.png")
+    for name in FIGURES:  # one an earlier run in this folder drew and this run does not
+        if out / name not in drawn:
+            (out / name).unlink(missing_ok=True)
     return f"figures: {', '.join(map(str, drawn))}"
 
 

@@ -43,13 +43,13 @@ def seed(results, seed):
     scores on each task's dev rows and which splits were carved; the gold labels of the rows
     each split is scored on, in the order the score rows' predictions are saved (the batches';
     held-out rows differ by seed); what the subspaces read, and the spectrum."""
-    results["baselines"] = {t: p["baseline"] for t, p in seed.prepared.items()}
-    results["carved"] = {t: p["carved"] for t, p in seed.prepared.items() if p["carved"]}
+    results["baselines"] = {t: p.baseline for t, p in seed.prepared.items()}
+    results["carved"] = {t: p.carved for t, p in seed.prepared.items() if p.carved}
     for t, p in seed.prepared.items():
         for split in ("dev", "heldout"):
-            if f"{split}_batches" in p:
+            if getattr(p, f"{split}_batches") is not None:
                 results["labels"].append({"seed": seed.seed, "task": t, "split": split, "labels": [
-                    y for b in p[f"{split}_batches"] for y in b["labels"].tolist()]})
+                    y for b in getattr(p, f"{split}_batches") for y in b["labels"].tolist()]})
     for e in seed.energy:
         finite(f"the input energy that {e['stat']}'s A_t of {e['task']} reads", e["own"], e["others"])
     results["subspace_energy"] += seed.energy

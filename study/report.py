@@ -18,8 +18,8 @@ from study.endpoints import (CONTROL, MARGIN, MIN_SEEDS, POINT, against_control,
                              cost_reduction, finish, heldout_error, paired, paired_spread,
                              t_interval)
 from study.figures import write_figures
-from study.tables import (LISTS, TIE_FRACTION, best_lambdas, cost_split, failed_finetunes, headline,
-                           init_width, interference_matrices, lambda_curves, lambda_ties, mean_std,
+from study.tables import (LISTS, TIE_FRACTION, best_lambdas, cost_split, failed_finetunes,
+                           has_lambda_grid, headline, init_width, interference_matrices, lambda_curves, lambda_ties, mean_std,
                            selected_on, task_mean)
 
 
@@ -307,8 +307,9 @@ def summary(results):
         parts += ["", f"lambda is picked on {error[0]} held-out training rows per task: one "
                   f"merged average there has a standard error of about {error[1]:.2f} points "
                   f"(binomial for accuracies, (1 - r^2) / sqrt(n - 1) for correlations)"]
-    parts += ["", "merged average score on dev against lambda:",
-             format_curves(results), "", "interference ||dW_t H_j|| / ||dW_j H_j||, mean over "
+    if has_lambda_grid(results):
+        parts += ["", "merged average score on dev against lambda:", format_curves(results)]
+    parts += ["", "interference ||dW_t H_j|| / ||dW_j H_j||, mean over "
              "layers and seeds, on held-out rows:" if results.get("interference_fit") else
              "interference ||dW_t H_j|| / ||dW_j H_j||, mean over layers and seeds:",
              format_interference(results)]

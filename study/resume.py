@@ -259,6 +259,15 @@ def stored_files(cfg):
                                    for init in cfg.inits for task in cfg.tasks]
 
 
+def lora_shapes(encoder, targets, rank):
+    """{"layers.0.query.A": (r, d_in), "layers.0.query.B": (d_out, r), ...}: the shapes of the
+    adapters `add_lora` would give this encoder."""
+    shapes = {}
+    for name, m in lora.target_layers(encoder, targets).items():
+        shapes[f"{name}.A"], shapes[f"{name}.B"] = (rank, m.in_features), (m.out_features, rank)
+    return shapes
+
+
 class Store:
     """The adapters and scores of earlier runs into the same output folder."""
 
@@ -360,12 +369,12 @@ class Store:
         """`spine.finetune_adapter` reusing what was saved: the adapter of the task under
         `init` saved earlier, if it is wholly usable, else what `finetune` (the plain
         finetune_adapter) trains, saved at once."""
-        task = task_data["task"].name
+        task = task_data.task.name
         uses_osrm = spine.INITS[init].statistic is not None
         saved = self.load_adapter(cfg, seed, task, init, uses_osrm,
-                                  lora.lora_shapes(encoder, cfg.targets, cfg.rank),
-                                  lambda: spine.new_head(encoder, task_data["task"], seed, cfg,
-                                                         task_data["train"]))
+                                  lora_shapes(encoder, cfg.targets, cfg.rank),
+                                  lambda: spine.new_head(encoder, task_data.task, seed, cfg,
+                                                         task_data.train))
         if saved is not None:
             return spine.Adapter(*saved)
         t0 = time.time()

@@ -46,6 +46,12 @@ def lambda_curves(results, split="dev"):
             for key, curve in averages_by_seed(results, split).items()}
 
 
+def has_lambda_grid(results):
+    """Whether some merge ran at more than one lambda: only then has the lambda table or figure
+    something to show."""
+    return any(len(set(curve) - {None}) > 1 for curve in lambda_curves(results).values())
+
+
 def selected_on(results):
     """Where lambda is picked: "dev" (the paper) or "heldout" (--select-on heldout)."""
     return results["config"].get("select_on", "dev")

@@ -51,3 +51,10 @@ def test_no_function_in_the_root_modules_takes_more_than_six_parameters():
             for f in ast.walk(ast.parse((ROOT / name).read_text()))
             if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef)) and parameters(f) > 6]
     assert not many
+
+
+def test_the_reading_path_stays_at_most_1823_lines():
+    """The method as a learner reads it (issue 37's measure): the six root modules, at or below
+    the 1,823 lines they had when the spine was redesigned."""
+    from conftest import ROOT
+    assert sum(len((ROOT / name).read_text().splitlines()) for name in ROOT_MODULES) <= 1823

@@ -313,8 +313,8 @@ def parity(check):
     train.py steps it: bf16 autocast on a GPU), within bf16's."""
     device = check.device
     cfg, _, prepared = check.cfg()
-    rows = prepared["sst2"]["train"][:16] + prepared["mrpc"]["train"][:16]
-    batch = data.make_batches(rows, 32, pad_id=prepared["sst2"]["pad_id"])[0]  # mixed lengths
+    rows = prepared["sst2"].train[:16] + prepared["mrpc"].train[:16]
+    batch = data.make_batches(rows, 32, pad_id=prepared["sst2"].pad_id)[0]  # mixed lengths
     mask = batch["attention_mask"]
     cpu, dev = check.encoder().eval(), check.encoder().to(device).eval()
     run_encoder = check.encoder().to(device).eval().requires_grad_(False)  # frozen, as in a run
@@ -405,11 +405,11 @@ def own_path(encoder, task_data, cfg, device, rows, dev_batches, desc):
     train.evaluate on `dev_batches`), after an untimed warm-up on a few batches. Returns
     training and evaluation rates, and the FLOPs of the timed epoch."""
     model = fastpath.speed_up(encoder)
-    A_init = osrm_min.initial_A(encoder, "lora", task_data["task"].name, cfg.seed, {}, cfg)
-    warm = dict(task_data, train=rows[:3 * cfg.batch_size])
+    A_init = osrm_min.initial_A(encoder, "lora", task_data.task.name, cfg.seed, {}, cfg)
+    warm = replace(task_data, train=rows[:3 * cfg.batch_size])
     train.PROGRESS = False
     osrm_min.finetune_adapter(model, "lora", warm, A_init, cfg.seed, cfg)
-    timed = dict(task_data, train=rows)
+    timed = replace(task_data, train=rows)
     sync(device)
     t0 = time.perf_counter()
     adapter = osrm_min.finetune_adapter(model, "lora", timed, A_init, cfg.seed, cfg)
@@ -417,16 +417,16 @@ def own_path(encoder, task_data, cfg, device, rows, dev_batches, desc):
     sync(device)
     train_s = time.perf_counter() - t0
     with lora.carrying(model, state, cfg.targets, cfg.rank, cfg.alpha):
-        train.evaluate(model, head, task_data["task"], dev_batches[:1], device, desc)  # warm-up
+        train.evaluate(model, head, task_data.task, dev_batches[:1], device, desc)  # warm-up
         sync(device)
         t0 = time.perf_counter()
-        train.evaluate(model, head, task_data["task"], dev_batches, device, desc)
+        train.evaluate(model, head, task_data.task, dev_batches, device, desc)
         sync(device)
         eval_s = time.perf_counter() - t0
     # the very batches of the timed epoch (finetune_adapter's seed), for their tokens and FLOPs
     batches = data.make_batches(rows, cfg.batch_size, shuffle=True,
-                                seed=osrm_min.task_seed(cfg.seed, task_data["task"].name),
-                                group_by_length=cfg.group_by_length, pad_id=task_data["pad_id"])
+                                seed=osrm_min.task_seed(cfg.seed, task_data.task.name),
+                                group_by_length=cfg.group_by_length, pad_id=task_data.pad_id)
     real = sum(int(b["attention_mask"].sum()) for b in batches)
     padded = sum(b["attention_mask"].numel() for b in batches)
     flops = sum(bench.step_flops(b, encoder.config, True, cfg.rank)["real"] for b in batches)
@@ -452,7 +452,7 @@ def speed(check):
     encoder = check.encoder().to(device)
     for t in cfg.tasks:
         p = prepared[t]
-        out[f"default/{t}"] = own_path(encoder, p, cfg, device, p["train"], p["dev_batches"],
+        out[f"default/{t}"] = own_path(encoder, p, cfg, device, p.train, p.dev_batches,
                                        f"speed/{t}")
     del encoder
     # RoBERTa-large's shapes, random weights, built on the device; the same rows, at batch 64
@@ -466,13 +466,13 @@ def speed(check):
                         lr=config.PAPER_PROTOCOL["lr"], pooling="roberta")
     steps = 2 if check.dry_run else 16
     for t in cfg.tasks:
-        p = dict(prepared[t], pad_id=shape["pad_token_id"])
+        p = replace(prepared[t], pad_id=shape["pad_token_id"])
         # RoBERTa has one segment type: every token's is 0 (an index past the table would stop
         # CUDA with a device-side assert)
-        same = [(ids, [0] * len(types), label) for ids, types, label in p["train"]]
+        same = [(ids, [0] * len(types), label) for ids, types, label in p.train]
         rows = [same[i % len(same)] for i in range(steps * large_cfg.batch_size)]  # tiny: repeated
         dev_batches = data.make_batches(rows, cfg.eval_batch_size, group_by_length=True,
-                                        pad_id=p["pad_id"])
+                                        pad_id=p.pad_id)
         out[f"roberta_large/{t}"] = own_path(large, p, large_cfg, device, rows, dev_batches,
                                              f"speed/large/{t}")
     del large

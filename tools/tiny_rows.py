@@ -41,6 +41,14 @@ def tiny_results():
     return {k: results[k] for k in RECORDED}
 
 
+def unordered(entries):
+    """A list's entries as a sorted list of their JSON (the order the inits and merges run in is
+    not a result); anything else as it is."""
+    if not isinstance(entries, list):
+        return entries
+    return sorted(json.dumps(e, sort_keys=True) for e in entries)
+
+
 def main(argv):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("out", help="where to write what the run recorded (JSON)")
@@ -51,7 +59,7 @@ def main(argv):
     if not args.compare:
         return 0
     before = json.loads(Path(args.compare).read_text())
-    differ = [k for k in RECORDED if before.get(k) != recorded[k]]
+    differ = [k for k in RECORDED if unordered(before.get(k)) != unordered(recorded[k])]
     print(f"\n{'identical' if not differ else 'DIFFERENT: ' + ', '.join(differ)}: "
           f"{sum(len(v) for v in recorded.values())} entries in {', '.join(RECORDED)}")
     return 1 if differ else 0

@@ -132,7 +132,8 @@ def test_layernorm_direction_is_constant_over_real_inputs(minilm_dir):
 
 def test_train_subset_holds_out_rows_that_no_training_row_repeats():
     rows = list(range(100))
-    plain = data.train_subset("sst2", rows, 30, seed=4)
+    plain, none = data.train_subset("sst2", rows, 30, seed=4)
+    assert none == []
     train, heldout = data.train_subset("sst2", rows, 30, seed=4, n_heldout=20)
     assert len(train) == 30 and len(heldout) == 20 and not set(train) & set(heldout)
     assert train == plain  # with room for both, the training rows are those of a plain run

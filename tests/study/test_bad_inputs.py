@@ -258,10 +258,13 @@ CASES = [
       for name in ("results.json", "summary.txt", "evaluations.json", "lambda.png",
                    "adapters/lora-sst2-seed42.pt")],
     # training that cannot go on
-    ("a learning rate that diverges", setting("--lr", "1e30"), "the learning rate is too high"),
+    ("a learning rate that diverges", setting("--lr", "1e30"), ("the learning rate is too high", "--lr")),
+    ("a RegMean whose Gram matrices sum to a singular one",
+     setting("--inits", "lora", "--merges", "regmean", "--regmean-samples", "1"),
+     ("regmean: the sum of the tasks' Gram matrices is singular", "--regmean-samples")),
     # evaluations whose outputs are not finite: an error, never a score
     *[(f"{merge} at lambda 1e30", setting("--inits", "lora", "--merges", merge, flag, "1e30"),
-       f"lora/sst2 merged by {merge} at lambda 1e+30 (try a smaller --lams")
+       (f"lora/sst2 merged by {merge} at lambda 1e+30 (try smaller lambdas)", "--lams"))
       for merge, flag in (("ta", "--lam-ta"), ("ties", "--lam-ties"), ("dare-ta", "--lams"))],
 ]
 
