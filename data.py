@@ -18,6 +18,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from extensions import carving  # this project's carved splits (it imports this module too)
+
 
 class DataError(Exception):
     """A user's data problem; the CLI prints str(e) as a one-line error and exits non-zero."""
@@ -225,7 +227,6 @@ def load_task(task, data_dir, carve=0, digests=None):
     against what the run fingerprinted it by (digests: {"train:sst2": SHA-256, ...}; load_split).
     carved: None, or which split this project's carving (carve > 0, extensions/carving.py)
     took from the other's file because the GLUE folder lacks it."""
-    from extensions import carving  # (here: it imports this module)
 
     def read(split):
         rows, skipped = load_split(task, split, data_dir, digest=(digests or {}).get(f"{split}:{task.name}"))
@@ -242,7 +243,6 @@ def load_task(task, data_dir, carve=0, digests=None):
 def sample_rows(task, train, dev, sampling, seed, carved=None):
     """Step 2, sample: (training rows, held-out rows, scored dev rows) for one seed
     (train_subset; by whole questions where a split was carved; dev_subset)."""
-    from extensions import carving  # (here: it imports this module)
     if sampling.heldout and sampling.heldout >= len(train):
         raise DataError(f"{task.name} has {len(train)} training rows; holding out "
                         f"{sampling.heldout} of them leaves none to train on: hold out fewer")
@@ -255,7 +255,6 @@ def prepare_task(task, data_dir, tokenizer, sampling, seed, digests=None):
     """One task's TaskData for one seed: load, sample, then step 3, encode (tokenise once and
     cut the rows that are scored into batches sorted by length, which cuts most of the padding
     and changes no metric)."""
-    from extensions import carving  # (here: it imports this module)
     train, dev, carved = load_task(task, data_dir, sampling.carve, digests)
     sample, heldout, scored = sample_rows(task, train, dev, sampling, seed, carved)
     print(f"{task.name}: {len(sample)} of {len(train)} training rows, "

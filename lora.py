@@ -3,7 +3,7 @@ per-task heads. Read it top to bottom:
 
 1. `LoRALinear` computes `W0 x + s * B(A x)` with `W0` frozen, `A` (r x d_in), `B` (d_out x r)
    and `s = alpha / r` (Hu et al. 2021, "LoRA"); `delta_w()` is the dense task update
-   `dW = s * B @ A` that the paper merges. `add_lora`, `remove_lora`, `lora_state` and
+   `dW = s * B @ A` that the paper merges. `add_lora`, `remove_lora`, `delta_weights` and
    `merged_into_weights` put adapters in, take them out, read them, and merge them.
 2. `BertEncoder` is the post-LayerNorm transformer of Devlin et al. 2019 on (B, T, H)
    tensors, with exact GELU, token type embeddings and the padding mask. RoBERTa (Liu et al.
@@ -127,6 +127,12 @@ def lora_state(encoder):
     vectors and merges live in one place whether an adapter was trained now or loaded."""
     return {f"{name}.{k}": getattr(m, k).detach().to("cpu", copy=True)
             for name, m in lora_layers(encoder).items() for k in ("A", "B")}
+
+
+def delta_weights(encoder):
+    """{layer name: delta_w} of every adapted layer: the task vector of the adapter in place."""
+    with torch.no_grad():
+        return {name: m.delta_w() for name, m in lora_layers(encoder).items()}
 
 
 def remove_lora(encoder):

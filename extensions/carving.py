@@ -11,7 +11,7 @@ import pathlib
 
 import torch
 
-from data import DataError, subset_in_order
+import data  # (data imports this module too: its names are looked up when called)
 
 CARVE_SEED = 0  # carved rows are the same for every --seeds, as a real split would be
 FIRST_TEXT = lambda example: example.text_a  # noqa: E731 (a carved task's rows group by it)
@@ -32,7 +32,7 @@ def split_sources(task, data_dir, carve=0):
     if not carve or not have[other]:
         offer = (f"; --carve-splits N carves it, seeded, from {task.name}'s {other} split"
                  if have[other] else "")
-        raise DataError(f"missing {paths[missing]}: the GLUE folder lacks {task.name}'s "
+        raise data.DataError(f"missing {paths[missing]}: the GLUE folder lacks {task.name}'s "
                         f"{missing} split{offer}")
     return {"train": paths[other], "dev": paths[other]}, missing
 
@@ -74,11 +74,11 @@ def carve_split(rows, n, key=None):
     `key` (the run passes a row's first text: QNLI's question), rows of one key are carved
     together, so that no question is both scored and trained on: whole groups until n rows."""
     if not 0 < n < len(rows):
-        raise DataError(f"--carve-splits {n}: the split to carve from has {len(rows)} rows; "
+        raise data.DataError(f"--carve-splits {n}: the split to carve from has {len(rows)} rows; "
                         f"carve between 1 and {len(rows) - 1}")
     picked = set(first_rows(groups_in_seeded_order(rows, key, CARVE_SEED), n))
     if len(picked) == len(rows):
-        raise DataError(f"--carve-splits {n}: carving whole questions leaves no row to train on; "
+        raise data.DataError(f"--carve-splits {n}: carving whole questions leaves no row to train on; "
                         f"carve fewer")
     return ([r for i, r in enumerate(rows) if i in picked],
             [r for i, r in enumerate(rows) if i not in picked])
@@ -92,7 +92,7 @@ def train_subset_by_question(name, rows, n, seed, n_heldout=0):
     heldout = first_rows(groups[::-1], n_heldout) if n_heldout else []  # the last groups
     kept = set(heldout)
     order = [i for g in groups for i in g if i not in kept] + heldout[::-1]
-    return subset_in_order(name, rows, order, n, len(heldout))
+    return data.subset_in_order(name, rows, order, n, len(heldout))
 
 
 def described(carved, n_dev, n_train):

@@ -273,7 +273,7 @@ def bench_merge(model_dir, repeats=5):
                       A_init=lora.random_As(encoder, ("query", "value"), 8, seed))
         for m in lora.lora_layers(encoder).values():
             m.B.data.normal_(0, 0.01)
-        tvs.append({n: m.delta_w().detach() for n, m in lora.lora_layers(encoder).items()})
+        tvs.append(lora.delta_weights(encoder))
     out = {}
     for method, lam in (("ta", 0.7), ("ties", 1.0)):
         seconds = timed(lambda _: merge.merge_task_vectors(tvs, method, lam), [None], [None], repeats)

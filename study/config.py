@@ -167,7 +167,6 @@ class Config:
         return merge.MergeSettings(self.ties_keep, self.ties_scope, self.dare_p,
                                    self.regmean_alpha, self.fisher_normalize, self.fisher_eps)
 
-
     def lambdas(self, method):
         """The lambdas merge `method` is evaluated at: --lams, else --lam-ta or --lam-ties; avg
         has 1/T, and the merges without a lambda (RegMean, Fisher, EMR) have None."""
@@ -176,6 +175,7 @@ class Config:
         if method == "avg":
             return [1 / len(self.tasks)]
         return list(self.lams) or [self.lam_ties if method.endswith("ties") else self.lam_ta]
+
 
 # The paper's fine-tuning (section 4.1; the authors' code for RoBERTa) and its lambda grid for
 # Task Arithmetic and TIES (section 4): what --full selects.

@@ -19,7 +19,8 @@ from study.endpoints import (CONTROL, MARGIN, MIN_SEEDS, POINT, against_control,
                              t_interval)
 from study.figures import write_figures
 from study.tables import (LISTS, TIE_FRACTION, best_lambdas, cost_split, failed_finetunes,
-                           has_lambda_grid, headline, init_width, interference_matrices, lambda_curves, lambda_ties, mean_std,
+                           has_lambda_grid, headline, init_width, interference_matrices,
+                           lambda_curves, lambda_ties, mean_std,
                            selected_on, task_mean)
 
 

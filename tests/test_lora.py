@@ -43,7 +43,7 @@ def test_merged_into_weights_equals_lora_forward_and_restores_exactly(tiny_model
     ids = torch.tensor([[2, 7, 8, 9, 3], [2, 10, 3, 0, 0]])
     args = (ids, torch.zeros_like(ids), ids != 0)
     with_adapter = encoder(*args)
-    deltas = {n: m.delta_w().detach() for n, m in lora.lora_layers(encoder).items()}
+    deltas = lora.delta_weights(encoder)
     w0 = {n: m.weight.clone() for n, m in lora.lora_layers(encoder).items()}
     lora.remove_lora(encoder)
     with lora.merged_into_weights(encoder, deltas):
