@@ -190,6 +190,10 @@ class BertConfig:
     hidden_dropout_prob: float = 0.1
     attention_probs_dropout_prob: float = 0.1
     pad_token_id: int = 0                # RoBERTa: 1, and positions start at 2
+    pooling: str = ""                    # the heads' the checkpoint declares ("": cls or roberta)
+
+    def __post_init__(self):
+        self.pooling = self.pooling or ("roberta" if self.model_type == "roberta" else "cls")
 
     @classmethod
     def from_dict(cls, d):

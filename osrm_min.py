@@ -57,8 +57,8 @@ def collect_statistics(encoder, batches, layer_names):
     H (n x d_in) stacks the inputs that this very layer sees on the given batches, one row per
     real token, computed by the encoder as it is: the frozen pretrained model for OSRM (the
     paper's section 3), a fine-tuned one for RegMean (`merge_statistics`). Forward hooks
-    read the inputs into running sums, in float64. The statistics are returned on the CPU,
-    whatever the model's device, and what is computed from them stays there.
+    read the inputs into running sums, in float64, on the encoder's device; the statistics are
+    returned on the CPU, and what is computed from them stays there.
     """
     layers = dict(encoder.named_modules())
     sums = {name: {"HtH": 0.0, "h": 0.0, "n": 0} for name in layer_names}
@@ -77,7 +77,7 @@ def collect_statistics(encoder, batches, layer_names):
     encoder.eval()
     try:
         with torch.inference_mode():
-            for batch in batches:
+            for batch in (train.to_device(b, fastpath.device_of(encoder)) for b in batches):
                 mask = batch["attention_mask"]
                 # the plain forward pass over the padded batch, as lora.py writes it (never a
                 # speed path's packing, which would reorder the rows the sums run over)
@@ -201,12 +201,13 @@ def new_head(encoder, task, seed, cfg, train_rows=()):
     STS-B's first steps do not collapse onto a near-constant prediction (results/README.md)."""
     torch.manual_seed(task_seed(seed, task.name))
     pooler = encoder.pooler if getattr(encoder, "has_pretrained_pooler", False) else None
-    head = lora.ClassificationHead(encoder.config.hidden_size, task.num_labels, cfg.pooling,
+    head = lora.ClassificationHead(encoder.config.hidden_size, task.num_labels,
+                                   cfg.heads_pooling(encoder.config.pooling),
                                    encoder.config.hidden_dropout_prob, pooler)
     if not task.labels and cfg.head_bias_mean and train_rows:
         with torch.no_grad():
             head.classifier.bias.fill_(sum(label for *_, label in train_rows) / len(train_rows))
-    return fastpath.use_fast_dropout(head.to(cfg.device))
+    return fastpath.use_fast_dropout(head.to(fastpath.device_of(encoder)))
 
 
 def finetune_adapter(encoder, init, task_data, A_init, seed, cfg):
@@ -270,7 +271,7 @@ def score(encoder, adapters, scoring, prepared, cfg):
         for t, adapter in adapters.items():
             value, metrics, predictions = train.evaluate(
                 encoder, adapter.head, prepared[t].task, getattr(prepared[t], f"{split}_batches"),
-                cfg.device, described(scoring, t))
+                fastpath.device_of(encoder), described(scoring, t))
             rows.append({"seed": scoring.seed, "init": scoring.init, "merge": scoring.method,
                          "lambda": scoring.lam, "task": t, "split": split, "score": value,
                          "metrics": metrics, "predictions": predictions})
@@ -310,13 +311,12 @@ def merge_statistics(encoder, adapters, prepared, cfg):
             if "regmean" in cfg.merges:
                 batches = data.make_batches(rows[:cfg.regmean_samples], cfg.batch_size,
                                             group_by_length=True, pad_id=pad_id)
-                stats = collect_statistics(encoder, [train.to_device(b, cfg.device) for b in batches],
-                                           list(layers))
+                stats = collect_statistics(encoder, batches, list(layers))
                 out.setdefault("regmean", []).append(regmean_grams(stats, cfg.regmean_grams))
             if "fisher" in cfg.merges:
                 examples = data.make_batches(rows[:cfg.fisher_samples], 1, pad_id=pad_id)
                 out.setdefault("fisher", []).append(
-                    fisher.fisher_diagonal(encoder, adapter.head, examples, layers, cfg.device))
+                    fisher.fisher_diagonal(encoder, adapter.head, examples, layers, fastpath.device_of(encoder)))
     return out
 
 
@@ -397,10 +397,10 @@ class InitRun:
     interference: dict = field(default_factory=dict)  # {"interference": matrix, "..._fit": ...}
 
 
-def run_seed(cfg, seed, encoder, tokenizer, inputs):
+def run_seed(cfg, data_dir, seed, encoder, tokenizer, inputs):
     """Steps 1-2 of one seed: each task's rows, its layer statistics, OSRM's subspaces.
-    inputs: the fingerprints of the input files (resume.fingerprint_inputs)."""
-    prepared = prepare(cfg, seed, tokenizer, inputs)
+    inputs: the fingerprints of the input files in data_dir (resume.fingerprint_inputs)."""
+    prepared = prepare(cfg, data_dir, seed, tokenizer, inputs)
     # 1. each task's layer statistics, from the frozen pretrained encoder; and the same on
     # held-out rows, to measure on
     stats = layer_statistics(encoder, cfg, prepared, "stats")
@@ -461,11 +461,11 @@ def run_init(cfg, init, encoder, seed, trained=None):
     return out
 
 
-def prepare(cfg, seed, tokenizer, inputs):
-    """Each task's rows for this seed (data.prepare_tasks), read from the GLUE files whose
-    content `inputs` fingerprinted (resume.fingerprint_inputs; a file changed since is an
+def prepare(cfg, data_dir, seed, tokenizer, inputs):
+    """Each task's rows for this seed (data.prepare_tasks), read from the GLUE files in data_dir
+    whose content `inputs` fingerprinted (resume.fingerprint_inputs; a file changed since is an
     error)."""
-    return data.prepare_tasks(cfg.tasks, cfg.data_dir, tokenizer, cfg.sampling, seed, inputs)
+    return data.prepare_tasks(cfg.tasks, data_dir, tokenizer, cfg.sampling, seed, inputs)
 
 
 def statistics_batches(task_data, rows, cfg):
@@ -483,29 +483,27 @@ def layer_statistics(encoder, cfg, prepared, rows):
     t0 = time.time()
     stats = {}
     for n, p in prepared.items():
-        batches = [train.to_device(b, cfg.device) for b in statistics_batches(p, rows, cfg)]
-        stats[n] = collect_statistics(encoder, batches, names)
+        stats[n] = collect_statistics(encoder, statistics_batches(p, rows, cfg), names)
     what = (f"{cfg.osrm_samples} training examples" if rows == "stats"
             else f"{cfg.measure_samples} held-out dev rows (to measure on)")
     print(f"layer statistics: {what} per task, {len(names)} layers, {time.time() - t0:.1f}s")
     return stats
 
 
-def run(cfg, encoder, tokenizer, inputs):
-    """The whole experiment, seed by seed (`run_seed`, then `run_init` for every init): the
-    results dict of results.json. Around it: the speed path, saved work reused, each step's
-    results recorded, and with --workers the inits side by side in worker processes."""
+def run(cfg, located, encoder, tokenizer, inputs):
+    """The experiment on `located`'s data and device, seed by seed (`run_seed`, then `run_init`
+    per init): results.json's dict; around it the speed path, reuse, records and workers."""
     groups = parallel.init_groups(cfg.inits, [i for i in cfg.inits if INITS[i].post_hoc])
-    n = min(parallel.workers(cfg), len(cfg.seeds) * len(groups))
+    n = min(parallel.workers(cfg.workers, located.device), len(cfg.seeds) * len(groups))
     loaded = resume.encoder_digest(encoder) if n > 1 else None  # what each worker must load too
-    encoder = fastpath.speed_up(encoder.to(cfg.device))  # the same modules, the speed path on
-    store = resume.Store(cfg, inputs)
+    encoder = fastpath.speed_up(encoder.to(located.device))  # the same modules, the speed path on
+    store = resume.Store(cfg, located.device, inputs)
     results = record.new_results(cfg, inputs)
-    pool = parallel.Workers(cfg, n, loaded, encoder.config) if n > 1 else contextlib.nullcontext()
+    pool = parallel.Workers(cfg, located, n, loaded, encoder.config) if n > 1 else contextlib.nullcontext()
     with pool as workers, resume.reusing(store, sys.modules[__name__]):
         for s in cfg.seeds:
             print(f"seed {s}")
-            seed = run_seed(cfg, s, encoder, tokenizer, inputs)
+            seed = run_seed(cfg, located.data_dir, s, encoder, tokenizer, inputs)
             record.seed(results, seed)
             if workers is not None:  # every init of the seed in a worker process; results later
                 workers.run_inits(cfg, seed, store.inputs, groups)

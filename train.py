@@ -60,13 +60,12 @@ def autocast(device, enabled=True):
 
 @dataclass(frozen=True)
 class TrainSettings:
-    """How to fine-tune (a run's: study/config.py's --epochs, --lr, ... and --device)."""
+    """How to fine-tune (a run's: study/config.py's --epochs, --lr, ...); on the encoder's device."""
     epochs: int
     lr: float
     weight_decay: float = 0.0   # AdamW's
     warmup: float = 0.06        # the fraction of the steps with a linear warm-up
     max_grad_norm: float = 1.0  # gradient clipping
-    device: str = "cpu"
 
 
 def finetune(encoder, head, batches_for_epoch, settings, desc="train", choices=None):
@@ -80,7 +79,7 @@ def finetune(encoder, head, batches_for_epoch, settings, desc="train", choices=N
     naming the likely cause and its first step. Losses are read from the device every
     `choices.check_every` steps (speed/fastpath.py; a CPU: every step, before its update).
     """
-    epochs, lr, device = settings.epochs, settings.lr, settings.device
+    epochs, lr, device = settings.epochs, settings.lr, fastpath.device_of(encoder)
     choices = choices or fastpath.step_choices(device)
     params = [p for p in list(encoder.parameters()) + list(head.parameters()) if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=settings.weight_decay,

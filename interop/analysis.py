@@ -37,8 +37,8 @@ def analyse(args):
     cfg = config.Config(tasks=tuple(tasks), model=args.model, data_dir=args.data_dir,
                         train_samples=1, dev_samples=args.dev_samples,
                         measure_samples=args.measure_samples)
-    cfg = config.locate_inputs(cfg)
-    encoder, _ = checkpoint.load_checkpoint(cfg.model)
+    located = config.locate_inputs(cfg)
+    encoder, _ = checkpoint.load_checkpoint(located.model)
     encoder.eval()
     model_type = encoder.config.model_type
     read = {t: read_adapter(folder, encoder, model_type) for t, (_, _, folder) in zip(tasks, pairs)}
@@ -56,8 +56,9 @@ def analyse(args):
         head = lora.ClassificationHead(encoder.config.hidden_size, n_out, pooling, 0.0)
         head.load_state_dict(head_state)
         heads[t] = head
-    tokenizer = tokenization.load_tokenizer(cfg.model)
-    prepared = osrm_min.prepare(cfg, cfg.seed, tokenizer, {})
+    tokenizer = tokenization.load_tokenizer(located.model)
+    seed = cfg.seeds[0]
+    prepared = osrm_min.prepare(cfg, located.data_dir, seed, tokenizer, {})
     measured = osrm_min.layer_statistics(encoder, cfg, prepared, "measure")
     # {layer: dW = B' A}, scale 1: read_adapter folded the adapter's scale into B'
     adapters = {t: osrm_min.Adapter(read[t][0], heads[t]) for t in tasks}
@@ -70,12 +71,12 @@ def analyse(args):
     rows = []
     for t in tasks:  # alone: the pretrained weights plus the task's own update
         with lora.merged_into_weights(encoder, vectors[t]):
-            alone = osrm_min.Scoring(cfg.seed, "peft", "none", None, {t: adapters[t]})
+            alone = osrm_min.Scoring(seed, "peft", "none", None, {t: adapters[t]})
             rows.append({"merge": "none", "lambda": None, "scores": scores(
                 osrm_min.score(encoder, {t: adapters[t]}, alone, prepared, cfg))})
     for method in merges:
         for lam in ([None] if method in merge.NO_LAMBDA else [1 / len(tasks)] if method == "avg" else lams):
-            merging = osrm_min.Scoring(cfg.seed, "peft", method, lam, adapters)
+            merging = osrm_min.Scoring(seed, "peft", method, lam, adapters)
             got = scores(osrm_min.merged_scores(encoder, adapters, merging, {}, prepared, unit))
             rows.append({"merge": method, "lambda": lam, "scores": got})
     alone = {t: r["scores"][t] for r in rows if r["merge"] == "none" for t in r["scores"]}
@@ -83,7 +84,7 @@ def analyse(args):
     energy = {t: measures.subspace_energy({k.removesuffix(".A"): measures.row_space(v)
                                            for k, v in read[t][0].items() if k.endswith(".A")},
                                           measured, t) for t in tasks}
-    result = {"adapters": {t: str(f) for t, (_, _, f) in zip(tasks, pairs)}, "model": cfg.model,
+    result = {"adapters": {t: str(f) for t, (_, _, f) in zip(tasks, pairs)}, "model": located.model,
               "tasks": tasks, "alone": alone, "merged": [r for r in rows if r["merge"] != "none"],
               "interference": matrix, "energy": {t: {"own": e[0], "others": e[1]} for t, e in energy.items()},
               "measure_samples": cfg.measure_samples, "dev_samples": cfg.dev_samples}

@@ -232,7 +232,10 @@ def export(run_dir, init, tasks, seed, out):
     as PEFT folders out/<init>-<task>; returns the lines that say how each loads."""
     run_dir = Path(run_dir)
     try:
-        cfg = json.loads((run_dir / "results.json").read_text(encoding="utf-8"))["config"]
+        results = json.loads((run_dir / "results.json").read_text(encoding="utf-8"))
+        # the settings as given, with what they resolved to (the model's folder, the heads'
+        # pooling; results.json from before "located" held those in "config")
+        cfg = dict(results["config"], **results.get("located", {}))
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise AdapterError(f"{run_dir}/results.json cannot be read ({type(e).__name__}); give the "
                            f"folder of a finished osrm-min run") from None
@@ -251,7 +254,7 @@ def export(run_dir, init, tasks, seed, out):
 
 def osrm_initialisations(cfg, out=None):
     """For each of cfg.tasks, OSRM's A (osrm_min.osrm_init on the frozen model's statistics of
-    cfg.osrm_samples training rows per task, seed cfg.seed) and B = 0, with a fresh head of the
+    cfg.osrm_samples training rows per task, seed cfg.seeds[0]) and B = 0, with a fresh head of the
     transformers class (BERT's pooler from the checkpoint, osrm_min.new_head), written as a
     trainable PEFT folder out/<task> (out None: cfg.out); returns the lines of write_adapter."""
     out = cfg.out if out is None else out
@@ -259,16 +262,16 @@ def osrm_initialisations(cfg, out=None):
     from dataclasses import replace
     from pretrained import checkpoint, tokenization
     from study import config
-    cfg = config.locate_inputs(cfg)
-    encoder, _ = checkpoint.load_checkpoint(cfg.model)
-    tokenizer = tokenization.load_tokenizer(cfg.model)
+    located = config.locate_inputs(cfg)
+    encoder, _ = checkpoint.load_checkpoint(located.model)
+    tokenizer = tokenization.load_tokenizer(located.model)
     model_type = encoder.config.model_type
     pooling = "roberta" if model_type == "roberta" else "cls"  # what transformers' classes have
     cfg = replace(cfg, pooling=pooling, train_samples=cfg.osrm_samples,  # only the k rows are read
                   train_samples_per_task=())
-    prepared = osrm_min.prepare(cfg, cfg.seed, tokenizer, {})
+    prepared = osrm_min.prepare(cfg, located.data_dir, cfg.seeds[0], tokenizer, {})
     stats = osrm_min.layer_statistics(encoder, cfg, prepared, "stats")
-    settings = {"rank": cfg.rank, "alpha": cfg.alpha, "targets": cfg.targets, "model": cfg.model,
+    settings = {"rank": cfg.rank, "alpha": cfg.alpha, "targets": cfg.targets, "model": located.model,
                 "lora_dropout": cfg.lora_dropout, "model_type": model_type, "pooling": pooling}
     layers = dict(encoder.named_modules())
     lines = []
@@ -277,7 +280,7 @@ def osrm_initialisations(cfg, out=None):
         for layer, A in osrm_min.osrm_init(stats, t, cfg.rank, "second_moment").items():
             state[f"{layer}.A"] = A
             state[f"{layer}.B"] = torch.zeros(layers[layer].out_features, cfg.rank)
-        head = osrm_min.new_head(encoder, prepared[t].task, cfg.seed, cfg).state_dict()
+        head = osrm_min.new_head(encoder, prepared[t].task, cfg.seeds[0], cfg).state_dict()
         lines.append(write_adapter(Path(out) / t, state, head, settings, inference_mode=False))
     return lines
 

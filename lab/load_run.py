@@ -18,7 +18,7 @@ import contextlib
 import io
 import json
 import sys
-from dataclasses import fields, replace
+from dataclasses import fields
 from pathlib import Path
 
 import torch
@@ -82,12 +82,11 @@ def where(cfg, inputs):
     return model, data_dir
 
 
-def settings(saved, seed, model, data_dir):
-    """The run's Config, as results.json saved it, for `seed` and the files found here."""
+def settings(saved):
+    """The run's Config, as results.json saved it."""
     known = {f.name for f in fields(config.Config)}
-    cfg = config.Config(**{k: tuple(v) if isinstance(v, list) else v
-                           for k, v in saved.items() if k in known})
-    return replace(cfg, seed=seed, model=model, data_dir=data_dir)
+    return config.Config(**{k: tuple(v) if isinstance(v, list) else v
+                            for k, v in saved.items() if k in known})
 
 
 class Run:
@@ -103,14 +102,16 @@ class Run:
             if self.seed not in cfg["seeds"]:
                 raise LabError(f"the run in {self.out} has seeds {cfg['seeds']}, not {self.seed}")
             self.tasks = cfg["tasks"]
-            model, data_dir = where(cfg, self.results["inputs"])
+            # where the run found its model and GLUE (results.json from before "located" held
+            # them in "config")
+            model, data_dir = where(dict(cfg, **self.results.get("located", {})), self.results["inputs"])
             self.encoder, _ = checkpoint.load_checkpoint(model)
             self.encoder.eval()  # no dropout: the inputs the frozen model sees
             self.layers = list(lora.target_layers(self.encoder, cfg["targets"]))
             tokenizer = tokenization.load_tokenizer(model)
-            run_cfg = settings(cfg, self.seed, model, data_dir)
+            run_cfg = settings(cfg)
             with contextlib.redirect_stdout(io.StringIO()):  # the run printed what it read
-                prepared = osrm_min.prepare(run_cfg, self.seed, tokenizer, self.results["inputs"])
+                prepared = osrm_min.prepare(run_cfg, data_dir, self.seed, tokenizer, self.results["inputs"])
             # the very batches the run's statistics read (osrm_min.layer_statistics)
             self.batches = Named(f"the run in {self.out}", {
                 name: osrm_min.statistics_batches(p, "stats", run_cfg) for name, p in prepared.items()})

@@ -295,10 +295,11 @@ def load_checkpoint(folder):
                                   f"config.json implies {tuple(expected[k])}")
         if not v.is_floating_point() or not torch.isfinite(v).all():
             raise CheckpointError(f"{folder}: tensor {k} is not all finite floating-point numbers")
+    config.pooling = checkpoint_pooling(folder, config.model_type)  # the heads' pooling it declares
     encoder = BertEncoder(config)
     encoder.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)
     encoder.has_pretrained_pooler = "pooler.weight" in state
-    return encoder, checkpoint_pooling(folder, config.model_type)
+    return encoder, config.pooling
 
 
 def _short(names, n=5):

@@ -213,9 +213,9 @@ def run_batches(tokenizer, data_dir, task, steps, warmup):
     of 128, as data.prepare_tasks makes them."""
     cfg = config.Config(tasks=(task, "sst2" if task != "sst2" else "mrpc"))
     rows, _ = data.load_split(data.TASKS[task], "train", data_dir)
-    encoded = data.encode_examples(tokenizer, data.train_subset(task, rows, cfg.train_samples, cfg.seed)[0],
+    encoded = data.encode_examples(tokenizer, data.train_subset(task, rows, cfg.train_samples, cfg.seeds[0])[0],
                                    cfg.max_length)
-    epoch = data.make_batches(encoded, cfg.batch_size, shuffle=True, seed=osrm_min.task_seed(cfg.seed, task),
+    epoch = data.make_batches(encoded, cfg.batch_size, shuffle=True, seed=osrm_min.task_seed(cfg.seeds[0], task),
                               group_by_length=cfg.group_by_length, pad_id=tokenizer.pad_id)
     picked = epoch[::max(1, len(epoch) // (warmup + steps))][:warmup + steps]
     dev, _ = data.load_split(data.TASKS[task], "dev", data_dir)
@@ -239,7 +239,7 @@ def bench_osrm(model_dir, data_dir, tokenizer, repeats):
     cfg = config.Config(tasks=("sst2", "mrpc"), model=str(model_dir), data_dir=str(data_dir))
     with contextlib.redirect_stdout(sys.stderr):  # its notes, away from --json's output
         prepared = data.prepare_tasks(cfg.tasks, cfg.data_dir, tokenizer,
-                                      replace(cfg.sampling, measure=0), cfg.seed)
+                                      replace(cfg.sampling, measure=0), cfg.seeds[0])
     encoder, pooling = checkpoint.load_checkpoint(model_dir)
 
     def osrm_subspaces(_):
@@ -249,7 +249,7 @@ def bench_osrm(model_dir, data_dir, tokenizer, repeats):
                 for n in cfg.tasks}
 
     batches = data.make_batches(prepared["sst2"].train, cfg.batch_size, shuffle=True,
-                                seed=cfg.seed, group_by_length=True, pad_id=tokenizer.pad_id)
+                                seed=cfg.seeds[0], group_by_length=True, pad_id=tokenizer.pad_id)
     sample = batches[::max(1, len(batches) // 40)][:40]
     # Ours' adapter is the default's (rank 8, alpha 16, query and value), started as OSRM's
     side = Ours(model_dir, encoder.config.hidden_dropout_prob, pooling=pooling, lr=cfg.lr,

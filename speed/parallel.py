@@ -57,14 +57,15 @@ _PREFIX = "osrm-min-jobs-"  # the temporary folders' names: this, the main proce
 _LOCK = "lock"  # in each folder: held (flock) by the run that made it, for as long as it runs
 
 
-def workers(cfg):
-    """At most how many jobs run side by side: --workers, or with 0 one per CPU core on a CPU,
-    one per visible card with --device cuda (one with cuda:N). With --workers N on one GPU,
-    N fine-tunes share the card, checked against its free memory (`check_device_memory`)."""
-    if cfg.workers:
-        return cfg.workers
-    if str(cfg.device).startswith("cuda"):
-        return max(1, torch.cuda.device_count()) if cfg.device == "cuda" else 1
+def workers(requested, device):
+    """At most how many jobs run side by side: --workers (`requested`), or with 0 one per CPU
+    core on a CPU, one per visible card on device cuda (one on cuda:N; `device` as resolved,
+    config.Located). With --workers N on one GPU, N fine-tunes share the card, checked against
+    its free memory (`check_device_memory`)."""
+    if requested:
+        return requested
+    if str(device).startswith("cuda"):
+        return max(1, torch.cuda.device_count()) if device == "cuda" else 1
     return max(1, os.cpu_count() or 1)
 
 
@@ -112,14 +113,14 @@ def init_groups(inits, post_hoc):
 
 
 def inits_job(encoder, job):
-    """In a worker: osrm_min.run_init for a group of one seed's inits. job = (cfg, inits, the
-    name the seed's data was shared under, input fingerprints). Adapters are saved as they
+    """In a worker: osrm_min.run_init for a group of one seed's inits. job = (cfg, the run's
+    device as resolved, inits, the name the seed's data was shared under, input fingerprints). Adapters are saved as they
     finish, as in one process; the scores are not (the main process writes them, as each job
     ends): returns ({init: its InitRun, without the adapters}, the new score rows)."""
     import osrm_min  # (here: osrm_min imports this module)
-    cfg, inits, shared_name, inputs = job
+    cfg, device, inits, shared_name, inputs = job
     seed = shared(shared_name)
-    store = resume.Store(cfg, inputs, save_scores=False)
+    store = resume.Store(cfg, device, inputs, save_scores=False)
     trained = {}
     with resume.reusing(store, osrm_min):
         for init in inits:
@@ -244,18 +245,19 @@ def _run(job_fn, job_path, result_path):
 
 
 class Workers:
-    """`with Workers(cfg, n, model_digest) as pool:` n worker processes, started at the first
+    """`with Workers(cfg, located, n, model_digest) as pool:` n worker processes, started at the first
     `pool.share` or
     `pool.submit` and kept for every seed (a worker's start-up, an interpreter and a checkpoint, costs
     seconds)."""
 
-    def __init__(self, cfg, n, model_digest, model_config=None):
-        """model_digest: resume.encoder_digest of the encoder this process loaded, which each
-        worker's own must match; model_config (its BertConfig): on a GPU, each card's free
-        memory is checked against its workers' fine-tunes (`check_device_memory`)."""
-        self.cfg, self.n, self.model_digest = cfg, n, model_digest
-        self.devices = worker_devices(str(cfg.device), n)
-        if model_config is not None and str(cfg.device).startswith("cuda"):
+    def __init__(self, cfg, located, n, model_digest, model_config=None):
+        """located: the model folder and device (config.Located); model_digest:
+        resume.encoder_digest of the encoder this process loaded, which each worker's own must
+        match; model_config (its BertConfig): on a GPU, each card's free memory is checked
+        against its workers' fine-tunes (`check_device_memory`)."""
+        self.cfg, self.located, self.n, self.model_digest = cfg, located, n, model_digest
+        self.devices = worker_devices(str(located.device), n)
+        if model_config is not None and str(located.device).startswith("cuda"):
             check_device_memory(self.devices, fine_tune_bytes(model_config, cfg.batch_size,
                                                               cfg.max_length), cfg.batch_size)
         self.pool, self.futures, self.folder, self.lock, self.main_threads = None, {}, None, None, None
@@ -279,7 +281,8 @@ class Workers:
         run's input fingerprints. Each job's result comes back from `wait` under (seed, group)."""
         shared_name = self.share(seed)
         for inits in groups:
-            self.submit((seed.seed, tuple(inits)), inits_job, (cfg, inits, shared_name, inputs))
+            self.submit((seed.seed, tuple(inits)), inits_job,
+                        (cfg, self.located.device, inits, shared_name, inputs))
 
     def submit(self, key, job_fn, job):
         """Queue `job_fn(encoder, job)` for a worker; its result comes back from `wait`
@@ -306,7 +309,7 @@ class Workers:
         context = multiprocessing.get_context("spawn")  # fresh interpreters: no forked thread pools
         with _quiet_children():
             self.pool = ProcessPoolExecutor(self.n, mp_context=context, initializer=_start,
-                                            initargs=(os.getpid(), self.cfg.model, self.devices,
+                                            initargs=(os.getpid(), self.located.model, self.devices,
                                                       context.Value("i", 0), self.threads,
                                                       self.model_digest))
         print(f"the inits of every seed run side by side in {self.n} worker processes, "

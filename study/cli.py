@@ -10,7 +10,7 @@ import os
 import signal
 import sys
 import time
-from dataclasses import replace
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -33,7 +33,8 @@ from study.config import ExperimentError
 
 def main(argv, inits, run):
     """The command, with Ctrl-C handled by `interrupted`; its exit code. inits: {name: help}
-    of the valid --inits; run(cfg, encoder, tokenizer, inputs) -> results: the experiment."""
+    of the valid --inits; run(cfg, located, encoder, tokenizer, inputs) -> results: the
+    experiment."""
     previous = signal.signal(signal.SIGINT, interrupted)
     try:
         return run_command(argv, inits, run)
@@ -53,22 +54,22 @@ def interrupted(signum, frame):
 def run_command(argv, inits, run):
     t0 = time.time()
     try:
-        cfg = config.parse_command_line(argv, inits, merge.METHODS)
-        cfg = config.locate_inputs(cfg)  # the model and GLUE: found here, or downloaded once
+        cfg = config.parse_command_line(argv, inits, merge.METHODS)  # never changed after this
+        located = config.locate_inputs(cfg)  # the model and GLUE: found here, or downloaded once
         resume.check_writable(cfg.out, ["results.json", "summary.txt", *figures.FIGURES,
                                         *resume.stored_files(cfg)])
         with resume.RunLock(cfg.out):
-            inputs = fingerprint(cfg)  # before anything is read; checked again as it is read
-            encoder, pooling = checkpoint.load_checkpoint(cfg.model)
-            cfg = replace(cfg, pooling=pooling if cfg.pooling == "auto" else cfg.pooling)
+            inputs = fingerprint(cfg, located)  # before anything is read; checked again as it is read
+            encoder, declared = checkpoint.load_checkpoint(located.model)
             config.check_against_model(cfg, min(m.in_features for m in lora.target_layers(
                 encoder, cfg.targets).values()), encoder.config.max_length)
-            tokenizer = tokenization.load_tokenizer(cfg.model)
-            checkpoint.check_tokenizer(cfg.model, encoder.config, tokenizer, any(
+            tokenizer = tokenization.load_tokenizer(located.model)
+            checkpoint.check_tokenizer(located.model, encoder.config, tokenizer, any(
                 len(data.TASKS[t].text_columns) > 1 for t in cfg.tasks))
-            unchanged_while_loading(cfg, inputs)
-            print(config.banner(cfg), flush=True)
-            results = run(cfg, encoder, tokenizer, inputs)
+            unchanged_while_loading(located.model, inputs)
+            print(config.banner(cfg, located, cfg.heads_pooling(declared)), flush=True)
+            results = run(cfg, located, encoder, tokenizer, inputs)
+            results["located"] = dict(asdict(located), pooling=cfg.heads_pooling(declared))
             results["wall_time_s"] = round(time.time() - t0, 1)
             endpoints.finish(results)
             resume.write_json_atomic(results, Path(cfg.out) / "results.json")
@@ -85,8 +86,7 @@ def run_command(argv, inits, run):
     except merge.SingularError as e:
         print(f"error: {e}; use more --regmean-samples or a --regmean-alpha below 1", file=sys.stderr)
     except train.TrainingError as e:  # the method says what to change, the flags are here
-        print(f"error: {e} (the learning rate: --lr; the lambdas: --lams, --lam-ta, --lam-ties)",
-              file=sys.stderr)
+        print(f"error: {with_flags(str(e))}", file=sys.stderr)
     except BrokenPipeError:  # the reader of our output has gone (`| head`): leave quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
@@ -108,30 +108,41 @@ def run_command(argv, inits, run):
     return 2
 
 
+# What a train.TrainingError may tell a user to change, in the method's words, and its flags
+TRAINING_FLAGS = {"learning rate": "--lr", "smaller lambdas": "--lams, --lam-ta, --lam-ties"}
+
+
+def with_flags(message):
+    """A TrainingError's message, followed by the flags of what it tells the user to change
+    (none where its cause is not a setting, e.g. extreme labels)."""
+    flags = [flag for words, flag in TRAINING_FLAGS.items() if words in message]
+    return f"{message} ({'; '.join(flags)})" if flags else message
+
+
 def out_of_device_memory(error):
     """Whether `error` is a GPU's out-of-memory error (torch.cuda.OutOfMemoryError, also when a
     worker process reports it as text)."""
     return isinstance(error, torch.cuda.OutOfMemoryError) or "CUDA out of memory" in str(error)
 
 
-def fingerprint(cfg):
+def fingerprint(cfg, located):
     """The content digests of every input file (resume.py), and what they cost."""
     t0 = time.time()
     data_files, carved = {}, {}
     for t in cfg.tasks:
-        paths, carved[t] = carving.split_sources(data.TASKS[t], cfg.data_dir, cfg.carve_splits)
+        paths, carved[t] = carving.split_sources(data.TASKS[t], located.data_dir, cfg.carve_splits)
         data_files.update({f"{split}:{t}": path for split, path in paths.items()})
-    inputs = resume.fingerprint_inputs(cfg.model, data_files, carved)
+    inputs = resume.fingerprint_inputs(located.model, data_files, carved)
     print(f"fingerprints of the model, tokenizer and data files: {time.time() - t0:.2f}s")
     return inputs
 
 
-def unchanged_while_loading(cfg, inputs):
+def unchanged_while_loading(model, inputs):
     """That the model and tokenizer files read after `fingerprint` are still the ones it
     digested, so that what was loaded is what the saved results are keyed on (the GLUE files
     are checked as each is read, data.load_split)."""
-    now = resume.fingerprint_inputs(cfg.model)
+    now = resume.fingerprint_inputs(model)
     changed = [k for k in ("model", "tokenizer") if now[k] != inputs[k]]
     if changed:
-        raise ExperimentError(f"the {' and '.join(changed)} files in {cfg.model} changed while "
+        raise ExperimentError(f"the {' and '.join(changed)} files in {model} changed while "
                               f"this run read them; rerun once they are complete")

@@ -16,7 +16,7 @@ import importlib.util
 import math
 import os
 import re
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import data
@@ -141,7 +141,6 @@ class Config:
     lab: bool = setting(False, "osrm-min's lab-sized run (LAB_PRESET): SST-2 and STS-B, fewer "
                                "rows, a few minutes on a laptop CPU (LAB.md); other flags still "
                                "apply")
-    seed: int = setting(42, "the seed of the run in progress, one of `seeds`", flag=False)
 
     @property
     def sampling(self):
@@ -155,10 +154,10 @@ class Config:
 
     @property
     def training(self):
-        """How to fine-tune (train.TrainSettings), from --epochs, --lr, --weight-decay, --warmup,
-        --max-grad-norm and --device."""
+        """How to fine-tune (train.TrainSettings), from --epochs, --lr, --weight-decay, --warmup
+        and --max-grad-norm (the device is the encoder's)."""
         return train.TrainSettings(self.epochs, self.lr, self.weight_decay, self.warmup,
-                                   self.max_grad_norm, self.device)
+                                   self.max_grad_norm)
 
     @property
     def merging(self):
@@ -166,6 +165,11 @@ class Config:
         --regmean-alpha, --fisher-normalize and --fisher-eps."""
         return merge.MergeSettings(self.ties_keep, self.ties_scope, self.dare_p,
                                    self.regmean_alpha, self.fisher_normalize, self.fisher_eps)
+
+    def heads_pooling(self, declared):
+        """The pooling of every task's head: --pooling, or with auto `declared`, what the
+        checkpoint declares (lora.BertConfig.pooling)."""
+        return declared if self.pooling == "auto" else self.pooling
 
     def lambdas(self, method):
         """The lambdas merge `method` is evaluated at: --lams, else --lam-ta or --lam-ties; avg
@@ -281,16 +285,24 @@ def parse_command_line(argv, inits, merges):
         elif Config.__dataclass_fields__[name].type is tuple:
             value = split_list(value)
         values[name] = value
-    if values["seeds"]:
-        values["seed"] = values["seeds"][0]
+    values["out"] = values["out"] or os.path.join("runs", "-".join(values["tasks"]))
     cfg = Config(**values)
     check(cfg, inits, merges)
-    return replace(cfg, out=cfg.out or os.path.join("runs", "-".join(cfg.tasks)))
+    return cfg
+
+
+@dataclass(frozen=True)
+class Located:
+    """What a run's settings resolve to on this machine (`locate_inputs`), kept apart from the
+    Config, which stays as parsed: the model folder, the GLUE folder and the device."""
+    model: str
+    data_dir: str
+    device: str
 
 
 def locate_inputs(cfg):
-    """cfg with the run's inputs found: the model (a local folder, the installed default, or a
-    hub id fetched once into a cache), GLUE (--data-dir, $GLUE_DIR, or the tasks downloaded
+    """The run's inputs found (a Located): the model (a local folder, the installed default, or
+    a hub id fetched once into a cache), GLUE (--data-dir, $GLUE_DIR, or the tasks downloaded
     once; pretrained/hub.py) and the device. Not part of parsing: it reads the disk and the
     network."""
     model = str(hub.resolve_model(cfg.model) if cfg.model else default_model_dir())
@@ -298,7 +310,7 @@ def locate_inputs(cfg):
         data_dir = str(find_data_dir(cfg.data_dir or None))
     else:
         data_dir = str(hub.download_glue(cfg.tasks))
-    return replace(cfg, model=model, data_dir=data_dir, device=resolve_device(cfg.device))
+    return Located(model, data_dir, resolve_device(cfg.device))
 
 
 def train_rows(cfg):
@@ -423,16 +435,19 @@ def check_against_model(cfg, smallest_input, max_positions):
                               f"{max_positions} positions")
 
 
-def banner(cfg):
-    """What a run prints first: what it is, and the settings that differ from the defaults
-    (every setting is in --help and in results.json's "config")."""
+def banner(cfg, located, pooling):
+    """What a run prints first: what it is, what it found (results.json's "located"), and the
+    settings that differ from the defaults (every setting is in --help and in results.json's
+    "config")."""
     lines = ["osrm-min: OSRM (Zhang & Zhou, ACL 2025) on GLUE"
              + (" (the paper's protocol, --full)" if cfg.full else
                 " (the lab preset, --lab)" if cfg.lab else " (CPU budget; --full: the paper's)"),
+             f"model {located.model} ({pooling} pooling), GLUE {located.data_dir}, device "
+             f"{located.device}",
              "settings other than the defaults (all of them: --help, and results.json's config):"]
     default = Config()
     settings = {name: value for name, value in asdict(cfg).items()
-                if name != "seed" and value != getattr(default, name)}
+                if value != getattr(default, name)}
     width = max(map(len, settings), default=0) + 2
     for name, value in settings.items():
         lines.append(f"  {name:<{width}}{','.join(map(str, value)) if isinstance(value, (tuple, list)) else value}")

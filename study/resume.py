@@ -49,12 +49,12 @@ from study.config import ExperimentError
 PATH_KEYS = ("model", "data_dir")
 ADAPTER_KEYS = ("full", "rank", "alpha", "targets", "lora_dropout", "lr",
                 "epochs", "batch_size", "train_samples", "max_length", "group_by_length",
-                "weight_decay", "warmup", "max_grad_norm", "seed", "pooling", "device")
+                "weight_decay", "warmup", "max_grad_norm", "pooling", "device")
 OSRM_KEYS = ("osrm_samples", "osrm_skip_ln_direction", "own_eps")  # A_t also depends on the other tasks
 # Settings that say which evaluations a run makes, not what any one of them scores. The device
 # and --eval-batch-size are not among them: they change a score's rounding (STS-B's in the
 # fifth digit), and a reused score must be the one a fresh run computes.
-WORK_KEYS = ("seeds", "seed", "inits", "merges", "lams", "lam_ta", "lam_ties", "out",
+WORK_KEYS = ("seeds", "inits", "merges", "lams", "lam_ta", "lam_ties", "out",
              "lab", "workers", "own_at_lambda")  # --lab only sets other settings
 
 
@@ -271,13 +271,14 @@ def lora_shapes(encoder, targets, rank):
 class Store:
     """The adapters and scores of earlier runs into the same output folder."""
 
-    def __init__(self, cfg, inputs, save_scores=True):
-        """save_scores=False (a worker process, speed/parallel.py): new scores are kept in
-        self.scores.new_rows for the main process to save, which alone writes the file."""
-        self.out = Path(cfg.out)
+    def __init__(self, cfg, device, inputs, save_scores=True):
+        """device: the run's, as resolved (config.Located); save_scores=False (a worker
+        process, speed/parallel.py): new scores are kept in self.scores.new_rows for the main
+        process to save, which alone writes the file."""
+        self.out, self.device = Path(cfg.out), device
         self.inputs = inputs  # fingerprint_inputs(...)
         (self.out / "adapters").mkdir(parents=True, exist_ok=True)
-        self.scores = Evaluations(self.out / "evaluations.json", cfg,
+        self.scores = Evaluations(self.out / "evaluations.json", dict(asdict(cfg), device=device),
                                   lambda task: self.row_inputs(cfg.tasks, task), save_scores)
 
     def adapter_path(self, init, task, seed):
@@ -286,7 +287,7 @@ class Store:
     def adapter_settings(self, cfg, seed, task, init, uses_osrm):
         """The settings and inputs saved with an adapter; it is reused only if they match.
         Its own training file shapes it, and with OSRM the other tasks' too (the subspace)."""
-        d = {k: getattr(cfg, k) for k in ADAPTER_KEYS}
+        d = dict({k: getattr(cfg, k) for k in ADAPTER_KEYS}, device=self.device)
         rows = config.train_rows(cfg)
         d.update(seed=seed, task=task, init=init, train_samples=rows[task])
         if not data.TASKS[task].labels:  # only a regression head's start depends on it
@@ -330,7 +331,7 @@ class Store:
             return None
         head = new_head()
         try:
-            saved = torch.load(path, map_location=cfg.device, weights_only=True)
+            saved = torch.load(path, map_location=self.device, weights_only=True)
             wanted = self.adapter_settings(cfg, seed, task, init, uses_osrm)
             if saved.get("config") != wanted:
                 old = saved.get("config") or {}
@@ -490,10 +491,10 @@ class Evaluations:
     its seed, init, merge, lambda and task are the ones asked for.
     """
 
-    def __init__(self, path, cfg, inputs_of, save=True):
+    def __init__(self, path, settings, inputs_of, save=True):
+        """settings: the run's, {name: value} (the Config's, with the device as resolved)."""
         self.path, self.save, self.new_rows = Path(path), save, []
-        self.settings = plain({k: v for k, v in asdict(cfg).items()
-                               if k not in WORK_KEYS + PATH_KEYS})
+        self.settings = plain({k: v for k, v in settings.items() if k not in WORK_KEYS + PATH_KEYS})
         saved = {}
         if self.path.exists():
             try:
@@ -505,7 +506,7 @@ class Evaluations:
                 print(f"note: cannot use {self.path} ({e}); evaluating again")
                 saved = {}
         rows = saved.get("rows", []) if saved.get("settings") == self.settings else []
-        fresh = [r for r in rows if r["task"] in cfg.tasks and r["inputs"] == inputs_of(r["task"])]
+        fresh = [r for r in rows if r["task"] in settings["tasks"] and r["inputs"] == inputs_of(r["task"])]
         self.rows = {self.key(r): r for r in fresh}
         if save and len(fresh) < len(rows):  # (said once, by the process that saves)
             print(f"note: the model, tokenizer or data files changed since {len(rows) - len(fresh)} "

@@ -141,11 +141,10 @@ class Check:
                       "--osrm-samples", "4"] if self.dry_run else ["--train-samples", "4000"])
             cfg = config.parse_command_line(["--tasks", "sst2,mrpc", *self.run_args(), *small],
                                             osrm_min.INITS, merge.METHODS)
-            cfg = replace(cfg, pooling=checkpoint.checkpoint_pooling(self.model_dir,
-                                                                     self.encoder().config.model_type))
             tokenizer = tokenization.load_tokenizer(self.model_dir)
             self.shared.update(cfg=cfg, tokenizer=tokenizer,
-                               prepared=osrm_min.prepare(cfg, cfg.seed, tokenizer, None))
+                               prepared=osrm_min.prepare(cfg, cfg.data_dir, cfg.seeds[0],
+                                                         tokenizer, None))
         return self.shared["cfg"], self.shared["tokenizer"], self.shared["prepared"]
 
     def encoder(self):
@@ -345,9 +344,9 @@ def parity(check):
                grad_rel_err_vs_cpu=((g32 - g_cpu).norm() / g_cpu.norm()).item(),
                run_loss_rel_err_vs_cpu=abs(loss_run - loss_cpu) / abs(loss_cpu),
                run_grad_cosine_vs_cpu=F.cosine_similarity(g_run, g_cpu, dim=0).item())
-    # the layer statistics and the OSRM subspaces, each computed on its own device
-    stats_cpu = osrm_min.layer_statistics(cpu, replace(cfg, device="cpu"), prepared, "stats")
-    stats_dev = osrm_min.layer_statistics(dev, replace(cfg, device=device), prepared, "stats")
+    # the layer statistics and the OSRM subspaces, each computed on its encoder's device
+    stats_cpu = osrm_min.layer_statistics(cpu, cfg, prepared, "stats")
+    stats_dev = osrm_min.layer_statistics(dev, cfg, prepared, "stats")
     s_err, mu_err, sines, bounds = 0.0, 0.0, [], []
     for t in cfg.tasks:
         A_cpu = osrm_min.osrm_init(stats_cpu, t, cfg.rank, "second_moment")
@@ -405,14 +404,14 @@ def own_path(encoder, task_data, cfg, device, rows, dev_batches, desc):
     train.evaluate on `dev_batches`), after an untimed warm-up on a few batches. Returns
     training and evaluation rates, and the FLOPs of the timed epoch."""
     model = fastpath.speed_up(encoder)
-    A_init = osrm_min.initial_A(encoder, "lora", task_data.task.name, cfg.seed, {}, cfg)
+    A_init = osrm_min.initial_A(encoder, "lora", task_data.task.name, cfg.seeds[0], {}, cfg)
     warm = replace(task_data, train=rows[:3 * cfg.batch_size])
     train.PROGRESS = False
-    osrm_min.finetune_adapter(model, "lora", warm, A_init, cfg.seed, cfg)
+    osrm_min.finetune_adapter(model, "lora", warm, A_init, cfg.seeds[0], cfg)
     timed = replace(task_data, train=rows)
     sync(device)
     t0 = time.perf_counter()
-    adapter = osrm_min.finetune_adapter(model, "lora", timed, A_init, cfg.seed, cfg)
+    adapter = osrm_min.finetune_adapter(model, "lora", timed, A_init, cfg.seeds[0], cfg)
     state, training, head = adapter.lora, adapter.training, adapter.head
     sync(device)
     train_s = time.perf_counter() - t0
@@ -425,7 +424,7 @@ def own_path(encoder, task_data, cfg, device, rows, dev_batches, desc):
         eval_s = time.perf_counter() - t0
     # the very batches of the timed epoch (finetune_adapter's seed), for their tokens and FLOPs
     batches = data.make_batches(rows, cfg.batch_size, shuffle=True,
-                                seed=osrm_min.task_seed(cfg.seed, task_data.task.name),
+                                seed=osrm_min.task_seed(cfg.seeds[0], task_data.task.name),
                                 group_by_length=cfg.group_by_length, pad_id=task_data.pad_id)
     real = sum(int(b["attention_mask"].sum()) for b in batches)
     padded = sum(b["attention_mask"].numel() for b in batches)
@@ -444,7 +443,7 @@ def speed(check):
     the paper's batch of 64 and lr; and the matrix-multiply rate they are a fraction of."""
     device = check.device
     cfg, _, prepared = check.cfg()
-    cfg = replace(cfg, epochs=1, device=device)
+    cfg = replace(cfg, epochs=1)  # on `device`: the encoder's
     bf16 = device.startswith("cuda")
     out = {"matmul_tflops": matmul_rate(device, 512 if check.dry_run else 8192,
                                         torch.bfloat16 if bf16 else torch.float32) / 1e12,

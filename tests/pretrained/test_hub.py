@@ -302,9 +302,11 @@ def test_the_experiment_runs_from_a_hub_id_and_downloaded_glue(hub, glue, tiny_m
             "--train-samples", "16", "--epochs", "1", "--osrm-samples", "2", "--rank", "2",
             "--max-length", "32"]
     assert osrm_min.main(args) == 0
-    config = json.loads((tmp_path / "out" / "results.json").read_text())["config"]
-    assert config["model"] == str(model_cache_dir("tiny/bert"))
-    assert config["data_dir"] == str(tmp_path / "cache" / "osrm-min" / "glue")
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert (results["config"]["model"], results["config"]["data_dir"]) == ("tiny/bert", "")  # as given
+    found = results["located"]  # what they resolved to
+    assert found["model"] == str(model_cache_dir("tiny/bert"))
+    assert found["data_dir"] == str(tmp_path / "cache" / "osrm-min" / "glue")
 
 
 # Downloads that arrive broken are never cached

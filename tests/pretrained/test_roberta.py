@@ -93,7 +93,7 @@ def test_roberta_folder_runs_the_whole_experiment(tmp_path, tiny_roberta):
     write_tiny_glue(tmp_path / "glue")
     assert osrm_min.main(tiny_args(tmp_path, tiny_roberta)) == 0
     results = json.loads((tmp_path / "out" / "results.json").read_text())
-    assert results["config"]["pooling"] == "roberta"
+    assert results["located"]["pooling"] == "roberta"
     rows = results["rows"]
     assert len(rows) == 2 * 3 * 2  # inits x (individual, ta, ties) x tasks
     assert all(0 <= r["score"] <= 100 for r in rows)

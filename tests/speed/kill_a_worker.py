@@ -44,7 +44,7 @@ def kill(marker, delay):
     os.kill(int(marker.read_text()), signal.SIGKILL)
 
 
-def one_round(cfg, digest, folder, moment):
+def one_round(cfg, located, digest, folder, moment):
     when, delay = moment.split("+")
     marker = folder / moment
     killed = []
@@ -53,7 +53,7 @@ def one_round(cfg, digest, folder, moment):
         if when == "next" and not killed and marker.exists():
             killed.append(kill(marker, float(delay)))
 
-    with parallel.Workers(cfg, 2, digest) as pool:
+    with parallel.Workers(cfg, located, 2, digest) as pool:
         for i in range(4):
             pool.submit(i, big_result, (str(marker) if i == 0 else str(folder / f"{moment}-{i}"),
                                         torch.ones(1000)))
@@ -70,8 +70,9 @@ def one_round(cfg, digest, folder, moment):
 
 if __name__ == "__main__":
     model, folder, *moments = sys.argv[1:]
-    cfg = SimpleNamespace(model=Path(model), device="cpu", workers=2)
+    cfg = SimpleNamespace(workers=2)
+    located = SimpleNamespace(model=Path(model), device="cpu")
     digest = resume.encoder_digest(checkpoint.load_checkpoint(model)[0])
-    lines = [one_round(cfg, digest, Path(folder), m) for m in moments]
+    lines = [one_round(cfg, located, digest, Path(folder), m) for m in moments]
     print("\n".join(lines))
     sys.exit(0 if all("a worker process ended" in line for line in lines) else 1)

@@ -248,10 +248,9 @@ def test_workers_take_the_visible_cards_in_turn_or_share_one(monkeypatch):
     assert parallel.worker_devices("cpu", 2) == ["cpu", "cpu"]
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     assert parallel.worker_devices("cuda", 2) == ["cuda", "cuda"]
-    cfg = lambda device, workers=0: type("Cfg", (), {"device": device, "workers": workers})
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
-    assert parallel.workers(cfg("cuda")) == 4 and parallel.workers(cfg("cuda:2")) == 1
-    assert parallel.workers(cfg("cuda", 3)) == 3
+    assert parallel.workers(0, "cuda") == 4 and parallel.workers(0, "cuda:2") == 1
+    assert parallel.workers(3, "cuda") == 3
 
 
 def test_each_worker_takes_the_next_device():

@@ -28,7 +28,11 @@ def test_end_to_end_writes_results_and_resumes(tmp_path, tiny_model, capsys):
     assert all(0 <= r["score"] <= 100 for r in rows)
     mrpc = next(r for r in rows if r["task"] == "mrpc" and r["merge"] == "none")
     assert set(mrpc["metrics"]) == {"accuracy", "f1"}
-    assert first["config"]["lam_ta"] == 0.7 and first["config"]["pooling"] == "cls"
+    assert first["config"]["lam_ta"] == 0.7 and first["config"]["pooling"] == "auto"  # as given
+    # what the settings resolved to here, kept apart from them: the checkpoint's own pooling
+    assert first["located"] == {"model": str(tiny_model), "data_dir": str(tmp_path / "glue"),
+                                "device": "cpu", "pooling": "cls"}
+    assert first["config"]["model"] == str(tiny_model) and first["config"]["device"] == "cpu"
     assert sorted(p.name for p in (tmp_path / "out" / "adapters").iterdir()) == [
         "lora-mrpc-seed42.pt", "lora-sst2-seed42.pt", "osrm-mrpc-seed42.pt", "osrm-sst2-seed42.pt"]
     out = capsys.readouterr().out
@@ -69,7 +73,7 @@ def test_mean_statistic_averaging_and_pooling_override(tmp_path, tiny_model):
                      "--pooling", "mean")
     assert osrm_min.main(args) == 0
     results = json.loads((tmp_path / "out" / "results.json").read_text())
-    assert results["config"]["pooling"] == "mean"
+    assert results["config"]["pooling"] == results["located"]["pooling"] == "mean"
     assert {r["lambda"] for r in results["rows"] if r["merge"] == "avg"} == {0.5}
 
 
@@ -480,3 +484,16 @@ def test_own_updates_alone_are_scored_at_every_lambda_and_split_the_cost(tmp_pat
     assert "the merging cost in two parts" in capsys.readouterr().out
     assert osrm_min.main(args) == 0  # a rerun evaluates nothing again
     assert "reusing" in capsys.readouterr().out
+
+
+def test_a_training_error_names_the_flags_of_the_change_it_suggests_and_no_others():
+    from study import cli
+    extreme = str(train.diverged("lora/stsb", "loss", 3, 10, 1e-3, {"labels": torch.tensor([2e4])}))
+    assert "labels are extreme" in extreme and cli.with_flags(extreme) == extreme  # not a setting
+    high = str(train.diverged("lora/sst2", "gradient norm", 3, 10, 1e30, {"labels": torch.tensor([1])}))
+    assert cli.with_flags(high) == high + " (--lr)"
+    alone = osrm_min.Scoring(42, "lora", "none", None, {})
+    merged = osrm_min.Scoring(42, "lora", "ta", 1e30, {})
+    for scoring, flags in ((alone, "(--lr)"), (merged, "(--lams, --lam-ta, --lam-ties)")):
+        message = f"{osrm_min.described(scoring, 'sst2')}: the model's outputs are not finite"
+        assert cli.with_flags(message) == f"{message} {flags}"

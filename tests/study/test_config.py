@@ -12,6 +12,9 @@ from study import config
 INITS = {name: init.help for name, init in osrm_min.INITS.items()}
 
 
+FOUND = config.Located("/models/bert", "/data/glue", "cpu")  # what locate_inputs would find
+
+
 def parse(*argv):
     return config.parse_command_line(list(argv), INITS, merge.METHODS)
 
@@ -29,7 +32,7 @@ def test_the_lab_preset_sets_its_fields_and_a_given_flag_still_wins():
     assert cfg.epochs == config.Config.epochs  # what the preset does not name keeps its default
     cfg = parse("--lab", "--tasks", "sst2,mrpc", "--dev-samples", "0")
     assert cfg.tasks == ("sst2", "mrpc") and cfg.dev_samples == 0
-    assert "(the lab preset, --lab)" in config.banner(cfg).splitlines()[0]
+    assert "(the lab preset, --lab)" in config.banner(cfg, FOUND, "cls").splitlines()[0]
 
 
 def test_rows_per_task_override_the_common_count():
@@ -40,10 +43,12 @@ def test_rows_per_task_override_the_common_count():
 
 def test_the_banner_shows_the_settings_other_than_the_defaults_each_name_apart_from_its_value():
     cfg = parse("--tasks", "sst2,mrpc", "--rank", "4", "--osrm-skip-ln-direction")
-    names = [line.split()[0] for line in config.banner(cfg).splitlines()[2:]]
+    lines = config.banner(cfg, FOUND, "mean").splitlines()
+    assert lines[1] == "model /models/bert (mean pooling), GLUE /data/glue, device cpu"  # as found
+    names = [line.split()[0] for line in lines[3:]]
     # each line starts with a setting's own name ('osrm_skip_ln_directionFalse' once ran together)
     assert names == ["out", "rank", "osrm_skip_ln_direction"]  # tasks and seeds are the defaults
-    lab = [line.split()[0] for line in config.banner(parse("--lab")).splitlines()[2:]]
+    lab = [line.split()[0] for line in config.banner(parse("--lab"), FOUND, "cls").splitlines()[3:]]
     assert set(config.LAB_PRESET) | {"lab"} <= set(lab)
 
 
@@ -68,7 +73,7 @@ def test_an_osrm_adapter_is_keyed_by_the_rows_its_statistics_read(tmp_path):
 
     def settings(init, *args):  # what SST-2's saved adapter is keyed by
         cfg = parse("--out", str(tmp_path), "--tasks", "sst2,mrpc", "--train-samples", "2000", *args)
-        return resume.Store(cfg, inputs).adapter_settings(cfg, cfg.seed, "sst2", init, init == "osrm")
+        return resume.Store(cfg, "cpu", inputs).adapter_settings(cfg, 42, "sst2", init, init == "osrm")
 
     base = settings("osrm")
     # MRPC's count above --osrm-samples (100): the statistics read the same first 100 rows
