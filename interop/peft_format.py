@@ -232,10 +232,8 @@ def export(run_dir, init, tasks, seed, out):
     as PEFT folders out/<init>-<task>; returns the lines that say how each loads."""
     run_dir = Path(run_dir)
     try:
-        results = json.loads((run_dir / "results.json").read_text(encoding="utf-8"))
-        # the settings as given, with what they resolved to (the model's folder, the heads'
-        # pooling; results.json from before "located" held those in "config")
-        cfg = dict(results["config"], **results.get("located", {}))
+        from study import tables
+        cfg = tables.resolved_settings(json.loads((run_dir / "results.json").read_text(encoding="utf-8")))
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise AdapterError(f"{run_dir}/results.json cannot be read ({type(e).__name__}); give the "
                            f"folder of a finished osrm-min run") from None

@@ -30,7 +30,7 @@ import lora  # noqa: E402
 import osrm_min  # noqa: E402
 from extensions import carving  # noqa: E402
 from pretrained import tokenization  # noqa: E402
-from study import config, resume  # noqa: E402
+from study import config, resume, tables  # noqa: E402
 
 
 class LabError(Exception):
@@ -102,9 +102,7 @@ class Run:
             if self.seed not in cfg["seeds"]:
                 raise LabError(f"the run in {self.out} has seeds {cfg['seeds']}, not {self.seed}")
             self.tasks = cfg["tasks"]
-            # where the run found its model and GLUE (results.json from before "located" held
-            # them in "config")
-            model, data_dir = where(dict(cfg, **self.results.get("located", {})), self.results["inputs"])
+            model, data_dir = where(tables.resolved_settings(self.results), self.results["inputs"])
             self.encoder, _ = checkpoint.load_checkpoint(model)
             self.encoder.eval()  # no dropout: the inputs the frozen model sees
             self.layers = list(lora.target_layers(self.encoder, cfg["targets"]))

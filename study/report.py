@@ -20,7 +20,7 @@ from study.endpoints import (CONTROL, MARGIN, MIN_SEEDS, POINT, against_control,
 from study.figures import write_figures
 from study.tables import (LISTS, TIE_FRACTION, best_lambdas, cost_split, failed_finetunes,
                            has_lambda_grid, headline, init_width, interference_matrices,
-                           lambda_curves, lambda_ties, mean_std,
+                           lambda_curves, lambda_ties, mean_std, resolved_settings,
                            selected_on, task_mean)
 
 
@@ -400,10 +400,11 @@ def combine(parts):
         check(p)
     first = parts[0]
     inits, seeds, done = [], [], set()
+    settings = resolved_settings(first)
     for p in parts:
-        c = p["config"]
-        differ = sorted(k for k in set(c) | set(first["config"])
-                        if k not in ("inits", "seeds", "out", "seed") and c.get(k) != first["config"].get(k))
+        c, resolved = p["config"], resolved_settings(p)
+        differ = sorted(k for k in set(resolved) | set(settings)  # ("seed": in older files)
+                        if k not in ("inits", "seeds", "out", "seed") and resolved.get(k) != settings.get(k))
         if differ or p.get("inputs") != first.get("inputs"):
             raise ValueError(f"{c['out']} and {first['config']['out']} differ in "
                              f"{', '.join(differ) or 'their input files'}; only --inits, --seeds "
@@ -420,7 +421,8 @@ def combine(parts):
                          f"{f' and {len(missing) - 1} more' if len(missing) > 1 else ''}; every "
                          f"init needs every seed")
     out = {k: v for k, v in first.items() if k not in LISTS}
-    out["config"] = dict(first["config"], inits=inits, seeds=seeds, seed=seeds[0], out=None)
+    out["config"] = {k: v for k, v in dict(first["config"], inits=inits, seeds=seeds, out=None).items()
+                     if k != "seed"}
     for key in LISTS:
         seen, out[key] = set(), []
         for p in parts:

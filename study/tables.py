@@ -18,6 +18,13 @@ def mean_std(values):
     return f"{statistics.mean(values):.2f}±{statistics.stdev(values):.2f}"
 
 
+def resolved_settings(results):
+    """The run's settings as they resolved on its machine: results.json's "config" (as given)
+    with "located" over it (the model and GLUE folders, the device, the heads' pooling).
+    results.json from before "located" held those in "config" itself."""
+    return dict(results["config"], **results.get("located", {}))
+
+
 def scores(results, split="dev"):
     """{(seed, init, merge, lambda): {task: score}}; lambda is None for the individual ones.
     split "heldout": the merges' scores on held-out training rows (--select-on heldout)."""

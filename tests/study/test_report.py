@@ -287,3 +287,24 @@ def test_the_merging_cost_splits_into_the_own_update_part_and_the_other_tasks_pa
     assert "+5.33 [+3.90, +6.77]" in text
     assert ("osrm", "ta:own") not in tables.lambda_curves(results)  # never a merge of its own
     assert [c for c in endpoints.claims(results) if "own" in c["merge"]] == []
+
+
+def test_runs_combine_by_their_resolved_settings_from_before_and_after_located():
+    """results.json from before "located" held the model, GLUE folder, device and the heads'
+    pooling in "config"; later ones keep "config" as given and those in "located". Parts of
+    both kinds combine when they resolved alike, and are refused when they did not."""
+    def part(init, config, located=None):
+        rows = [dict(seed=1, init=init, merge="none", task=t, split="dev", score=80.0,
+                     metrics={"accuracy": 0.8}, **{"lambda": None}) for t in ("sst2", "qnli")]
+        common = dict(tasks=["sst2", "qnli"], seeds=[1], inits=[init], merges=[], out=init)
+        return {"config": dict(common, **config), "rows": rows, "inputs": {"model": "m"},
+                **({"located": located} if located else {})}
+    found = {"model": "/m", "data_dir": "/g", "device": "cpu", "pooling": "mean"}
+    old = part("lora", dict(found, seed=1))
+    new = part("osrm", {"model": "", "data_dir": "", "device": "auto", "pooling": "auto"}, found)
+    both = report.combine([old, new])
+    assert both["config"]["inits"] == ["lora", "osrm"] and "seed" not in both["config"]
+    on_gpu = part("lora", {"model": "", "data_dir": "", "device": "auto", "pooling": "auto"},
+                  dict(found, device="cuda"))  # given alike, resolved apart
+    with pytest.raises(ValueError, match="differ in device;"):
+        report.combine([new, on_gpu])
