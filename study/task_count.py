@@ -19,6 +19,7 @@ import json
 import sys
 
 from study.endpoints import cost_reduction, t_interval
+from study.tables import cost_split
 
 MERGE = "ta"
 BASELINES = ("lora", "lora-orthonormal")  # primary, co-primary
@@ -36,10 +37,34 @@ def reductions(results, baseline, init="osrm"):
     return dict(zip(results["config"]["seeds"], entry["differences"]))
 
 
-def delta(t4, t2a, t2b, baseline):
-    """{"seeds", "t4", "t2", "differences", "mean", "low", "high"} and the T = 4 reduction's own
-    interval ("t4_interval"): the endpoint over the seeds all three runs have."""
-    r4, ra, rb = (reductions(r, baseline) for r in (t4, t2a, t2b))
+def others_part(results, baseline, init="osrm"):
+    """Exploratory: {seed: the other tasks' part of the baseline's merging cost minus `init`'s}
+    under MERGE (tables.cost_split: each task's own update merged alone against the merged
+    model, at the selected lambda; --own-at-lambda)."""
+    split = cost_split(results)
+    if (baseline, MERGE) not in split or (init, MERGE) not in split:
+        raise ValueError(f"the run of {','.join(results['config']['tasks'])} has no own-update "
+                         f"scores of {init} and {baseline} (--own-at-lambda)")
+    b, o = split[baseline, MERGE]["others"], split[init, MERGE]["others"]
+    return {s: x - y for s, x, y in zip(results["config"]["seeds"], b, o)}
+
+
+def energy_ratio(results, _baseline=None, statistic="second_moment"):
+    """Exploratory: {seed: the input energy OSRM's starting subspace reads of its own task over
+    what it reads of the other merged tasks'}, each the mean over the run's tasks, on held-out
+    rows (results.json's subspace_energy; before any training)."""
+    by_seed = {}
+    for e in results["subspace_energy"]:
+        if e["stat"] == statistic and e["rows"] == "heldout":
+            by_seed.setdefault(e["seed"], []).append((e["own"], e["others"]))
+    return {s: sum(o for o, _ in v) / sum(x for _, x in v) for s, v in by_seed.items()}
+
+
+def delta(t4, t2a, t2b, baseline, per_seed=reductions):
+    """{"seeds", "t4", "t2", "differences", "mean", "low", "high"} and the T = 4 value's own
+    interval ("t4_interval"): the endpoint over the seeds all three runs have. per_seed(results,
+    baseline) -> {seed: value}: by default the reduction in merging cost (the endpoint)."""
+    r4, ra, rb = (per_seed(r, baseline) for r in (t4, t2a, t2b))
     seeds = [s for s in r4 if s in ra and s in rb]
     if len(seeds) < 2:
         raise ValueError("the three runs share fewer than two seeds: no interval")
@@ -84,6 +109,19 @@ def report(t4, t2a, t2b):
                   f"{d['t4_interval']['high']:+.2f}]",
                   "  T = 2: " + " ".join(f"{x:+.2f}" for x in d["t2"]),
                   f"  Delta {d['mean']:+.2f} [{d['low']:+.2f}, {d['high']:+.2f}]: {v}"]
+    for name, per_seed, baseline in (
+            ("the other tasks' part of the cost, reduced by osrm against lora", others_part, "lora"),
+            ("the energy osrm's starting subspace reads, own task over the others'", energy_ratio, None)):
+        try:
+            d = delta(t4, t2a, t2b, baseline, per_seed)
+        except (ValueError, KeyError):  # not recorded by these runs
+            continue
+        lines += [f"EXPLORATORY: {name}, T = 4 minus T = 2 (pairs averaged)",
+                  "  T = 4: " + " ".join(f"{x:+.2f}" for x in d["t4"])
+                  + f"   mean {d['t4_interval']['mean']:+.2f}",
+                  "  T = 2: " + " ".join(f"{x:+.2f}" for x in d["t2"])
+                  + f"   mean {sum(d['t2']) / len(d['t2']):+.2f}",
+                  f"  difference {d['mean']:+.2f} [{d['low']:+.2f}, {d['high']:+.2f}]"]
     return lines
 
 

@@ -65,3 +65,38 @@ def test_the_command_refuses_runs_that_do_not_split_four_tasks_in_pairs(tmp_path
         paths[-1].write_text(json.dumps(r))
     assert task_count.main(list(map(str, paths))) == 2
     assert "split T4's four tasks in two pairs" in capsys.readouterr().err
+
+
+def test_the_exploratory_parts_on_worked_numbers():
+    """The other tasks' part of the cost (own update merged alone, minus merged) and the energy
+    ratio of OSRM's starting subspace, each T = 4 minus the mean of the pairs."""
+    def with_own(results, own_scores, energies):
+        """own_scores {init: (score of the own update merged alone, per seed)}; energies
+        {seed: [(own, others) per task]}."""
+        out = dict(results, rows=list(results["rows"]))
+        for init, per_seed in own_scores.items():
+            for seed, score in zip((1, 2, 3), per_seed):
+                out["rows"].append(dict(seed=seed, init=init, merge="ta:own", task="a", score=score,
+                                        **{"lambda": 0.5}))
+        out["subspace_energy"] = [dict(seed=s, stat=stat, task=t, rows=rows, own=o, others=x)
+                                  for s, pairs in energies.items() for t, (o, x) in zip("ab", pairs)
+                                  for stat, rows in (("second_moment", "heldout"), ("random", "heldout"),
+                                                     ("second_moment", "fit"))]
+        return out
+    # T = 4: lora's own update alone scores 79 (others' part 79 - 76 = 3), osrm's 79.5 (79.5 - 77,
+    # 79.5 - 76.5, 79.5 - 78 = 2.5, 3, 1.5): reductions 0.5, 0, 1.5
+    t4 = with_own(T4, {"lora": (79, 79, 79), "osrm": (79.5, 79.5, 79.5)},
+                  {s: [(0.002, 0.001), (0.004, 0.004)] for s in (1, 2, 3)})  # 0.006 / 0.005 = 1.2
+    # the pairs: lora 79 (others' part 1), osrm 79 (0.5; 0.5, 1.5, 1): reductions 0.5 | -0.5, 0.5, 0
+    t2a = with_own(T2A, {"lora": (79,) * 3, "osrm": (79,) * 3}, {s: [(0.003, 0.001)] for s in (1, 2, 3)})
+    t2b = with_own(T2B, {"lora": (79,) * 3, "osrm": (79,) * 3}, {s: [(0.002, 0.002)] for s in (1, 2, 3)})
+    d = task_count.delta(t4, t2a, t2b, "lora", task_count.others_part)
+    assert d["t4"] == [0.5, 0.0, 1.5] and d["t2"] == [0.0, 0.5, 0.25] and d["differences"] == [0.5, -0.5, 1.25]
+    e = task_count.delta(t4, t2a, t2b, None, task_count.energy_ratio)
+    assert e["t4"] == pytest.approx([1.2] * 3) and e["t2"] == pytest.approx([2.0] * 3)  # (3 + 1) / 2
+    lines = task_count.report(t4, t2a, t2b)
+    # mean 5/12, sd 0.87797: half-width 2.18099
+    assert lines[8].startswith("EXPLORATORY: the other tasks' part") and lines[11] == "  difference +0.42 [-1.76, +2.60]"
+    assert lines[12].startswith("EXPLORATORY: the energy") and lines[15].startswith("  difference -0.80 [")
+    # runs without own-update scores or energies: the endpoint alone
+    assert len(task_count.report(T4, T2A, T2B)) == 8
