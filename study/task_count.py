@@ -19,7 +19,7 @@ import json
 import sys
 
 from study.endpoints import cost_reduction, t_interval
-from study.tables import cost_split
+from study.tables import cost_split, failed_finetunes
 
 MERGE = "ta"
 BASELINES = ("lora", "lora-orthonormal")  # primary, co-primary
@@ -60,12 +60,19 @@ def energy_ratio(results, _baseline=None, statistic="second_moment"):
     return {s: sum(o for o, _ in v) / sum(x for _, x in v) for s, v in by_seed.items()}
 
 
-def delta(t4, t2a, t2b, baseline, per_seed=reductions):
+def learned_seeds(*runs):
+    """The seeds in which every fine-tune of every run learned (tables.failed_finetunes)."""
+    failed = {seed for r in runs for seed, *_ in failed_finetunes(r)}
+    return [s for s in runs[0]["config"]["seeds"] if s not in failed]
+
+
+def delta(t4, t2a, t2b, baseline, per_seed=reductions, seeds=None):
     """{"seeds", "t4", "t2", "differences", "mean", "low", "high"} and the T = 4 value's own
-    interval ("t4_interval"): the endpoint over the seeds all three runs have. per_seed(results,
-    baseline) -> {seed: value}: by default the reduction in merging cost (the endpoint)."""
+    interval ("t4_interval"): the endpoint over the seeds all three runs have (or those of
+    them in `seeds`). per_seed(results, baseline) -> {seed: value}: by default the reduction in
+    merging cost (the endpoint)."""
     r4, ra, rb = (per_seed(r, baseline) for r in (t4, t2a, t2b))
-    seeds = [s for s in r4 if s in ra and s in rb]
+    seeds = [s for s in r4 if s in ra and s in rb and (seeds is None or s in seeds)]
     if len(seeds) < 2:
         raise ValueError("the three runs share fewer than two seeds: no interval")
     t2 = [(ra[s] + rb[s]) / 2 for s in seeds]
@@ -109,6 +116,15 @@ def report(t4, t2a, t2b):
                   f"{d['t4_interval']['high']:+.2f}]",
                   "  T = 2: " + " ".join(f"{x:+.2f}" for x in d["t2"]),
                   f"  Delta {d['mean']:+.2f} [{d['low']:+.2f}, {d['high']:+.2f}]: {v}"]
+    learned = learned_seeds(t4, t2a, t2b)
+    if len(learned) < len(d["seeds"]) and len(learned) >= 2:  # each run's own lambdas, kept
+        for baseline in BASELINES:
+            d = delta(t4, t2a, t2b, baseline, seeds=learned)
+            lines += [f"EXPLORATORY: Delta against {baseline} over the seeds in which every "
+                      f"fine-tune learned ({','.join(map(str, learned))}; lambdas as above): "
+                      f"{d['mean']:+.2f} [{d['low']:+.2f}, {d['high']:+.2f}]; T = 4 "
+                      f"{d['t4_interval']['mean']:+.2f} [{d['t4_interval']['low']:+.2f}, "
+                      f"{d['t4_interval']['high']:+.2f}]"]
     for name, per_seed, baseline in (
             ("the other tasks' part of the cost, reduced by osrm against lora", others_part, "lora"),
             ("the energy osrm's starting subspace reads, own task over the others'", energy_ratio, None)):

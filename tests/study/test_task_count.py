@@ -100,3 +100,20 @@ def test_the_exploratory_parts_on_worked_numbers():
     assert lines[12].startswith("EXPLORATORY: the energy") and lines[15].startswith("  difference -0.80 [")
     # runs without own-update scores or energies: the endpoint alone
     assert len(task_count.report(T4, T2A, T2B)) == 8
+
+
+def test_seeds_with_a_fine_tune_that_did_not_learn_are_named_and_left_out_of_a_second_reading():
+    import copy
+    t4 = copy.deepcopy(T4)
+    t4["baselines"] = {"a": 48.0}
+    for r in t4["rows"]:  # seed 2's osrm alone: 50, not 5 points above the constant's 48
+        if (r["seed"], r["init"], r["merge"]) == (2, "osrm", "none"):
+            r["score"] = 50.0
+    assert task_count.learned_seeds(t4, T2A, T2B) == [1, 3]
+    d = task_count.delta(t4, T2A, T2B, "lora", seeds=[1, 3])
+    # reductions at T = 4: 1, 2; pairs' mean 0, 0.25; Delta 1, 1.75: mean 1.375, sd 0.53033,
+    # half-width 12.7062 * 0.53033 / sqrt(2) = 4.7648
+    assert d["differences"] == [1.0, 1.75] and d["low"] == pytest.approx(1.375 - 4.7648, abs=1e-4)
+    lines = task_count.report(t4, T2A, T2B)
+    assert lines[8] == ("EXPLORATORY: Delta against lora over the seeds in which every fine-tune "
+                        "learned (1,3; lambdas as above): +1.38 [-3.39, +6.14]; T = 4 +1.50 [-4.85, +7.85]")
