@@ -114,9 +114,10 @@ def init_groups(inits, post_hoc):
 
 def inits_job(encoder, job):
     """In a worker: osrm_min.run_init for a group of one seed's inits. job = (cfg, the run's
-    device as resolved, inits, the name the seed's data was shared under, input fingerprints). Adapters are saved as they
-    finish, as in one process; the scores are not (the main process writes them, as each job
-    ends): returns ({init: its InitRun, without the adapters}, the new score rows)."""
+    device as resolved, inits, the name the seed's data was shared under, input fingerprints).
+    Adapters are saved as they finish, as in one process; the scores are not (the main process
+    writes them, as each job ends): returns ({init: its InitRun, without the adapters}, the new
+    score rows)."""
     import osrm_min  # (here: osrm_min imports this module)
     cfg, device, inits, shared_name, inputs = job
     seed = shared(shared_name)
@@ -245,10 +246,9 @@ def _run(job_fn, job_path, result_path):
 
 
 class Workers:
-    """`with Workers(cfg, located, n, model_digest) as pool:` n worker processes, started at the first
-    `pool.share` or
-    `pool.submit` and kept for every seed (a worker's start-up, an interpreter and a checkpoint, costs
-    seconds)."""
+    """`with Workers(cfg, located, n, model_digest) as pool:` n worker processes, started at
+    the first `pool.share` or `pool.submit` and kept for every seed (a worker's start-up, an
+    interpreter and a checkpoint, costs seconds)."""
 
     def __init__(self, cfg, located, n, model_digest, model_config=None):
         """located: the model folder and device (config.Located); model_digest:

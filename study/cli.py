@@ -67,9 +67,10 @@ def run_command(argv, inits, run):
             checkpoint.check_tokenizer(located.model, encoder.config, tokenizer, any(
                 len(data.TASKS[t].text_columns) > 1 for t in cfg.tasks))
             unchanged_while_loading(located.model, inputs)
-            print(config.banner(cfg, located, cfg.heads_pooling(declared)), flush=True)
+            pooling = cfg.heads_pooling(declared)  # what every task's head pools by
+            print(config.banner(cfg, located, pooling), flush=True)
             results = run(cfg, located, encoder, tokenizer, inputs)
-            results["located"] = dict(asdict(located), pooling=cfg.heads_pooling(declared))
+            results["located"] = dict(asdict(located), pooling=pooling)
             results["wall_time_s"] = round(time.time() - t0, 1)
             endpoints.finish(results)
             resume.write_json_atomic(results, Path(cfg.out) / "results.json")
